@@ -1,0 +1,52 @@
+"""Shared test setup.
+
+JAX runs with ``jax_numpy_rank_promotion="raise"`` so silent broadcasting
+fails loudly (the Equinox convention), and hypothesis has two profiles:
+``ci`` (default, >= 1,000 examples for the shape properties) and ``slow``
+(``HYPOTHESIS_PROFILE=slow``, many more).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    max_examples=100,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "slow",
+    max_examples=1000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# Property tests that hold the calculator against XLA multiply their example
+# count by this (>= 1,000 per operation in CI; 10x that in the slow profile).
+SHAPE_EXAMPLES = 1000 if os.environ.get("HYPOTHESIS_PROFILE", "ci") == "ci" else 10_000
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("JAXCNN_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def pytest_configure(config):
+    # Imported here, not at module top, so collecting pure-Python tests stays cheap.
+    import jax
+
+    jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (MNIST, Fashion-MNIST IDX files, CIFAR-10 JPEGs); skip if absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA} (a fresh clone has no ../shared)")
+    return SHARED_DATA
