@@ -16,16 +16,20 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "shapes", "layers", "models", "summary", "kernels", "data", "train", "viz",
+    "shapes", "layers", "models", "model_summary", "kernels", "data", "train", "viz",
     "report", "testing", "cli",
 )
 
 
 def __getattr__(name: str):
+    # `jaxcnn.summary(model, input_shape)` is a function; its module is
+    # `jaxcnn.model_summary` so that importing the module never shadows it.
+    if name == "summary":
+        return importlib.import_module("jaxcnn.model_summary").summary
     if name in _SUBMODULES:
         return importlib.import_module(f"jaxcnn.{name}")
     raise AttributeError(f"module 'jaxcnn' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_SUBMODULES))
+    return sorted(list(globals()) + list(_SUBMODULES) + ["summary"])
