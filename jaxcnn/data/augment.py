@@ -1,0 +1,263 @@
+"""On-device augmentation: pure JAX, one example at a time, random only by explicit keys.
+
+Every op takes ``(key, image, strength)`` with a float image ``(H, W, C)`` in
+[0, 1] (before normalisation) and returns an image of the same shape and dtype;
+at zero strength it returns its input unchanged. :func:`build` composes them
+from a config mapping into ``fn(rng, images (B, H, W, C))`` that vmaps over the
+batch, with an independent key per example, and runs inside ``jit``.
+
+Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> fn = build({"crop_padding": 2, "flip": True})
+    >>> fn(jax.random.key(0), jnp.zeros((4, 8, 8, 1))).shape
+    (4, 8, 8, 1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.scipy.ndimage import map_coordinates
+
+DEFAULTS: Mapping[str, object] = {
+    "crop_padding": 0,  # pixels of zero padding before a random crop back to size
+    "flip": False,  # random horizontal flip; True = probability 0.5, or a probability
+    "rotation": 0.0,  # maximum angle, degrees; the angle is uniform in [-r, r]
+    "translate": 0.0,  # maximum shift as a fraction of height / width
+    "cutout": 0,  # side of the zeroed square, pixels
+    "brightness": 0.0,  # maximum added offset, in [0, 1] units
+    "contrast": 0.0,  # maximum relative change of contrast
+}
+
+
+def random_crop(key, image, padding: int):
+    """Pad ``padding`` zeros on each side, then crop a random window of the original size.
+
+    Examples:
+        >>> random_crop(jax.random.key(0), jnp.ones((4, 4, 1)), 0).shape
+        (4, 4, 1)
+    """
+    if padding == 0:
+        return image
+    height, width, channels = image.shape
+    padded = jnp.pad(image, ((padding, padding), (padding, padding), (0, 0)))
+    top, left = jax.random.randint(key, (2,), 0, 2 * padding + 1)
+    return lax.dynamic_slice(padded, (top, left, 0), (height, width, channels))
+
+
+def horizontal_flip(key, image, probability: float = 0.5):
+    """Mirror left-right with the given probability.
+
+    Examples:
+        >>> horizontal_flip(jax.random.key(0), jnp.arange(3.0).reshape(1, 3, 1), 1.0).ravel()
+        Array([2., 1., 0.], dtype=float32)
+    """
+    if probability == 0:
+        return image
+    return jnp.where(jax.random.bernoulli(key, probability), image[:, ::-1, :], image)
+
+
+def _sample(image, rows, cols):
+    """Bilinear samples of every channel at (rows, cols); zeros outside the image."""
+    sample_channel = lambda channel: map_coordinates(channel, [rows, cols], order=1, cval=0.0)
+    return jax.vmap(sample_channel, in_axes=2, out_axes=2)(image).astype(image.dtype)
+
+
+def rotate_by(image, degrees):
+    """Rotate counter-clockwise by ``degrees`` about the centre, bilinear, zeros outside.
+
+    ``rotate_by(x, 90)`` equals ``jnp.rot90(x)`` on a square image.
+
+    Examples:
+        >>> x = jnp.arange(4.0).reshape(2, 2, 1)
+        >>> bool(jnp.allclose(rotate_by(x, 90.0), jnp.rot90(x), atol=1e-5))
+        True
+    """
+    height, width = image.shape[:2]
+    theta = jnp.deg2rad(jnp.asarray(degrees, jnp.float32))
+    cos, sin = jnp.cos(theta), jnp.sin(theta)
+    y = jnp.arange(height, dtype=jnp.float32)[:, None] - (height - 1) / 2
+    x = jnp.arange(width, dtype=jnp.float32)[None, :] - (width - 1) / 2
+    # Inverse map: the output pixel (y, x) comes from the input rotated back by theta.
+    rows = cos * y + sin * x + (height - 1) / 2
+    cols = -sin * y + cos * x + (width - 1) / 2
+    return _sample(image, rows, cols)
+
+
+def rotate(key, image, max_degrees: float):
+    """Rotate by an angle uniform in ``[-max_degrees, max_degrees]``."""
+    if max_degrees == 0:
+        return image
+    return rotate_by(image, jax.random.uniform(key, (), minval=-max_degrees, maxval=max_degrees))
+
+
+def shift_by(image, rows, cols):
+    """Move the content down ``rows`` and right ``cols`` whole pixels, filling with zeros.
+
+    Examples:
+        >>> shift_by(jnp.arange(1.0, 4.0).reshape(1, 3, 1), 0, 1).ravel()
+        Array([0., 1., 2.], dtype=float32)
+    """
+    height, width = image.shape[:2]
+    rolled = jnp.roll(image, (rows, cols), axis=(0, 1))
+    row_ok = (jnp.arange(height) - rows >= 0) & (jnp.arange(height) - rows < height)
+    col_ok = (jnp.arange(width) - cols >= 0) & (jnp.arange(width) - cols < width)
+    inside = row_ok[:, None, None] & col_ok[None, :, None]
+    return jnp.where(inside, rolled, jnp.zeros((), image.dtype))
+
+
+def translate(key, image, max_fraction: float):
+    """Shift by whole pixels, up to ``max_fraction`` of the height/width each way."""
+    if max_fraction == 0:
+        return image
+    height, width = image.shape[:2]
+    limits = jnp.array([height, width], jnp.float32) * max_fraction
+    shift = jnp.round(jax.random.uniform(key, (2,), minval=-1.0, maxval=1.0) * limits)
+    return shift_by(image, shift[0].astype(jnp.int32), shift[1].astype(jnp.int32))
+
+
+def cutout(key, image, size: int):
+    """Zero a ``size`` x ``size`` square at a random centre (it may hang over the edge).
+
+    Examples:
+        >>> float(cutout(jax.random.key(1), jnp.ones((8, 8, 1)), 2).sum()) < 64
+        True
+    """
+    if size == 0:
+        return image
+    height, width = image.shape[:2]
+    centre = jax.random.randint(key, (2,), 0, jnp.array([height, width]))
+    top, left = centre[0] - size // 2, centre[1] - size // 2
+    rows, cols = jnp.arange(height), jnp.arange(width)
+    in_rows = (rows >= top) & (rows < top + size)
+    in_cols = (cols >= left) & (cols < left + size)
+    hole = in_rows[:, None, None] & in_cols[None, :, None]
+    return jnp.where(hole, jnp.zeros((), image.dtype), image)
+
+
+def brightness_contrast(key, image, brightness: float, contrast: float):
+    """Add an offset uniform in ±``brightness``; scale contrast about the image mean by a
+    factor uniform in ``1 ± contrast``; clip to [0, 1].
+
+    Written as ``x * f + mean * (1 - f) + b`` so that f = 1, b = 0 gives ``x`` exactly.
+    """
+    if brightness == 0 and contrast == 0:
+        return image
+    key_b, key_c = jax.random.split(key)
+    offset = brightness * jax.random.uniform(key_b, (), minval=-1.0, maxval=1.0)
+    factor = 1.0 + contrast * jax.random.uniform(key_c, (), minval=-1.0, maxval=1.0)
+    mean = jnp.mean(image)
+    adjusted = image * factor + mean * (1.0 - factor) + offset
+    return jnp.clip(adjusted, 0.0, 1.0).astype(image.dtype)
+
+
+def _number(spec, key, low, high, integer=False):
+    value = spec[key]
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not low <= value <= high:
+        what = "an int" if integer else "a number"
+        raise ValueError(f"augment {key}={value!r}: must be {what} in [{low}, {high}]")
+    return value
+
+
+def _validated(spec) -> dict:
+    if spec is None:
+        spec = {}
+    if not isinstance(spec, Mapping) and hasattr(spec, "items"):  # ml_collections.ConfigDict
+        spec = dict(spec.items())
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"augment spec must be a mapping like augment.DEFAULTS; got {spec!r}")
+    unknown = sorted(set(spec) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown augment key(s) {unknown}; valid keys: {sorted(DEFAULTS)}")
+    merged = {**DEFAULTS, **spec}
+    flip = merged["flip"]
+    if isinstance(flip, bool):
+        flip = 0.5 if flip else 0.0
+    elif not isinstance(flip, (int, float)) or not 0 <= flip <= 1:
+        raise ValueError(f"augment flip={flip!r}: must be True/False or a probability in [0, 1]")
+    return {
+        "crop_padding": _number(merged, "crop_padding", 0, 1024, integer=True),
+        "flip": float(flip),
+        "rotation": _number(merged, "rotation", 0, 180),
+        "translate": _number(merged, "translate", 0, 1),
+        "cutout": _number(merged, "cutout", 0, 4096, integer=True),
+        "brightness": _number(merged, "brightness", 0, 1),
+        "contrast": _number(merged, "contrast", 0, 1),
+    }
+
+
+def build(spec: Mapping | None = None) -> Callable:
+    """Compose the ops switched on in ``spec`` into ``fn(rng, images) -> images``.
+
+    Order: crop, flip, rotation, translation, brightness/contrast, cutout. Ops at
+    zero strength are left out entirely, so an all-zero (or empty) spec returns
+    the images unchanged and costs nothing inside ``jit``.
+
+    Args:
+        spec: a mapping (or ConfigDict) with keys of :data:`DEFAULTS`; missing keys
+            take the default (off).
+
+    Returns:
+        ``fn(rng, images)`` for float images ``(B, H, W, C)`` in [0, 1]; pure and jit-able.
+
+    Raises:
+        ValueError: an unknown key or a value out of range, naming both.
+
+    Examples:
+        >>> identity = build(DEFAULTS)
+        >>> x = jnp.ones((2, 4, 4, 3))
+        >>> identity(jax.random.key(0), x) is x
+        True
+    """
+    settings = _validated(spec)
+    steps = []
+    if settings["crop_padding"]:
+        steps.append(lambda k, x: random_crop(k, x, settings["crop_padding"]))
+    if settings["flip"]:
+        steps.append(lambda k, x: horizontal_flip(k, x, settings["flip"]))
+    if settings["rotation"]:
+        steps.append(lambda k, x: rotate(k, x, settings["rotation"]))
+    if settings["translate"]:
+        steps.append(lambda k, x: translate(k, x, settings["translate"]))
+    if settings["brightness"] or settings["contrast"]:
+        steps.append(
+            lambda k, x: brightness_contrast(k, x, settings["brightness"], settings["contrast"])
+        )
+    if settings["cutout"]:
+        steps.append(lambda k, x: cutout(k, x, settings["cutout"]))
+
+    def augment_one(key, image):
+        for step, step_key in zip(steps, jax.random.split(key, len(steps)), strict=True):
+            image = step(step_key, image)
+        return image
+
+    def augment_batch(rng, images):
+        if images.ndim != 4 or not jnp.issubdtype(images.dtype, jnp.floating):
+            raise ValueError(
+                f"augment expects float images (B, H, W, C) in [0, 1]; got {images.dtype} "
+                f"{images.shape} (convert uint8 with images / 255 first)"
+            )
+        if not steps:
+            return images
+        return jax.vmap(augment_one)(jax.random.split(rng, images.shape[0]), images)
+
+    augment_batch.spec = settings
+    return augment_batch
+
+
+__all__ = [
+    "DEFAULTS",
+    "brightness_contrast",
+    "build",
+    "cutout",
+    "horizontal_flip",
+    "random_crop",
+    "rotate",
+    "rotate_by",
+    "shift_by",
+    "translate",
+]
