@@ -1,0 +1,164 @@
+"""Residual blocks (He et al. 2016) built from :class:`jaxcnn.layers.ConvBlock`.
+
+``ResidualBlock`` is the two-3x3-conv "basic" block of ResNet-18/34 and the CIFAR
+ResNets; ``BottleneckBlock`` is the 1x1-3x3-1x1 block of ResNet-50 with the
+stride on the 3x3 conv (torchvision's "v1.5"). Padding is written explicitly
+(1 for 3x3) as PyTorch does, so weights port without the SAME-padding shift
+(flax#2993). Both work for 1-D, 2-D and 3-D inputs.
+
+Shortcut when the shape changes (stride > 1 or new channel count):
+  * ``"B"``: 1x1 conv with stride + norm (a sub-module named ``"shortcut"``).
+  * ``"A"``: no parameters: subsample with the stride, zero-pad the new channels
+    (the option He et al. used for their CIFAR ResNet-20..110).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxcnn.layers import ConvBlock, get_activation
+
+
+def _shortcut(module: nn.Module, x: jax.Array, features: int, stride: int, train: bool):
+    rank = x.ndim - 2
+    if stride == 1 and x.shape[-1] == features:
+        return x
+    if module.shortcut == "B":
+        return ConvBlock(
+            features,
+            (1,) * rank,
+            stride=stride,
+            padding=0,
+            norm=module.norm,
+            activation=None,
+            kernel_init=module.kernel_init,
+            dtype=module.dtype,
+            param_dtype=module.param_dtype,
+            name="shortcut",
+        )(x, train)
+    if module.shortcut != "A":
+        raise ValueError(f"{type(module).__name__}: shortcut={module.shortcut!r}; valid: 'A', 'B'")
+    if features < x.shape[-1]:
+        raise ValueError(
+            f"{type(module).__name__}: option-A shortcut cannot shrink channels "
+            f"({x.shape[-1]} -> {features}); use shortcut='B'"
+        )
+    # Strided subsampling gives ceil(n / stride) per axis: the 3x3/pad-1 conv's output size.
+    x = x[(slice(None), *([slice(None, None, stride)] * rank))]
+    extra = features - x.shape[-1]
+    pads = [(0, 0)] * (rank + 1) + [(extra // 2, extra - extra // 2)]
+    return jnp.pad(x, pads)
+
+
+class ResidualBlock(nn.Module):
+    """Basic block: ``act(norm(conv3x3(act(norm(conv3x3(x))))) + shortcut(x))``.
+
+    Attributes:
+      features: output channels.
+      stride: stride of the first conv (and of the shortcut).
+      shortcut: ``"A"`` or ``"B"`` (see the module docstring).
+      norm, activation, kernel_init, dtype, param_dtype: as in ``ConvBlock``.
+
+    Examples:
+      >>> block = ResidualBlock(16, stride=2)
+      >>> x = jnp.ones((1, 8, 8, 8))
+      >>> block.apply(block.init(jax.random.key(0), x), x).shape
+      (1, 4, 4, 16)
+    """
+
+    features: int
+    stride: int = 1
+    shortcut: str = "B"
+    norm: str | None = "batch"
+    activation: Any = "relu"
+    kernel_init: Any = None
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        rank = x.ndim - 2
+        common = {
+            "norm": self.norm,
+            "kernel_init": self.kernel_init,
+            "dtype": self.dtype,
+            "param_dtype": self.param_dtype,
+        }
+        y = ConvBlock(
+            self.features,
+            (3,) * rank,
+            self.stride,
+            padding=1,
+            activation=self.activation,
+            name="conv1",
+            **common,
+        )(x, train)
+        y = ConvBlock(
+            self.features, (3,) * rank, 1, padding=1, activation=None, name="conv2", **common
+        )(y, train)
+        return get_activation(self.activation)(
+            y + _shortcut(self, x, self.features, self.stride, train)
+        )
+
+
+class BottleneckBlock(nn.Module):
+    """Bottleneck block: 1x1 (width) -> 3x3 (width, stride) -> 1x1 (4 * width), + shortcut.
+
+    Attributes:
+      features: the width of the 3x3 conv; the block outputs ``4 * features`` channels.
+      stride, shortcut, norm, activation, kernel_init, dtype, param_dtype: as in
+        :class:`ResidualBlock`.
+
+    Examples:
+      >>> block = BottleneckBlock(4)
+      >>> x = jnp.ones((1, 8, 8, 16))
+      >>> block.apply(block.init(jax.random.key(0), x), x).shape
+      (1, 8, 8, 16)
+    """
+
+    features: int
+    stride: int = 1
+    shortcut: str = "B"
+    norm: str | None = "batch"
+    activation: Any = "relu"
+    kernel_init: Any = None
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    expansion: int = 4
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        rank = x.ndim - 2
+        out = self.features * self.expansion
+        common = {
+            "norm": self.norm,
+            "kernel_init": self.kernel_init,
+            "dtype": self.dtype,
+            "param_dtype": self.param_dtype,
+        }
+        y = ConvBlock(
+            self.features,
+            (1,) * rank,
+            1,
+            padding=0,
+            activation=self.activation,
+            name="conv1",
+            **common,
+        )(x, train)
+        y = ConvBlock(
+            self.features,
+            (3,) * rank,
+            self.stride,
+            padding=1,
+            activation=self.activation,
+            name="conv2",
+            **common,
+        )(y, train)
+        y = ConvBlock(out, (1,) * rank, 1, padding=0, activation=None, name="conv3", **common)(
+            y, train
+        )
+        return get_activation(self.activation)(y + _shortcut(self, x, out, self.stride, train))

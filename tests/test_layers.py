@@ -1,0 +1,356 @@
+"""jaxcnn.layers: values against NumPy/SciPy references, errors, dtypes and transforms."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import signal
+
+from jaxcnn import shapes
+from jaxcnn.layers import ConvBlock, DenseStack, Flatten, GlobalPool, Pool, get_activation
+
+# "rbg" keys: XLA:CPU compiles them faster than threefry (test time, not semantics).
+NP_RNG = np.random.default_rng(0)
+KEY = jax.random.key(0, impl="rbg")
+
+
+# ----------------------------------------------------------------------------- references
+def reference_conv(x, kernel, bias, stride, padding, dilation, groups=1):
+    """N-D grouped convolution (cross-correlation) of one NHWC batch with SciPy."""
+    x, kernel = np.asarray(x, np.float64), np.asarray(kernel, np.float64)
+    rank = x.ndim - 2
+    spatial, kernel_size = x.shape[1:-1], kernel.shape[:rank]
+    if padding in ("CIRCULAR", "REFLECT"):
+        span = [d * (k - 1) + 1 for k, d in zip(kernel_size, dilation, strict=True)]
+        pads = [((s - 1) // 2, s // 2) for s in span]
+        mode = "wrap" if padding == "CIRCULAR" else "reflect"
+        x = np.pad(x, [(0, 0), *pads, (0, 0)], mode=mode)
+    else:
+        pads = shapes.resolve_padding(padding, spatial, kernel_size, stride, dilation)
+        x = np.pad(x, [(0, 0), *pads, (0, 0)])
+    dilated = np.zeros(
+        [d * (k - 1) + 1 for k, d in zip(kernel_size, dilation, strict=True)]
+        + list(kernel.shape[-2:])
+    )
+    dilated[tuple(slice(None, None, d) for d in dilation)] = kernel
+    cin_per_group = kernel.shape[-2]
+    features = kernel.shape[-1]
+    per_group_out = features // groups
+    outputs = []
+    for n in range(x.shape[0]):
+        maps = []
+        for f in range(features):
+            g = f // per_group_out
+            acc = sum(
+                signal.correlate(x[n, ..., g * cin_per_group + c], dilated[..., c, f], "valid")
+                for c in range(cin_per_group)
+            )
+            acc = acc[tuple(slice(None, None, s) for s in stride)]
+            maps.append(acc + bias[f])
+        outputs.append(np.stack(maps, axis=-1))
+    return np.stack(outputs)
+
+
+def reference_pool(x, kind, window, stride, pads):
+    """Pooling by explicit loops over windows (NumPy)."""
+    fill = -np.inf if kind == "max" else 0.0
+    padded = np.pad(x, [(0, 0), *pads, (0, 0)], constant_values=fill)
+    out_shape = [
+        (n - w) // s + 1 for n, w, s in zip(padded.shape[1:-1], window, stride, strict=True)
+    ]
+    out = np.zeros((x.shape[0], *out_shape, x.shape[-1]))
+    for index in np.ndindex(*out_shape):
+        region = padded[
+            (slice(None),)
+            + tuple(slice(i * s, i * s + w) for i, s, w in zip(index, stride, window, strict=True))
+        ]
+        axes = tuple(range(1, x.ndim - 1))
+        value = {"max": np.max, "sum": np.sum, "avg": np.mean}[kind](region, axis=axes)
+        out[(slice(None), *index)] = value
+    return out
+
+
+def conv_variables(block, x, seed=0):
+    """Variables with random (fixed by seed) kernel and bias."""
+    # eval_shape: only the variables' shapes are needed, so nothing is compiled for init.
+    variables = jax.eval_shape(block.init, KEY, x)
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), variables)
+
+
+CONV_CASES = [
+    # (input shape, kernel, stride, padding, dilation, groups, features)
+    ((2, 9, 9, 1), (3, 3), (1, 1), "VALID", (1, 1), 1, 2),
+    ((1, 10, 9, 3), (3, 3), (2, 2), 1, (1, 1), 1, 4),
+    ((1, 11, 11, 3), (3, 3), (1, 1), "SAME", (2, 2), 1, 2),
+    ((1, 12, 10, 1), (3, 2), (2, 1), ((1, 2), (0, 1)), (1, 2), 1, 3),
+    ((1, 9, 9, 3), (2, 2), (2, 2), "SAME", (1, 1), 1, 2),  # XLA's (0, 1) SAME split
+    ((1, 8, 8, 3), (3, 3), (1, 1), "CIRCULAR", (1, 1), 1, 2),
+    ((1, 8, 7, 3), (3, 3), (1, 1), "REFLECT", (1, 1), 1, 2),
+    ((1, 8, 8, 3), (3, 3), (1, 1), 1, (1, 1), "depthwise", 6),
+    ((1, 8, 8, 4), (3, 3), (1, 1), 0, (1, 1), 2, 4),
+    ((2, 13, 1), (4,), (3,), "VALID", (1,), 1, 2),
+    ((1, 12, 3), (3,), (1,), "CAUSAL", (2,), 1, 2),
+    ((1, 6, 7, 5, 3), (3, 3, 2), (1, 2, 1), 1, (1, 1, 2), 1, 2),
+]
+
+
+@pytest.mark.parametrize("shape,kernel,stride,padding,dilation,groups,features", CONV_CASES)
+def test_conv_block_equals_scipy_correlate(
+    shape, kernel, stride, padding, dilation, groups, features
+):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=shape).astype(np.float32)
+    block = ConvBlock(
+        features, kernel, stride, padding, dilation, feature_group_count=groups, activation=None
+    )
+    variables = conv_variables(block, x)
+    got = np.asarray(jax.jit(block.apply)(variables, x))
+    params = variables["params"]["conv"]
+    group_count = shape[-1] if groups == "depthwise" else groups
+    want = reference_conv(
+        x,
+        np.asarray(params["kernel"]),
+        np.asarray(params["bias"]),
+        stride,
+        padding,
+        dilation,
+        group_count,
+    )
+    assert got.shape == want.shape == block.output_shape(shape)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_block_norm_activation_pool_order():
+    x = np.random.default_rng(2).normal(size=(2, 8, 8, 3)).astype(np.float32)
+    block = ConvBlock(4, (3, 3), padding=1, norm="batch", activation="relu", pool="max")
+    variables = conv_variables(block, x)
+    variables["batch_stats"] = jax.tree.map(jnp.abs, variables["batch_stats"])  # var > 0
+    got = jax.jit(block.apply)(variables, x)
+    conv = reference_conv(
+        x, np.asarray(variables["params"]["conv"]["kernel"]), np.zeros(4), (1, 1), 1, (1, 1)
+    )
+    bn, stats = variables["params"]["norm"], variables["batch_stats"]["norm"]
+    bn, stats = jax.tree.map(np.asarray, (bn, stats))
+    normed = (conv - stats["mean"]) / np.sqrt(stats["var"] + 1e-5) * bn["scale"] + bn["bias"]
+    want = reference_pool(np.maximum(normed, 0), "max", (2, 2), (2, 2), [(0, 0), (0, 0)])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert "bias" not in variables["params"]["conv"]  # a norm makes the conv bias redundant
+
+
+def test_batch_norm_uses_batch_statistics_when_training():
+    x = NP_RNG.normal(size=(4, 6, 6, 2)).astype(np.float32) * 3 + 5
+    block = ConvBlock(3, (1, 1), norm="batch", activation=None)
+    variables = jax.jit(block.init)(KEY, x)
+    y, updates = jax.jit(lambda v, a: block.apply(v, a, train=True, mutable=["batch_stats"]))(
+        variables, x
+    )
+    np.testing.assert_allclose(jnp.mean(y, axis=(0, 1, 2)), 0.0, atol=1e-4)
+    old, new = variables["batch_stats"]["norm"]["mean"], updates["batch_stats"]["norm"]["mean"]
+    assert not np.allclose(old, new)
+
+
+@pytest.mark.parametrize("norm", ["group", "layer"])
+def test_group_and_layer_norm(norm):
+    x = NP_RNG.normal(size=(2, 5, 5, 3)).astype(np.float32) * 2 + 1
+    block = ConvBlock(8, (3, 3), norm=norm, activation=None)
+    y = jax.jit(block.apply)(jax.jit(block.init)(KEY, x), x)
+    # gcd(32, 8) = 8 groups of one channel: each channel is normalised over space;
+    # layer norm normalises each pixel over its channels.
+    axes = (1, 2) if norm == "group" else (3,)
+    np.testing.assert_allclose(jnp.mean(y, axis=axes), 0.0, atol=1e-4)
+    np.testing.assert_allclose(jnp.var(y, axis=axes), 1.0, atol=1e-2)
+
+
+# ----------------------------------------------------------------------------- pooling
+POOL_CASES = [
+    ((2, 8, 8, 3), (2, 2), None, "VALID"),
+    ((1, 9, 7, 2), (2, 2), None, "VALID"),  # crop: the last row / column are dropped
+    ((1, 9, 9, 1), (3, 3), (2, 2), "VALID"),
+    ((1, 7, 8, 2), (3, 2), (2, 1), ((1, 1), (0, 1))),
+    ((1, 7, 7, 2), (3, 3), (2, 2), "SAME"),
+    ((2, 11, 3), (3,), (3,), "VALID"),
+    ((1, 6, 5, 4, 2), (2, 2, 2), None, "VALID"),
+]
+
+
+@pytest.mark.parametrize("kind", ["max", "avg", "sum"])
+@pytest.mark.parametrize("shape,window,stride,padding", POOL_CASES)
+def test_pool_equals_numpy(kind, shape, window, stride, padding):
+    x = np.random.default_rng(3).normal(size=shape).astype(np.float32)
+    pool = Pool(kind, window, stride, padding)
+    got = np.asarray(jax.jit(pool.apply)({}, x))
+    strides = window if stride is None else stride
+    pads = shapes.resolve_padding(padding, shape[1:-1], window, strides, operation="pool")
+    want = reference_pool(x, kind, window, strides, pads)
+    assert got.shape == want.shape == pool.output_shape(shape)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["max", "avg", "sum"])
+@pytest.mark.parametrize(
+    "shape,window", [((2, 9, 8, 3), (2, 2)), ((1, 7, 3), (3,)), ((1, 4, 6, 5, 2), (2, 3, 2))]
+)
+def test_reshape_pool_matches_reduce_window_values_and_gradients(kind, shape, window):
+    # Continuous random input: no ties, so both gradients are the same vector.
+    x = NP_RNG.normal(size=shape).astype(np.float32)
+    fast = Pool(kind, window, method="reshape")
+    slow = Pool(kind, window, method="reduce_window")
+    cotangent = NP_RNG.normal(size=fast.output_shape(shape)).astype(np.float32)
+
+    @jax.jit
+    def value_and_grad(x):
+        def both(a):
+            return fast.apply({}, a), slow.apply({}, a)
+
+        (y_fast, y_slow), vjp = jax.vjp(both, x)
+        g_fast = vjp((cotangent, jnp.zeros_like(cotangent)))[0]
+        g_slow = vjp((jnp.zeros_like(cotangent), cotangent))[0]
+        return y_fast, y_slow, g_fast, g_slow
+
+    y_fast, y_slow, g_fast, g_slow = value_and_grad(x)
+    np.testing.assert_allclose(y_fast, y_slow, rtol=1e-6)
+    np.testing.assert_allclose(g_fast, g_slow, rtol=1e-6)
+
+
+def test_reshape_jaxpr_has_no_reduce_window_under_auto():
+    x = jnp.ones((1, 8, 8, 1))
+    auto = str(jax.make_jaxpr(jax.grad(lambda a: Pool("max", 2).apply({}, a).sum()))(x))
+    forced = jax.make_jaxpr(
+        jax.grad(lambda a: Pool("max", 2, method="reduce_window").apply({}, a).sum())
+    )(x)
+    assert "reduce_window" not in auto and "select_and_scatter" not in auto
+    assert "reduce_window" in str(forced) or "select_and_scatter" in str(forced)
+
+
+def test_pool_reshape_method_refuses_overlapping_windows():
+    with pytest.raises(ValueError, match="method='reshape' needs window == stride"):
+        Pool("max", 3, stride=2, method="reshape").apply({}, jnp.ones((1, 9, 9, 1)))
+
+
+def test_global_pool_flatten_dense_stack():
+    x = np.random.default_rng(4).normal(size=(2, 4, 5, 3)).astype(np.float32)
+    pooled = jax.jit(lambda a: (GlobalPool("avg").apply({}, a), GlobalPool("max").apply({}, a)))
+    avg, top = pooled(x)
+    np.testing.assert_allclose(avg, x.mean(axis=(1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(top, x.max(axis=(1, 2)))
+    assert jax.eval_shape(GlobalPool("avg", keepdims=True).apply, {}, x).shape == (2, 1, 1, 3)
+    flat = np.asarray(jax.jit(Flatten().apply)({}, x))
+    np.testing.assert_array_equal(flat, x.reshape(2, -1))
+    mlp = DenseStack((7, 5), out_features=3, dropout_rate=0.5)
+    variables = jax.jit(mlp.init)(KEY, flat)
+    p = jax.tree.map(np.asarray, variables["params"])
+    want = np.maximum(flat @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"], 0)
+    want = np.maximum(want @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"], 0)
+    want = want @ p["Dense_2"]["kernel"] + p["Dense_2"]["bias"]
+    apply = jax.jit(mlp.apply, static_argnames="train")
+    np.testing.assert_allclose(apply(variables, flat), want, rtol=1e-5, atol=1e-5)
+    dropped = apply(variables, flat, train=True, rngs={"dropout": KEY})
+    assert not np.allclose(dropped, want)
+
+
+# ----------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    "module,shape,match",
+    [
+        (ConvBlock(4, (3, 3), name="conv1"), (2, 8, 8), r"ConvBlock.*rank 2.*\(2, 8, 8\)"),
+        (
+            ConvBlock(4, (3, 3), in_channels=3),
+            (2, 8, 8, 1),
+            r"ConvBlock.*expected input with 3 channels, shape \(2, 8, 8, 3\); got shape "
+            r"\(2, 8, 8, 1\)",
+        ),
+        (ConvBlock(4, 3), (8, 8), r"ConvBlock.*rank 3 to 5.*\(8, 8\)"),
+        (ConvBlock(4, (5, 5)), (1, 3, 3, 1), r"ConvBlock.*output size below 1"),
+        (
+            ConvBlock(4, (3, 3), feature_group_count=2),
+            (1, 8, 8, 3),
+            r"feature_group_count=2 must be 'depthwise' or a positive int dividing the 3",
+        ),
+        (
+            ConvBlock(5, (3, 3), feature_group_count="depthwise"),
+            (1, 8, 8, 2),
+            r"features=5 must be a multiple of feature_group_count=2",
+        ),
+        (ConvBlock(4, (3, 3), norm="batchnorm"), (1, 8, 8, 1), r"norm='batchnorm'"),
+        (ConvBlock(4, (3, 3), activation="relux"), (1, 8, 8, 1), r"activation='relux'"),
+        (ConvBlock(4, (3, 3), padding="circular"), (1, 8, 8, 1), r"write padding='CIRCULAR'"),
+        (Pool("max", (2, 2)), (1, 8, 8), r"Pool.*rank 2.*\(1, 8, 8\)"),
+        (Pool("median", 2), (1, 8, 8, 1), r"kind='median'"),
+        (GlobalPool("sum"), (1, 4, 4, 1), r"kind='sum'"),
+        (GlobalPool(), (4, 4), r"GlobalPool.*rank 3 to 5"),
+        (DenseStack((4,), in_features=3), (2, 5), r"DenseStack.*\(\.\.\., 3\).*\(2, 5\)"),
+        (Flatten(), (3,), r"Flatten.*rank >= 2"),
+    ],
+)
+def test_bad_input_raises_value_error_naming_module(module, shape, match):
+    with pytest.raises(ValueError, match=match):
+        jax.eval_shape(module.init, KEY, jax.ShapeDtypeStruct(shape, jnp.float32))
+
+
+def test_error_names_the_submodule_path():
+    import flax.linen as nn
+
+    class Outer(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return ConvBlock(4, (3, 3), in_channels=3, name="stem")(x)
+
+    with pytest.raises(ValueError, match="ConvBlock 'stem'"):
+        jax.eval_shape(Outer().init, KEY, jax.ShapeDtypeStruct((1, 8, 8, 1), jnp.float32))
+
+
+def test_get_activation_accepts_names_callables_and_none():
+    assert get_activation("GELU") is get_activation("gelu")
+    assert get_activation(jnp.tanh) is jnp.tanh
+    np.testing.assert_array_equal(get_activation(None)(jnp.arange(3.0)), jnp.arange(3.0))
+
+
+# ----------------------------------------------------------------------------- dtypes, transforms
+def test_bfloat16_computation_with_float32_params():
+    x = NP_RNG.normal(size=(2, 8, 8, 3)).astype(np.float32)
+    block = ConvBlock(4, (3, 3), padding="SAME", norm="batch", pool="avg", dtype=jnp.bfloat16)
+    variables = jax.jit(block.init)(KEY, x)
+    chex.assert_trees_all_equal_dtypes(
+        variables["params"], jax.tree.map(lambda p: p.astype(jnp.float32), variables["params"])
+    )
+    low = jax.jit(block.apply)(variables, x)
+    high = jax.jit(block.clone(dtype=jnp.float32).apply)(variables, x)
+    assert low.dtype == jnp.bfloat16 and high.dtype == jnp.float32
+    np.testing.assert_allclose(low.astype(jnp.float32), high, rtol=5e-2, atol=5e-2)
+
+
+def test_bfloat16_params():
+    x = jnp.ones((1, 6, 6, 2), jnp.bfloat16)
+    block = ConvBlock(3, (3, 3), param_dtype=jnp.bfloat16, dtype=jnp.bfloat16)
+    variables = jax.jit(block.init)(KEY, x)
+    assert variables["params"]["conv"]["kernel"].dtype == jnp.bfloat16
+    assert jax.jit(block.apply)(variables, x).dtype == jnp.bfloat16
+
+
+def test_jit_grad_and_vmap():
+    x = NP_RNG.normal(size=(2, 8, 8, 3)).astype(np.float32)
+    block = ConvBlock(4, (3, 3), norm="group", pool="max")
+    ensemble = jax.jit(jax.vmap(lambda k: block.init(k, x)))(jax.random.split(KEY, 3))
+    variables = jax.tree.map(lambda a: a[0], ensemble)
+
+    @jax.jit
+    def transformed(variables, ensemble, x):
+        plain = block.apply(variables, x)
+        grads = jax.grad(lambda v: jnp.sum(block.apply(v, x) ** 2))(variables)
+        # vmap over an extra leading axis of inputs (e.g. several crops of a batch) ...
+        per_crop = jax.vmap(lambda a: block.apply(variables, a))(jnp.stack([x, 2 * x, -x]))
+        # ... and over an ensemble of parameters.
+        per_member = jax.vmap(lambda v: block.apply(v, x))(ensemble)
+        doubled = block.apply(variables, 2 * x)
+        return plain, grads, per_crop, per_member, doubled
+
+    plain, grads, per_crop, per_member, doubled = transformed(variables, ensemble, x)
+    chex.assert_trees_all_equal_shapes(grads, variables)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+    np.testing.assert_allclose(per_crop[1], doubled, rtol=1e-5, atol=1e-5)
+    assert per_member.shape == (3, *plain.shape)
+    np.testing.assert_allclose(per_member[0], plain, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,265 @@
+"""jaxcnn.models: the zoo's shapes and published parameter counts, the spec, get()."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxcnn import models
+
+# "rbg" keys: XLA:CPU compiles their random bits several times faster than threefry's,
+# which dominates the cost of a jitted init of a small model.
+NP_RNG = np.random.default_rng(0)
+RNGS = {"params": jax.random.key(0, impl="rbg"), "dropout": jax.random.key(1, impl="rbg")}
+
+# name -> (one example's shape, num_classes, published trainable parameter count)
+ZOO = {
+    "mnist_cnn": ((28, 28, 1), 10, 34_826),  # Keras "simple MNIST convnet"
+    "digits_cnn": ((8, 8, 1), 10, 85_066),
+    "cifar_cnn": ((32, 32, 3), 10, 122_570),  # TensorFlow CNN tutorial
+    "lenet5": ((28, 28, 1), 10, 61_706),
+    "alexnet": ((224, 224, 3), 1000, 61_100_840),  # torchvision
+    "vgg11": ((224, 224, 3), 1000, 132_863_336),  # torchvision
+    "vgg16": ((224, 224, 3), 1000, 138_357_544),  # torchvision
+    "resnet18": ((224, 224, 3), 1000, 11_689_512),  # torchvision
+    "resnet34": ((224, 224, 3), 1000, 21_797_672),  # torchvision
+    "resnet50": ((224, 224, 3), 1000, 25_557_032),  # torchvision
+    "resnet20": ((32, 32, 3), 10, 269_722),  # He et al. 2016: 0.27M (option A)
+    "resnet56": ((32, 32, 3), 10, 853_018),  # He et al. 2016: 0.85M (option A)
+    "cnn3d": ((8, 16, 16, 1), 10, 70_426),
+    "fast_cifar": ((32, 32, 3), 10, 1_972_802),
+}
+# Small enough to initialise and run for real on a batch of 2 within the CI budget.
+RUN_FOR_REAL = ("mnist_cnn", "digits_cnn", "cifar_cnn", "lenet5", "cnn3d", "resnet20")
+
+
+def count(tree) -> int:
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
+
+
+def abstract_init(model, shape, **kwargs):
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    return jax.eval_shape(lambda a: model.init(RNGS, a, train=False, **kwargs), x)
+
+
+def test_names_cover_the_contract():
+    contract = {
+        "mnist_cnn",
+        "cifar_cnn",
+        "lenet5",
+        "alexnet",
+        "vgg11",
+        "vgg16",
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "resnet20",
+        "resnet56",
+        "cnn3d",
+        "fast_cifar",
+    }
+    assert contract <= set(models.names())
+    assert set(ZOO) == set(models.names())
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_zoo_parameter_count_and_output_shape(name):
+    shape, num_classes, published = ZOO[name]
+    model = models.get(name, num_classes=num_classes)
+    variables = abstract_init(model, (2, *shape))
+    assert count(variables["params"]) == published
+    out = jax.eval_shape(
+        lambda v, x: model.apply(v, x, train=False),
+        variables,
+        jax.ShapeDtypeStruct((2, *shape), jnp.float32),
+    )
+    assert out.shape == (2, num_classes) and out.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("name", RUN_FOR_REAL)
+def test_small_models_init_and_apply_for_real(name):
+    shape, _, _ = ZOO[name]
+    model = models.get(name, num_classes=7)
+    x = NP_RNG.normal(size=(2, *shape)).astype(np.float32)
+    # One compilation: init_with_output runs the forward pass with the fresh variables.
+    logits, variables = jax.jit(lambda a: model.init_with_output(RNGS, a, train=False))(x)
+    assert logits.shape == (2, 7) and logits.dtype == jnp.float32
+    assert bool(jnp.all(jnp.isfinite(logits))), name
+    assert count(variables["params"]) == count(abstract_init(model, (2, *shape))["params"])
+
+
+def test_training_mode_updates_batch_stats_and_uses_dropout():
+    spec = {
+        "stages": [{"type": "conv", "features": 4, "norm": "batch", "pool": "max"}],
+        "head": [{"type": "flatten"}, {"type": "dropout", "rate": 0.5}],
+    }
+    model = models.from_spec(spec, num_classes=3)
+    x = NP_RNG.normal(size=(2, 6, 6, 1)).astype(np.float32)
+    variables = jax.jit(lambda a: model.init(RNGS, a, train=False))(x)
+
+    @jax.jit
+    def train_apply(v, a, key):
+        return model.apply(v, a, train=True, mutable=["batch_stats"], rngs={"dropout": key})
+
+    a, state_a = train_apply(variables, x, jax.random.key(4, impl="rbg"))
+    b, _ = train_apply(variables, x, jax.random.key(5, impl="rbg"))
+    assert not np.allclose(a, b)  # dropout masks differ
+    old = jax.tree.leaves(variables["batch_stats"])
+    new = jax.tree.leaves(state_a["batch_stats"])
+    assert any(not np.allclose(o, n) for o, n in zip(old, new, strict=True))
+
+
+def test_bfloat16_computation_keeps_float32_params_and_logits():
+    low_model = models.get("digits_cnn", dtype="bfloat16")
+    f32_model = models.get("digits_cnn")
+    x = NP_RNG.normal(size=(2, 8, 8, 1)).astype(np.float32)
+    abstract = abstract_init(low_model, x.shape)
+    assert {leaf.dtype for leaf in jax.tree.leaves(abstract)} == {jnp.dtype(jnp.float32)}
+    variables = jax.tree.map(
+        lambda leaf: (NP_RNG.normal(size=leaf.shape) * 0.2).astype(np.float32), abstract
+    )
+    assert hash(low_model) != hash(f32_model)  # hashable: usable as a jit static argument
+
+    @jax.jit
+    def both(v, a):
+        return low_model.apply(v, a, train=False), f32_model.apply(v, a, train=False)
+
+    low, high = both(variables, x)
+    assert low.dtype == jnp.float32
+    np.testing.assert_allclose(low, high, rtol=0.1, atol=0.1)
+
+
+def test_resnet20_option_b_and_in_channels_change_counts():
+    assert (
+        count(abstract_init(models.get("resnet20", shortcut="B"), (1, 32, 32, 3))["params"])
+        == 272_474
+    )  # + 1x1 projections 16->32, 32->64 with their BN
+    three = models.get("mnist_cnn", in_channels=3)
+    assert count(abstract_init(three, (1, 28, 28, 3))["params"]) == 34_826 + 2 * 9 * 32
+
+
+def test_bottleneck_block_runs_and_keeps_shape():
+    block = models.BottleneckBlock(4, stride=2)
+    x = jax.ShapeDtypeStruct((1, 8, 8, 8), jnp.float32)
+    y, variables = jax.eval_shape(block.init_with_output, jax.random.key(1, impl="rbg"), x)
+    assert y.shape == (1, 4, 4, 16)
+    # 1x1 8->4, 3x3 4->4, 1x1 4->16, projection 8->16, each + BN (scale, bias)
+    assert count(variables["params"]) == 32 + 8 + 144 + 8 + 64 + 32 + 128 + 32
+
+
+def test_get_with_config_kwargs_as_the_trainer_calls_it():
+    config = ml_collections.ConfigDict({"model": "mnist_cnn", "model_kwargs": {"padding": "SAME"}})
+    model = models.get(config.model, num_classes=10, **config.model_kwargs)
+    out = jax.eval_shape(
+        lambda: model.init_with_output(RNGS, jnp.zeros((1, 8, 8, 1)), train=False)[0]
+    )
+    assert out.shape == (1, 10)
+
+
+def test_get_rejects_unknown_names_and_arguments():
+    with pytest.raises(ValueError, match=r"model name='resnet19' is not in the zoo; valid: .*"):
+        models.get("resnet19")
+    with pytest.raises(ValueError, match=r"model 'mnist_cnn' got unknown arguments \['width'\]"):
+        models.get("mnist_cnn", width=3)
+    with pytest.raises(ValueError, match=r"num_classes=0; valid: an int >= 1"):
+        models.get("lenet5", num_classes=0)
+    with pytest.raises(ValueError, match=r"dtype='float33' is not a dtype"):
+        models.get("lenet5", dtype="float33")
+    with pytest.raises(ValueError, match=r"depth=21; valid: 6n \+ 2"):
+        models.cifar_resnet(21)
+
+
+# ----------------------------------------------------------------------------- the spec
+SPEC_1D = {
+    "spatial_dims": 1,
+    "stages": [
+        {"type": "conv", "features": 8, "kernel": 5, "padding": "CAUSAL", "dilation": 2},
+        {"type": "pool", "kind": "avg", "window": 2},
+        {"type": "residual", "features": 8, "blocks": 2},
+        {"type": "dropout", "rate": 0.1},
+    ],
+    "head": [{"type": "global_pool", "kind": "max"}, {"type": "dense", "features": 16}],
+}
+
+
+def test_spec_from_config_dict_1d():
+    config = ml_collections.ConfigDict({"spec": SPEC_1D})
+    model = models.from_spec(config.spec, num_classes=4, in_channels=2)
+    variables = abstract_init(model, (3, 40, 2))
+    expected = (
+        5 * 2 * 8
+        + 8  # causal conv
+        + 2 * (2 * (3 * 8 * 8 + 2 * 8))  # 2 residual blocks of 2 conv+BN
+        + 8 * 16
+        + 16
+        + 16 * 4
+        + 4  # dense + classifier
+    )
+    assert count(variables["params"]) == expected
+    paths = set(variables["params"])
+    assert {"ConvBlock_0", "ResidualBlock_0", "ResidualBlock_1", "Dense_0", "classifier"} <= paths
+
+
+def test_spec_conv_repeat_names_and_2d_defaults():
+    spec = {
+        "stages": [
+            {
+                "type": "conv",
+                "features": 4,
+                "repeat": 3,
+                "stride": 2,
+                "pool": "max",
+                "padding": "SAME",
+                "name": "stage1",
+            }
+        ]
+    }
+    model = models.CNN(spec, num_classes=2)
+    variables = abstract_init(model, (1, 32, 32, 3))
+    assert set(variables["params"]) == {"stage1_0", "stage1_1", "stage1_2", "classifier"}
+    # stride on the first repeat only, pool after the last: 32 -> 16 -> 16 -> 16 -> 8
+    out = jax.eval_shape(
+        lambda v: model.apply(
+            v, jnp.zeros((1, 32, 32, 3)), capture_intermediates=True, mutable=["intermediates"]
+        ),
+        variables,
+    )[1]["intermediates"]
+    assert out["stage1_2"]["__call__"][0].shape == (1, 8, 8, 4)
+
+
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ({"stages": [{"type": "convolution", "features": 4}]}, r"spec.stages\[0\].type="),
+        ({"stages": [{"type": "conv"}]}, r"spec.stages\[0\] \(conv\) needs 'features'"),
+        ({"stages": [{"type": "conv", "features": 4, "kernal": 3}]}, r"unknown keys \['kernal'\]"),
+        ({"stages": [], "head": [{"type": "dense", "features": 3}]}, r"must start with 'flatten'"),
+        ({"stages": [], "head": [{"type": "conv", "features": 3}]}, r"spec.head\[0\].type"),
+        ({"spatial_dims": 4}, r"spec.spatial_dims=4"),
+        ({"layers": []}, r"unknown keys \['layers'\]"),
+        ({"stages": [{"type": "dropout", "rate": 1.5}]}, r"rate=1.5"),
+        ({"stages": [{"type": "residual", "features": 4, "shortcut": "C"}]}, r"shortcut='C'"),
+        ({"stages": [{"type": "conv", "features": 4, "activation": "rleu"}]}, r"'rleu'"),
+        ({"kernel_init": "orthogonal"}, r"kernel_init='orthogonal'"),
+    ],
+)
+def test_spec_errors_name_the_item(spec, match):
+    with pytest.raises(ValueError, match=match):
+        models.from_spec(spec)
+
+
+def test_model_input_errors():
+    model = models.get("mnist_cnn")
+    with pytest.raises(
+        ValueError, match=r"CNN: a 2-D network expects input .*got shape \(28, 28, 1\)"
+    ):
+        abstract_init(model, (28, 28, 1))
+    with pytest.raises(ValueError, match=r"CNN: expected input with 1 channels.*\(2, 28, 28, 3\)"):
+        abstract_init(model, (2, 28, 28, 3))
+    with pytest.raises(ValueError, match=r"Pool 'conv2/pool'.*output size below 1"):
+        abstract_init(model, (2, 8, 8, 1))
