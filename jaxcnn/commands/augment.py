@@ -34,29 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def augmented_grid(images_uint8, spec, columns: int, seed: int):
-    """``(rows, 1 + columns, H, W, C)`` float images: originals then augmented copies."""
-    import jax
-    import jax.numpy as jnp
-
-    from jaxcnn.data import augment
-
-    fn = jax.jit(augment.build(spec))
-    originals = jnp.asarray(images_uint8, jnp.float32) / 255.0
-    keys = jax.random.split(jax.random.key(seed), columns)
-    copies = [fn(key, originals) for key in keys]
-    return jnp.stack([originals, *copies], axis=1)
-
-
 def main(argv: list[str]) -> int:
     """Run ``jaxcnn augment``; returns the exit status."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: works without a display
-    import matplotlib.pyplot as plt
     import numpy as np
 
     from jaxcnn.data import DataError, load
+    from jaxcnn.viz import plot_augmentation_preview
 
     args = build_parser().parse_args(argv)
     if args.rows < 1 or args.columns < 1:
@@ -80,35 +63,18 @@ def main(argv: list[str]) -> int:
     labels = dataset.train.labels
     picks = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)][: args.rows]
     try:
-        grid = np.asarray(
-            augmented_grid(dataset.train.images[picks], spec, args.columns, args.seed)
+        # The same grid helper the report and the kernel demos use.
+        plot_augmentation_preview(
+            dataset.train.images[picks],
+            spec,
+            num_variants=args.columns,
+            seed=args.seed,
+            path=args.out,
         )
     except ValueError as error:
         print(f"jaxcnn augment: {error}", file=sys.stderr)
         return 2
-    rows, columns = grid.shape[:2]
-    figure, axes = plt.subplots(
-        rows, columns, figsize=(1.1 * columns, 1.1 * rows + 0.5), squeeze=False
-    )
-    grayscale = grid.shape[-1] == 1
-    for r in range(rows):
-        for c in range(columns):
-            image = grid[r, c, ..., 0] if grayscale else grid[r, c]
-            axes[r, c].imshow(
-                np.clip(image, 0, 1),
-                cmap="gray" if grayscale else None,
-                vmin=0,
-                vmax=1,
-                interpolation="nearest",
-            )
-            axes[r, c].set_axis_off()
-    axes[0, 0].set_title("original", fontsize=8)
-    active = {k: v for k, v in spec.items() if v}
-    figure.suptitle(f"{dataset.name}: {active or 'no augmentation'}", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(args.out, dpi=100)
-    plt.close(figure)
-    print(f"wrote {args.out}: {rows} images x ({columns - 1} augmented copies + original)")
+    print(f"wrote {args.out}: {len(picks)} images x ({args.columns} augmented copies + original)")
     return 0
 
 
