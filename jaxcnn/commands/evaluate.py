@@ -1,0 +1,56 @@
+"""``jaxcnn evaluate``: test metrics and confusion matrix of a training workdir.
+
+Examples::
+
+    jaxcnn evaluate --workdir runs/digits                 # best checkpoint, test split
+    jaxcnn evaluate --workdir runs/digits --checkpoint latest --split validation
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxcnn evaluate",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--workdir", required=True, help="a directory `jaxcnn train` wrote")
+    parser.add_argument(
+        "--checkpoint", default="best", help="'best' (default), 'latest' or a step number"
+    )
+    parser.add_argument("--split", default="test", choices=("test", "validation", "train"))
+    parser.add_argument("--batch-size", type=int, default=0, help="0: the config's eval size")
+    parser.add_argument("--json", action="store_true", help="print the metrics as JSON only")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``jaxcnn evaluate``; returns the exit status."""
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    from jaxcnn.train import restore
+    from jaxcnn.train.evaluation import evaluate_restored
+
+    try:
+        restored = restore(args.workdir, args.checkpoint)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"jaxcnn evaluate: error: {error}", file=sys.stderr)
+        return 1
+    report = evaluate_restored(restored, args.split, args.batch_size)
+    if args.json:
+        print(json.dumps(report.metrics))
+        return 0
+    print(f"checkpoint: {restored.checkpoint_path} (epoch {restored.epoch}, step {restored.step})")
+    for name, value in report.metrics.items():
+        print(f"{name}: {value:.4f}")
+    print(f"confusion matrix ({args.split}, rows: true class, columns: predicted):")
+    print(report.format_confusion())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

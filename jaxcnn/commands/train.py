@@ -1,0 +1,153 @@
+"""``jaxcnn train``: train a config into a workdir, then write the report.
+
+Examples::
+
+    jaxcnn train                                   # configs/default.py: digits, ~15 s
+    jaxcnn train --config configs/mnist.py --workdir runs/mnist --config.num_epochs=3
+    jaxcnn train --config mnist                    # a name in the repo's configs/
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from absl import flags
+from ml_collections import config_flags
+
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+DEFAULT_CONFIG = REPO_CONFIGS / "default.py"
+_PROG = "jaxcnn train"
+_CONFIG_HELP = (
+    "a configs/*.py file, or the name of one in the repo (e.g. mnist); override any field "
+    "with --config.FIELD=VALUE"
+)
+_WORKDIR_HELP = "run directory; resumes if it has checkpoints (default: fresh runs/<config>-<time>)"
+_REPORT_HELP = "write WORKDIR/report.html after training (--noreport to skip)"
+
+
+def _resolve_config_argument(argv: list[str]) -> list[str]:
+    """Let ``--config mnist`` / ``--config=mnist`` mean ``configs/mnist.py`` of the repo."""
+    resolved = []
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        value = None
+        if arg == "--config" and index + 1 < len(argv):
+            value, index = argv[index + 1], index + 1
+        elif arg.startswith("--config="):
+            value = arg[len("--config=") :]
+        if value is not None:
+            path, _, option = value.partition(":")
+            if not Path(path).exists() and (REPO_CONFIGS / f"{path}.py").exists():
+                value = str(REPO_CONFIGS / f"{path}.py") + (f":{option}" if option else "")
+            arg = f"--config={value}"
+        resolved.append(arg)
+        index += 1
+    return resolved
+
+
+def _fresh_workdir(config_path: str) -> Path:
+    stem = Path(config_path.partition(":")[0]).stem
+    base = Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, suffix = base, 1
+    while candidate.exists():
+        candidate, suffix = Path(f"{base}-{suffix}"), suffix + 1
+    return candidate
+
+
+def _parse(argv: list[str]) -> flags.FlagValues:
+    argv = _resolve_config_argument(argv)
+    values = flags.FlagValues()
+    with warnings.catch_warnings():
+        # ml_collections loads config files with importlib's deprecated load_module(),
+        # once for the default at definition time and again for --config.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        config_flags.DEFINE_config_file(
+            "config",
+            default=str(DEFAULT_CONFIG),
+            flag_values=values,
+            sys_argv=[_PROG, *argv],
+            help_string=_CONFIG_HELP,
+        )
+        flags.DEFINE_string(
+            "workdir",
+            None,
+            _WORKDIR_HELP,
+            flag_values=values,
+        )
+        flags.DEFINE_boolean("report", True, _REPORT_HELP, flag_values=values)
+        values([_PROG, *argv])
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``jaxcnn train``; returns the exit status (0 ok, 1 failed, 2 usage, 130 Ctrl-C)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(arg in ("-h", "--help", "-help", "--helpfull") for arg in argv):
+        print(__doc__)
+        values = flags.FlagValues()
+        flags.DEFINE_string("config", str(DEFAULT_CONFIG), _CONFIG_HELP, flag_values=values)
+        flags.DEFINE_string("workdir", None, _WORKDIR_HELP, flag_values=values)
+        flags.DEFINE_boolean("report", True, _REPORT_HELP, flag_values=values)
+        print(values.get_help())
+        return 0
+    try:
+        values = _parse(argv)
+        config = values.config
+        config.keys()  # a config file that failed to load raises only when touched
+    except (KeyError, AttributeError) as error:
+        # ml_collections reports an override of a missing field as AttributeError(KeyError).
+        field = str(error).strip("\"'")
+        print(
+            f"{_PROG}: unknown config field {field!r} in the overrides; the fields are "
+            "listed in docs/training.md",
+            file=sys.stderr,
+        )
+        return 2
+    except (flags.Error, OSError, TypeError, ValueError) as error:
+        print(f"{_PROG}: {error}", file=sys.stderr)
+        return 2
+
+    from jaxcnn.data import DataError
+    from jaxcnn.train import CheckpointMismatchError, ConfigError, NonFiniteLossError, fit
+
+    config = values.config
+    chosen = (
+        Path(values.workdir) if values.workdir else _fresh_workdir(values["config"].config_filename)
+    )
+    workdir = chosen.absolute()
+    print(f"workdir: {workdir}")
+    try:
+        result = fit(config, workdir)
+    except (ConfigError, DataError, CheckpointMismatchError, NonFiniteLossError) as error:
+        print(f"{_PROG}: error: {error}", file=sys.stderr)
+        return 1
+    if result.interrupted:
+        print(
+            f"interrupted; checkpoint in {result.checkpoint_dir}; resume with the same command "
+            f"and --workdir {workdir}"
+        )
+        return 130
+    report_path = None
+    if values.report:
+        try:
+            from jaxcnn import report
+        except ImportError:
+            report = None
+        if report is not None:
+            report_path = report.write_report(workdir)
+    accuracy = result.test_metrics["test_accuracy"]
+    print(f"test accuracy: {accuracy:.4f}")
+    print(f"checkpoint: {result.checkpoint_dir}")
+    print(f"log: {result.metrics_path}")
+    print(f"results: {result.results_path}")
+    if report_path is not None:
+        print(f"report: {report_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

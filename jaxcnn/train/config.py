@@ -1,0 +1,192 @@
+"""The training config: every field with its default, and a check that names bad values.
+
+Configs in ``configs/*.py`` start from :func:`base_config` and override what their
+recipe needs; any field can then be overridden on the command line
+(``--config.num_epochs=3``). :func:`validate_config` runs first thing in ``fit``
+so a typo fails before any data is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from jaxcnn.data.augment import DEFAULTS as augment_defaults
+
+DTYPES = ("float32", "bfloat16")
+EARLY_STOPPING_METRICS = ("val_loss", "val_accuracy", "val_top5", "train_loss", "train_accuracy")
+# Augmentation spec keys with everything off.
+AUGMENT_OFF = dict(augment_defaults)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every training field with a neutral default (a config file overrides what it needs).
+
+    Returns:
+      A ``ConfigDict``; see ``docs/training.md`` for the meaning of each field.
+
+    Examples:
+      >>> cfg = base_config()
+      >>> cfg.optimizer.name, cfg.dtype
+      ('sgd', 'float32')
+    """
+    return ml_collections.ConfigDict(
+        {
+            "dataset": "digits",  # a name jaxcnn.data.load accepts
+            "data_dir": "",  # "" = jaxcnn.data's default search path
+            "data_options": {},  # extra keyword arguments for jaxcnn.data.load
+            "validation_split": 0.0,  # fraction of train held out; 0 = validate on test
+            # depth > 0 turns each image into a twisted 3-D stack (jaxcnn.train.volumes).
+            "volume": {"depth": 0, "twist_degrees": 20.0},
+            "model": "mnist_cnn",  # a jaxcnn.models zoo name
+            "model_kwargs": {},  # extra keyword arguments for jaxcnn.models.get
+            "batch_size": 128,
+            "eval_batch_size": 500,
+            "num_epochs": 10,
+            "seed": 0,
+            "optimizer": {
+                "name": "sgd",
+                "learning_rate": 0.1,
+                "momentum": 0.9,
+                "nesterov": False,
+                "weight_decay": 0.0,
+                "grad_clip_norm": 0.0,
+                "b1": 0.9,
+                "b2": 0.999,
+                "eps": 1e-8,
+            },
+            "schedule": {
+                "name": "constant",
+                "warmup_epochs": 1.0,
+                "end_factor": 0.0,
+                "boundaries_epochs": [],
+                "factors": [],
+                "pct_start": 0.25,
+                "div_factor": 25.0,
+                "final_div_factor": 1e4,
+            },
+            "label_smoothing": 0.0,
+            "augment": dict(AUGMENT_OFF),
+            "dtype": "float32",  # computation dtype; parameters stay float32
+            "checkpoint": {"keep": 3, "best_metric": "val_accuracy"},
+            # patience 0 = off; the metric must improve by min_delta to count.
+            "early_stopping": {"metric": "val_loss", "patience": 0, "min_delta": 0.0},
+            "log_every_steps": 50,  # metrics are fetched from the device this often
+            "num_devices": 0,  # 0 = all local devices
+            "progress_bar": True,
+            "tensorboard": True,  # event files if tensorboardX is installed
+        }
+    )
+
+
+class ConfigError(ValueError):
+    """A config field has a value that cannot work; the message names field, value and fix."""
+
+
+def _require(condition: bool, field: str, value: Any, valid: str) -> None:
+    if not condition:
+        raise ConfigError(f"config.{field} = {value!r} is invalid: {valid}")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Raise :class:`ConfigError` naming the field, its value and what is valid; return ``config``.
+
+    Missing fields are filled in from :func:`base_config` (a config file may be
+    written from scratch), so the returned config always has every field.
+
+    Examples:
+      >>> cfg = base_config(); cfg.batch_size = 0
+      >>> validate_config(cfg)  # doctest: +IGNORE_EXCEPTION_DETAIL
+      Traceback (most recent call last):
+      ...
+      ConfigError: config.batch_size = 0 is invalid: a positive integer
+    """
+    full = base_config()
+    flat = _flatten(config.to_dict())
+    known = set(_flatten(full.to_dict()))
+    for name in flat:
+        # A misspelt field would otherwise be ignored silently.
+        _require(name in known, name, flat[name], f"not a config field; fields: {sorted(known)}")
+    full.update_from_flattened_dict(flat)
+    config = full
+    for field in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps"):
+        value = config[field]
+        _require(isinstance(value, int) and value > 0, field, value, "a positive integer")
+    _require(isinstance(config.seed, int), "seed", config.seed, "an integer")
+    _require(
+        0.0 <= config.validation_split < 1.0,
+        "validation_split",
+        config.validation_split,
+        "a fraction in [0, 1)",
+    )
+    _require(
+        0.0 <= config.label_smoothing < 1.0,
+        "label_smoothing",
+        config.label_smoothing,
+        "a value in [0, 1)",
+    )
+    _require(config.dtype in DTYPES, "dtype", config.dtype, f"one of {DTYPES}")
+    _require(
+        isinstance(config.num_devices, int) and config.num_devices >= 0,
+        "num_devices",
+        config.num_devices,
+        "0 (all devices) or a positive count",
+    )
+    depth = config.volume.depth
+    _require(isinstance(depth, int) and depth >= 0, "volume.depth", depth, "an integer >= 0")
+    keep = config.checkpoint.keep
+    _require(isinstance(keep, int) and keep >= 1, "checkpoint.keep", keep, "an integer >= 1")
+    stopping = config.early_stopping
+    _require(
+        stopping.metric in EARLY_STOPPING_METRICS,
+        "early_stopping.metric",
+        stopping.metric,
+        f"one of {EARLY_STOPPING_METRICS}",
+    )
+    _require(
+        isinstance(stopping.patience, int) and stopping.patience >= 0,
+        "early_stopping.patience",
+        stopping.patience,
+        "an integer >= 0 (0 = off)",
+    )
+    _require(stopping.min_delta >= 0, "early_stopping.min_delta", stopping.min_delta, ">= 0")
+    unknown = set(config.augment) - set(AUGMENT_OFF)
+    _require(not unknown, "augment", sorted(unknown), f"keys among {sorted(AUGMENT_OFF)}")
+    return config
+
+
+def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}} -> {"a.b": 1}``, keeping free-form dicts (kwargs, options) whole."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and key not in ("model_kwargs", "data_options") and value:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def config_to_json(config: ml_collections.ConfigDict) -> str:
+    """The config as indented JSON (what ``WORKDIR/config.json`` holds)."""
+    return json.dumps(json.loads(config.to_json_best_effort()), indent=2, sort_keys=True)
+
+
+def load_config_json(path: str | Path) -> ml_collections.ConfigDict:
+    """Read a ``config.json`` written by ``fit`` back into a ``ConfigDict``.
+
+    Examples:
+      >>> import tempfile, pathlib
+      >>> p = pathlib.Path(tempfile.mkdtemp()) / "config.json"
+      >>> _ = p.write_text(config_to_json(base_config()))
+      >>> load_config_json(p).model
+      'mnist_cnn'
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no config.json at {path}: is this a jaxcnn training workdir?")
+    return validate_config(ml_collections.ConfigDict(json.loads(path.read_text())))

@@ -1,0 +1,148 @@
+"""One training session's setup and checkpoint bookkeeping (used by ``fit``).
+
+A :class:`TrainingSession` holds what ``fit`` builds from a config (mesh, data,
+model, state, schedule, checkpoint store, metrics log) and knows how to save and
+resume the run: the checkpoint holds the train state, the running metric sums of
+an unfinished epoch and, as JSON, the history and what ``restore`` needs.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+import jax
+import ml_collections
+
+from jaxcnn.train import sharding as sharding_lib
+from jaxcnn.train.checkpoint import CheckpointStore, tree_shapes
+from jaxcnn.train.components import (
+    TrainingData,
+    build_model,
+    load_training_data,
+    model_description,
+)
+from jaxcnn.train.early_stopping import metric_mode
+from jaxcnn.train.losses import zeros_like_metrics
+from jaxcnn.train.run_log import MetricsLog, is_primary_process
+from jaxcnn.train.state import build_tx, create_train_state
+
+
+class InterruptFlag:
+    """Turns the first Ctrl-C into a request to save and stop; a second one aborts."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(
+            "\nCtrl-C: saving a checkpoint after this step, then stopping "
+            "(press Ctrl-C again to abort without saving)",
+            flush=True,
+        )
+
+    def __enter__(self):
+        # Signal handlers can only be installed from the main thread.
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc_info):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class TrainingSession:
+    """Everything one ``fit`` call builds from its config, plus saving and resuming."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: Path):
+        self.config = config
+        self.workdir = workdir
+        self.mesh = sharding_lib.make_mesh(config.num_devices)
+        sharding_lib.check_batch_size(config.batch_size, self.mesh)
+        self.data: TrainingData = load_training_data(config)
+        self.steps_per_epoch = len(self.data.train) // config.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"config.batch_size = {config.batch_size} is larger than the training split "
+                f"({len(self.data.train)} examples); use at most {len(self.data.train)}"
+            )
+        self.top5 = self.data.num_classes > 5
+        self.model = build_model(config, self.data.num_classes, self.data.example_shape[-1])
+        self.state = create_train_state(
+            self.model,
+            config,
+            jax.random.PRNGKey(config.seed),
+            (1, *self.data.example_shape),
+            steps_per_epoch=self.steps_per_epoch,
+            mesh=self.mesh,
+        )
+        _, self.schedule = build_tx(config, self.steps_per_epoch)
+        self.replicated = sharding_lib.replicated(self.mesh)
+        self.totals = sharding_lib.put_global(zeros_like_metrics(self.top5), self.replicated)
+        self.history: list[dict] = []
+        self.elapsed_before = 0.0
+        self.store = CheckpointStore(
+            workdir / "checkpoints",
+            keep=config.checkpoint.keep,
+            best_metric=config.checkpoint.best_metric,
+            best_mode=metric_mode(config.checkpoint.best_metric or "val_accuracy"),
+        )
+        self.primary = is_primary_process()
+        self.log = MetricsLog(workdir / "metrics.jsonl", writer=self.primary)
+
+    # ----- checkpoints -------------------------------------------------------------
+    def checkpoint_tree(self) -> dict:
+        return {"state": self.state.checkpoint_tree(), "train_totals": self.totals}
+
+    def meta(self, elapsed_s: float) -> dict:
+        return {
+            "epoch": int(self.history[-1]["epoch"]) if self.history else 0,
+            "history": self.history,
+            "elapsed_s": elapsed_s,
+            "steps_per_epoch": self.steps_per_epoch,
+            "norm_mean": self.data.mean.tolist(),
+            "norm_std": self.data.std.tolist(),
+            "class_names": list(self.data.class_names),
+            "example_shape": list(self.data.example_shape),
+            "model_description": model_description(self.config),
+            "shapes": tree_shapes(self.checkpoint_tree()),
+        }
+
+    def save(self, step: int, elapsed_s: float, metrics: dict | None) -> None:
+        self.store.save(step, self.checkpoint_tree(), self.meta(elapsed_s), metrics)
+
+    def resume(self) -> int:
+        """Restore the latest checkpoint if there is one; returns the global step."""
+        step = self.store.latest_step()
+        if step is None:
+            self.log.rewrite([])
+            return 0
+        self.store.check_compatible(
+            step, tree_shapes(self.checkpoint_tree()), model_description(self.config)
+        )
+        meta = self.store.read_meta(step)
+        if meta["steps_per_epoch"] != self.steps_per_epoch:
+            raise ValueError(
+                f"cannot resume from {self.store.directory / str(step)}: it was trained with "
+                f"{meta['steps_per_epoch']} steps per epoch, the config now gives "
+                f"{self.steps_per_epoch} (batch_size or dataset changed); the data order "
+                "would not continue. Train into a fresh --workdir."
+            )
+        abstract = jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+            self.checkpoint_tree(),
+        )
+        tree, meta = self.store.restore(step, abstract)
+        self.state = self.state.from_checkpoint_tree(tree["state"])
+        self.totals = tree["train_totals"]
+        self.history = list(meta["history"])
+        self.elapsed_before = float(meta["elapsed_s"])
+        # The log may hold an epoch the checkpoint does not (crash between the two).
+        self.log.rewrite(self.history)
+        return int(step)

@@ -1,0 +1,139 @@
+"""XLA flags that make CNN training faster on CPU, applied only when they can still act.
+
+XLA reads ``XLA_FLAGS`` once, when JAX creates its first backend (the first array or jit
+call, not ``import jax``). ``configure_cpu()`` therefore adds jaxcnn's chosen flags to the
+environment only if no backend exists yet and the run will be on CPU; otherwise it does
+nothing and says why. Flags the user already put in ``XLA_FLAGS`` always win.
+
+Why these flags (measurements in ``docs/perf_notes.md``):
+
+* ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``: jaxlib 0.10 hands each
+  convolution to YNNPACK by default; for the small NHWC convolutions of these nets (and
+  their gradients) XLA's own Eigen/oneDNN path is faster on x86.
+
+Environment overrides (read at call time):
+
+* ``JAXCNN_NO_XLA_FLAGS=1``: add nothing (opt-out).
+* ``JAXCNN_XLA_FLAGS="--flag=value --other=value"``: use these instead of the defaults.
+
+Examples:
+    >>> merge_flags("--xla_a=1", ["--xla_a=2", "--xla_b=3"])  # the user's --xla_a wins
+    '--xla_a=1 --xla_b=3'
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+DEFAULT_CPU_FLAGS: tuple[str, ...] = (
+    "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
+)
+_ACCELERATOR_PLATFORMS = ("cuda", "gpu", "rocm", "tpu", "metal")
+
+
+def _flag_name(flag: str) -> str:
+    return flag.split("=", 1)[0].strip()
+
+
+def merge_flags(existing: str, flags: Sequence[str]) -> str:
+    """Appends ``flags`` to the ``existing`` XLA_FLAGS string, skipping names already set.
+
+    Args:
+      existing: the current ``XLA_FLAGS`` value (may be empty).
+      flags: flags like ``"--xla_cpu_x=1"``; each must start with ``--``.
+
+    Returns:
+      The merged, space-separated string.
+
+    Raises:
+      ValueError: if a flag does not start with ``--``.
+
+    Examples:
+      >>> merge_flags("", ["--xla_b=3"])
+      '--xla_b=3'
+    """
+    present = {_flag_name(f) for f in existing.split()}
+    out = existing.split()
+    for flag in flags:
+        if not flag.startswith("--"):
+            raise ValueError(f"each XLA flag must start with '--', got {flag!r}")
+        if _flag_name(flag) not in present:
+            out.append(flag)
+            present.add(_flag_name(flag))
+    return " ".join(out)
+
+
+def _platform_problem() -> str | None:
+    """Why the run may not be on CPU (None when it will be), without starting a backend."""
+    import jax
+
+    platforms = (jax.config.jax_platforms or os.environ.get("JAX_PLATFORMS", "")).lower()
+    if platforms:
+        first = platforms.split(",")[0].strip()
+        return None if first == "cpu" else f"JAX_PLATFORMS={platforms!r} does not start with cpu"
+    try:
+        from importlib.metadata import entry_points
+
+        plugins = [ep.name for ep in entry_points(group="jax_plugins")]
+    except Exception:  # a broken metadata install must not stop training
+        plugins = []
+    accel = [p for p in plugins if any(a in p.lower() for a in _ACCELERATOR_PLATFORMS)]
+    if accel:
+        return f"accelerator plugin(s) installed: {', '.join(accel)}"
+    return None
+
+
+def configure_cpu(flags: Sequence[str] | None = None) -> tuple[str, ...]:
+    """Adds jaxcnn's CPU XLA flags to ``XLA_FLAGS`` if JAX has not started a backend yet.
+
+    Call it before the first JAX computation (``jaxcnn.train.fit`` and the benchmark do).
+
+    Args:
+      flags: flags to add; default ``$JAXCNN_XLA_FLAGS`` (split on spaces) if set, else
+        ``DEFAULT_CPU_FLAGS``.
+
+    Returns:
+      The flags added (empty if nothing was added: opted out, backend already initialised,
+      not on CPU, or the user had set every flag already).
+
+    Examples:
+      >>> import os
+      >>> os.environ["JAXCNN_NO_XLA_FLAGS"] = "1"
+      >>> configure_cpu()
+      ()
+      >>> del os.environ["JAXCNN_NO_XLA_FLAGS"]
+    """
+    if os.environ.get("JAXCNN_NO_XLA_FLAGS", "") not in ("", "0"):
+        return ()
+    if flags is None:
+        override = os.environ.get("JAXCNN_XLA_FLAGS")
+        flags = tuple(override.split()) if override is not None else DEFAULT_CPU_FLAGS
+    flags = tuple(flags)
+    from jax._src import xla_bridge  # the only way to ask without starting a backend
+
+    if xla_bridge.backends_are_initialized() or _platform_problem() is not None:
+        return ()
+    existing = os.environ.get("XLA_FLAGS", "")
+    merged = merge_flags(existing, flags)
+    added = tuple(f for f in merged.split() if f not in existing.split())
+    os.environ["XLA_FLAGS"] = merged
+    return added
+
+
+def explain() -> str:
+    """One line saying which flags are in force and why (for logs and the benchmark).
+
+    Returns:
+      E.g. ``"XLA_FLAGS='--xla_cpu_...' (backend initialised: yes)"``.
+
+    Examples:
+      >>> explain().startswith("XLA_FLAGS=")
+      True
+    """
+    from jax._src import xla_bridge
+
+    state = "yes" if xla_bridge.backends_are_initialized() else "no"
+    problem = _platform_problem()
+    where = f"; not applied on this platform: {problem}" if problem else ""
+    return f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} (backend initialised: {state}{where})"
