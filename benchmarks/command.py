@@ -1,0 +1,243 @@
+"""``scripts/benchmark.py``: jaxcnn against the peers, interleaved, with a Markdown report.
+
+    python scripts/benchmark.py --quick             # < 3 min: 2 nets, 4 runners, 1 round
+    python scripts/benchmark.py                     # full: writes docs/benchmarks.md
+    python scripts/benchmark.py --nets mnist_cnn --runners jaxcnn,torch --rounds 5
+    python scripts/benchmark.py --python-for torch=/opt/venv/bin/python --python-for keras=...
+    python scripts/benchmark.py --time-to-accuracy  # MNIST to 99 % with jaxcnn.train
+
+Peers (torch, keras with TensorFlow and JAX backends) are the ``bench`` extra; a runner
+whose modules no interpreter has is listed as "missing (why)", never dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks import common, flops, harness, report
+
+DOCS = harness.REPO / "docs" / "benchmarks.md"
+KEEP_MARKER = "<!-- Everything below this line is kept when the harness regenerates the file. -->"
+QUICK = {
+    "nets": ["mnist_cnn", "cifar_cnn"],
+    "dtypes": ["float32"],
+    "runners": ["jaxcnn", "flax_minimal", "torch", "keras_tf"],
+    "rounds": 1,
+    "steps": 10,
+    "warmup": 2,
+    "windows": 2,
+}
+FULL_STEPS = {"mnist_cnn": 40, "cifar_cnn": 30, "resnet20": 6, "fast_cifar": 3}
+
+
+def _csv(choices):
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if t not in choices]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"{bad or text!r} not in {sorted(choices)}")
+        return items
+
+    return parse
+
+
+def _python_for(text: str) -> tuple[str, str]:
+    key, sep, path = text.partition("=")
+    groups = set(harness.RUNNERS) | {r.group for r in harness.RUNNERS.values()}
+    if not sep or key not in groups or not path:
+        raise argparse.ArgumentTypeError(
+            f"--python-for takes NAME=PYTHON with NAME in {sorted(groups)}, got {text!r}"
+        )
+    return key, path
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog="benchmark.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    p.add_argument("--quick", action="store_true", help="few steps, 1 round, 2 nets, 4 runners")
+    p.add_argument("--nets", type=_csv(common.NETS), help="default: all (quick: 2)")
+    p.add_argument("--dtypes", type=_csv(common.DTYPES), help="default: float32,bfloat16")
+    p.add_argument("--runners", type=_csv(harness.RUNNERS), help="default: all")
+    p.add_argument("--rounds", type=int, help="A B C rounds (default 3, quick 1)")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, help="steps per timed window (default: per net)")
+    p.add_argument("--warmup", type=int, help="untimed steps after the first (default 5)")
+    p.add_argument("--windows", type=int, help="timed windows per process (default 3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=900, help="seconds per process")
+    p.add_argument("--python-for", type=_python_for, action="append", default=[])
+    p.add_argument("--json-out", type=Path, help="also write every raw result here")
+    p.add_argument("--write-docs", type=Path, help=f"Markdown report (full run default {DOCS})")
+    p.add_argument("--no-docs", action="store_true", help="print only, even for a full run")
+    p.add_argument("--no-sgemm", action="store_true", help="skip the SGEMM ceiling")
+    p.add_argument("--time-to-accuracy", action="store_true", help="MNIST to 99 %% instead")
+    p.add_argument(
+        "--from-json", type=Path, help="re-render from a --json-out file instead of running"
+    )
+    args = p.parse_args(argv)
+    preset = QUICK if args.quick else {}
+    args.nets = args.nets or preset.get("nets") or list(common.NETS)
+    args.dtypes = args.dtypes or preset.get("dtypes") or list(common.DTYPES)
+    args.runners = args.runners or preset.get("runners") or list(harness.RUNNERS)
+    args.rounds = args.rounds or preset.get("rounds", 3)
+    args.steps = args.steps or preset.get("steps") or FULL_STEPS
+    args.warmup = args.warmup if args.warmup is not None else preset.get("warmup", 5)
+    args.windows = args.windows or preset.get("windows", 3)
+    if args.rounds < 1 or args.windows < 1 or args.batch < 1:
+        p.error("--rounds, --windows and --batch must be >= 1")
+    if args.write_docs is None and not args.quick and not args.no_docs:
+        args.write_docs = DOCS
+    return args
+
+
+def _run_json(python: str, *cmd: str, timeout: float = 600) -> dict:
+    out = subprocess.run(
+        [python, *cmd], capture_output=True, text=True, cwd=harness.REPO, timeout=timeout
+    )
+    if out.returncode:
+        raise RuntimeError(out.stderr.strip()[-300:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _sgemm(interpreters: harness.Interpreters) -> dict[str, str]:
+    found = {}
+    for framework, runner in (("jax", "flax_minimal"), ("torch", "torch")):
+        python, why = interpreters.resolve(harness.RUNNERS[runner])
+        try:
+            if python is None:
+                raise RuntimeError(why)
+            rate = _run_json(python, "benchmarks/sgemm.py", "--framework", framework)["gflops"]
+            found[framework] = f"{rate:.0f} GFLOP/s"
+        except (RuntimeError, subprocess.TimeoutExpired, ValueError) as error:
+            found[framework] = f"not measured ({error})"
+    return found
+
+
+def _versions(results: list[dict]) -> dict[str, str]:
+    versions = {}
+    for r in results:
+        versions.update(r.get("versions", {}))
+    return dict(sorted(versions.items()))
+
+
+def render(args, results, rows, machine, sgemm, flop_counts, elapsed) -> str:
+    """The Markdown report: what was run, on what, the table, and how to read it."""
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    versions = ", ".join(f"{k} {v}" for k, v in _versions(results).items())
+    flop_lines = "\n".join(
+        f"| {net} | {c['forward_macs'] / 1e6:.2f} M | {c['train_flops'] / 1e6:.1f} M |"
+        for net, c in flop_counts.items()
+    )
+    command = "python scripts/benchmark.py " + " ".join(sys.argv[1:])
+    sgemm_text = ", ".join(f"{k} {v}" for k, v in sgemm.items()) or "not measured"
+    sgemm_rates = [float(v.split()[0]) for v in sgemm.values() if v[:1].isdigit()]
+    if sgemm_rates and max(sgemm_rates) > machine["peak_gflops"]:
+        sgemm_text += (
+            " — above the nominal peak: the clock the (virtual) CPU reports is below the one"
+            ' it runs at, so read "% peak" as an upper bound and compare with SGEMM too'
+        )
+    steps = args.steps if isinstance(args.steps, int) else ", ".join(
+        f"{args.steps[n]} ({n})" for n in args.nets
+    )  # fmt: skip
+    return f"""# Benchmarks: training throughput against the peers
+
+Generated by `{command.strip()}` on {date} in {elapsed / 60:.1f} min. Numbers
+are the ones the harness printed; rerun the command to regenerate this part of the file.
+
+- Machine: {machine["cpu_model"]}, {machine["cores"]} cores, {platform.platform()};
+  nominal FP32 peak {machine["peak_gflops"]:.0f} GFLOP/s ({machine["how"]}).
+- SGEMM ceiling (2048^3 float32 matmul, best of 5): {sgemm_text}.
+- Libraries: {versions or "n/a"}.
+- Setup: batch {args.batch}, random in-memory data, Adam 1e-3, {args.rounds} interleaved
+  rounds (A B C A B C, each run a fresh process), per process one first step (compile),
+  {args.warmup} warm-up steps, {args.windows} timed windows of {steps} steps.
+
+## Training throughput
+
+"images/s median" is the median over rounds of each process's median window;
+"x jaxcnn" is the median over rounds of runner / jaxcnn measured in the same round
+(below 1: jaxcnn is faster). "load" is the 1-minute load average before the run: on a
+shared machine only the ratios are evidence. "img per CPU-s" divides by the process's
+CPU time (all threads) instead of wall time: steadier under load, but it penalises
+runtimes whose idle threads spin (TensorFlow, OpenMP in PyTorch). `jaxcnn_fast_ops` is
+jaxcnn's own step with the `jaxcnn.fast_ops` layers (see docs/perf_notes.md) until the zoo
+models use them; `jaxcnn` is the zoo model as it is today. "GFLOP/s" = images/s x training FLOPs per
+image (below).
+
+{report.markdown_table(rows, machine["peak_gflops"])}
+
+## FLOPs per training image
+
+Forward multiply-accumulates counted from the reference Flax net's jaxpr (conv and dense
+only); training = 2 FLOPs x (3 x forward MACs - first layer's MACs), since the input needs
+no gradient (see `benchmarks/flops.py`).
+
+| net | forward MACs | training FLOPs |
+|---|--:|--:|
+{flop_lines}
+
+{KEEP_MARKER}
+"""
+
+
+def _write_docs(path: Path, text: str) -> None:
+    kept = ""
+    if path.exists():
+        old = path.read_text()
+        if KEEP_MARKER in old:
+            kept = old.split(KEEP_MARKER, 1)[1].lstrip("\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text + ("\n" + kept if kept else ""))
+    tmp.replace(path)  # never leave a half-written report
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    interpreters = harness.Interpreters(dict(args.python_for))
+    if args.time_to_accuracy:
+        from benchmarks import time_to_accuracy
+
+        return time_to_accuracy.main_from_harness(interpreters)
+    start = time.perf_counter()
+    machine = flops.machine_peak()
+    print(f"benchmark: {machine['cpu_model']}, {machine['cores']} cores, load "
+          f"{harness.load_average():.2f}; runners and interpreters:")  # fmt: skip
+    settings = {"batch": args.batch, "steps": args.steps, "warmup": args.warmup,
+                "windows": args.windows, "seed": args.seed}  # fmt: skip
+    if args.from_json:
+        results = json.loads(args.from_json.read_text())
+        args.nets = list(dict.fromkeys(r["net"] for r in results))
+    else:
+        results = harness.run_all(
+            args.runners, args.nets, args.dtypes, settings, args.rounds, interpreters,
+            args.timeout,
+        )  # fmt: skip
+    jax_python, _ = interpreters.resolve(harness.RUNNERS["flax_minimal"])
+    flop_counts = {}
+    if jax_python:
+        counted = _run_json(jax_python, "benchmarks/flops.py")
+        flop_counts = {net: counted[net] for net in args.nets}
+    sgemm = {} if args.no_sgemm or args.quick else _sgemm(interpreters)
+    rows = report.summarize(results, flop_counts)
+    print()
+    print(report.markdown_table(rows, machine["peak_gflops"]))
+    if args.json_out:
+        args.json_out.write_text(json.dumps(results, indent=1))
+    if args.write_docs:
+        text = render(args, results, rows, machine, sgemm, flop_counts,
+                      time.perf_counter() - start)  # fmt: skip
+        _write_docs(args.write_docs, text)
+        print(f"\nwrote {args.write_docs}")
+    return 0

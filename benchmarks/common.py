@@ -1,0 +1,192 @@
+"""What every benchmark runner shares: its command line, the timing protocol and its JSON line.
+
+A runner is a small program (``benchmarks/<runner>.py``) that trains one net on random
+in-memory data and prints exactly one line ``BENCH_RESULT {...json...}``. The harness
+(``scripts/benchmark.py``) starts each runner in its own process, possibly under another
+Python interpreter (the peers live in their own virtual environment), so this module
+imports only the standard library and numpy.
+
+The protocol, identical for every runner:
+
+1. build the model, the optimiser and ``steps`` batches of random data (not timed);
+2. ``first_step_s``: one training step including tracing/compilation, synchronised;
+3. ``warmup`` more steps (not timed);
+4. ``windows`` timed windows of ``steps`` steps each, synchronised at both ends;
+   ``images_per_sec`` lists one throughput per window (the harness takes their median).
+
+Examples:
+    >>> args = parse_args("demo", ["--net", "mnist_cnn", "--steps", "3"])
+    >>> (args.net, args.batch, args.steps)
+    ('mnist_cnn', 128, 3)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+# name -> (input shape HWC, classes). The nets themselves are defined once per framework
+# (benchmarks/nets_flax.py, torch_peer.py, keras_peer.py) with identical layers.
+NETS: dict[str, tuple[tuple[int, int, int], int]] = {
+    "mnist_cnn": ((28, 28, 1), 10),  # the teaching MNIST net, 34,826 parameters
+    "cifar_cnn": ((32, 32, 3), 10),  # the teaching CIFAR net, 122,570 parameters
+    "resnet20": ((32, 32, 3), 10),  # He et al. 2016, CIFAR variant, ~0.27 M parameters
+    "fast_cifar": ((32, 32, 3), 10),  # airbench-style net, ~2 M parameters
+}
+DTYPES = ("float32", "bfloat16")
+RESULT_PREFIX = "BENCH_RESULT "
+
+
+def parse_args(runner: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parses the command line every runner accepts.
+
+    Args:
+      runner: the runner's name, used in ``--help``.
+      argv: arguments (default ``sys.argv[1:]``).
+
+    Returns:
+      The namespace with ``net``, ``dtype``, ``batch``, ``steps``, ``warmup``, ``windows``,
+      ``seed`` and ``variant`` (a runner-specific flavour such as ``compile`` for torch).
+
+    Examples:
+      >>> parse_args("x", ["--net", "cifar_cnn", "--dtype", "bfloat16"]).dtype
+      'bfloat16'
+    """
+    parser = argparse.ArgumentParser(prog=runner, description=f"benchmark runner: {runner}")
+    parser.add_argument("--net", choices=sorted(NETS), required=True)
+    parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    parser.add_argument("--batch", type=_positive_int, default=128)
+    parser.add_argument("--steps", type=_positive_int, default=30, help="steps per window")
+    parser.add_argument("--warmup", type=_non_negative_int, default=5)
+    parser.add_argument("--windows", type=_positive_int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variant", default="", help="runner-specific flavour")
+    return parser.parse_args(argv)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def random_data(net: str, num_images: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random float32 images (N, H, W, C) in [0, 1) and int32 labels, the same for every runner.
+
+    Args:
+      net: a key of ``NETS``.
+      num_images: how many images.
+      seed: numpy seed.
+
+    Returns:
+      ``(images, labels)``.
+
+    Examples:
+      >>> x, y = random_data("mnist_cnn", 4, 0)
+      >>> x.shape, y.dtype
+      ((4, 28, 28, 1), dtype('int32'))
+    """
+    shape, classes = NETS[net]
+    rng = np.random.default_rng(seed)
+    images = rng.random((num_images, *shape), dtype=np.float32)
+    labels = rng.integers(0, classes, size=num_images, dtype=np.int32)
+    return images, labels
+
+
+def time_loop(
+    args: argparse.Namespace, step: Callable[[int], object], sync: Callable[[object], None]
+) -> dict:
+    """Runs the protocol (first step, warm-up, timed windows) for a step-at-a-time runner.
+
+    Args:
+      args: the parsed command line.
+      step: ``step(i)`` dispatches training step ``i`` and returns something ``sync`` can wait
+        on (e.g. the loss array).
+      sync: blocks until the value returned by ``step`` is computed.
+
+    Returns:
+      ``{"first_step_s": float, "images_per_sec": [...], "images_per_cpu_sec": [...]}``: one
+      rate per window, by wall clock and by this process's CPU time (all threads; a
+      load-independent view of the work per image, inflated by threads that spin).
+    """
+    start = time.perf_counter()
+    sync(step(0))
+    first_step_s = time.perf_counter() - start
+    out = None
+    for i in range(args.warmup):
+        out = step(1 + i)
+    if out is not None:
+        sync(out)
+    rates, cpu_rates = [], []
+    i = 1 + args.warmup
+    for _ in range(args.windows):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        for _ in range(args.steps):
+            out = step(i)
+            i += 1
+        sync(out)
+        rates.append(args.steps * args.batch / (time.perf_counter() - start))
+        cpu_rates.append(args.steps * args.batch / (time.process_time() - cpu_start))
+    return {"first_step_s": first_step_s, "images_per_sec": rates, "images_per_cpu_sec": cpu_rates}
+
+
+def emit(runner: str, args: argparse.Namespace, measured: dict, **extra) -> None:
+    """Prints the one ``BENCH_RESULT`` JSON line the harness reads.
+
+    Args:
+      runner: runner name (e.g. ``"torch"``).
+      args: the parsed command line.
+      measured: the output of ``time_loop`` (or the same keys from a runner's own loop).
+      **extra: more fields, e.g. ``params`` (parameter count) and ``versions``.
+    """
+    result = {
+        "runner": runner,
+        "variant": args.variant,
+        "net": args.net,
+        "dtype": args.dtype,
+        "batch": args.batch,
+        "steps": args.steps,
+        "windows": args.windows,
+        "status": "ok",
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "python": sys.executable,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        **measured,
+        **extra,
+    }
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def emit_unsupported(runner: str, args: argparse.Namespace, reason: str) -> None:
+    """Prints a ``BENCH_RESULT`` saying this runner cannot run this case, and why."""
+    print(
+        RESULT_PREFIX
+        + json.dumps(
+            {
+                "runner": runner,
+                "variant": args.variant,
+                "net": args.net,
+                "dtype": args.dtype,
+                "batch": args.batch,
+                "status": f"unsupported ({reason})",
+            }
+        ),
+        flush=True,
+    )

@@ -1,0 +1,1 @@
+"""Experiment scripts behind docs/perf_notes.md (run each with --help)."""

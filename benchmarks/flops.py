@@ -1,0 +1,132 @@
+"""FLOPs per training image, counted from the forward pass's jaxpr, and the machine's peak.
+
+How the estimate is made (the same for every runner, so achieved FLOP/s compare fairly):
+
+* forward multiply-accumulates (MACs) are summed over every ``conv_general_dilated`` and
+  ``dot_general`` in the traced forward pass of the reference Flax net (batch 1):
+  a convolution costs ``output elements x kernel window x input channels / groups``, a
+  matmul ``output elements x contracted size``; pooling, activations, normalisation and
+  the optimiser are left out (they are a few percent);
+* one training image = forward + gradient w.r.t. activations + gradient w.r.t. weights
+  = 3 x forward, each MAC = 2 FLOPs, less the first layer's activation gradient, which no
+  framework computes (the input needs no gradient):
+  ``train_flops = 2 * (3 * forward_macs - first_layer_macs)``.
+
+Peak: ``cores x FP32 FLOP/cycle x clock``; FLOP/cycle is 64 for a core with two 512-bit FMA
+pipes (AVX-512: 16 lanes x 2 FLOPs x 2 pipes), 32 for AVX2-only (two 256-bit FMA pipes);
+the clock is the current ``cpu MHz`` of /proc/cpuinfo (KVM guests report the nominal one).
+
+    python benchmarks/flops.py       # prints {"mnist_cnn": {...}, ...} as JSON
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _conv_macs(eqn) -> int:
+    out = eqn.outvars[0].aval.shape
+    rhs = eqn.invars[1].aval.shape
+    dn = eqn.params["dimension_numbers"]
+    # rhs_spec lists (out feature dim, in feature dim, *spatial dims) of the kernel.
+    rhs_spec = dn.rhs_spec
+    window = math.prod(rhs[d] for d in rhs_spec[2:])
+    in_per_group = rhs[rhs_spec[1]]
+    return math.prod(out) * window * in_per_group
+
+
+def _dot_macs(eqn) -> int:
+    (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+    lhs = eqn.invars[0].aval.shape
+    return math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in lhs_contract)
+
+
+def _walk(jaxpr, found: list[int]) -> None:
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            found.append(_conv_macs(eqn))
+        elif eqn.primitive.name == "dot_general":
+            found.append(_dot_macs(eqn))
+        for param in eqn.params.values():  # pjit / custom_vjp bodies
+            inner = getattr(param, "jaxpr", None)
+            if inner is not None:
+                _walk(getattr(inner, "jaxpr", inner), found)
+
+
+def training_flops_per_image(net: str) -> dict:
+    """Counts forward MACs of the reference Flax ``net`` and derives training FLOPs/image.
+
+    Args:
+      net: a benchmark net name (``mnist_cnn``, ``cifar_cnn``, ``resnet20``, ``fast_cifar``).
+
+    Returns:
+      ``{"forward_macs", "first_layer_macs", "train_flops"}`` per image.
+
+    Examples:
+      >>> training_flops_per_image("mnist_cnn")["train_flops"]
+      14256384
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks import common, nets_flax
+
+    shape, _ = common.NETS[net]
+    model = nets_flax.build(net)
+    x = jnp.zeros((1, *shape), jnp.float32)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, x)
+    macs: list[int] = []
+    _walk(jaxpr.jaxpr, macs)
+    forward = sum(macs)
+    return {
+        "forward_macs": forward,
+        "first_layer_macs": macs[0],
+        "train_flops": 2 * (3 * forward - macs[0]),
+    }
+
+
+def machine_peak() -> dict:
+    """The CPU's nominal FP32 peak from /proc/cpuinfo (model, cores, clock, FLOP/cycle).
+
+    Returns:
+      ``{"cpu_model", "cores", "mhz", "flops_per_cycle", "peak_gflops", "how"}``.
+
+    Examples:
+      >>> machine_peak()["cores"] >= 1
+      True
+    """
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = re.search(r"model name\s*:\s*(.+)", text)
+    mhz = re.search(r"cpu MHz\s*:\s*([\d.]+)", text)
+    flags = re.search(r"flags\s*:\s*(.+)", text)
+    flags = set(flags.group(1).split()) if flags else set()
+    per_cycle = 64 if "avx512f" in flags else 32 if "fma" in flags else 8
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    clock = float(mhz.group(1)) if mhz else float("nan")
+    return {
+        "cpu_model": model.group(1).strip() if model else "unknown",
+        "cores": cores,
+        "mhz": clock,
+        "flops_per_cycle": per_cycle,
+        "peak_gflops": cores * per_cycle * clock / 1000,
+        "how": f"{cores} cores x {per_cycle} FP32 FLOP/cycle x {clock:.0f} MHz",
+    }
+
+
+def main() -> int:
+    from benchmarks import common
+
+    print(json.dumps({net: training_flops_per_image(net) for net in common.NETS}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""The jaxcnn runner: jaxcnn's model and training step, under the common protocol.
+
+By default it does what ``jaxcnn.train`` does on a CPU: ``jaxcnn.xla_flags.configure_cpu()``
+before JAX starts, then the zoo model (``jaxcnn.models.get(net, dtype=...)``) trained by
+jaxcnn's jit step. While a piece of jaxcnn is missing (the zoo lacks the net, or
+``jaxcnn.train`` has no ``train_step`` yet) it falls back to the benchmark's own Flax net
+with ``jaxcnn.fast_ops`` pooling (``pool=fused``: conv without bias, pool, bias, ReLU) and
+the minimal loop, and says so in the ``impl`` field of its result.
+
+``--variant`` switches one thing at a time for experiments, as comma-separated key=value:
+
+* ``flags=default|none``: jaxcnn's CPU XLA flags on (default) or off;
+* ``pool=fused|fast_relu|fast|nn``: the stand-in net's pooling (see benchmarks/nets_flax.py);
+* ``conv=xla|im2col``: the stand-in net's convolution (``lax`` or the im2col loser);
+* ``impl=auto|standin``: force the stand-in (and the minimal loop) even when the zoo has
+  the net;
+* ``step=engine|minimal``: jaxcnn.train's ``make_train_step`` (default) or the minimal
+  loop of ``flax_minimal.py``.
+
+    python benchmarks/jaxcnn_bench.py --net cifar_cnn --variant flags=none,pool=nn
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import common  # noqa: E402
+
+VARIANT_DEFAULTS = {
+    "flags": "default", "pool": "fused", "conv": "xla", "impl": "auto", "step": "engine",
+}  # fmt: skip
+
+
+def parse_variant(text: str) -> dict[str, str]:
+    """Parses ``"flags=none,pool=nn"`` into a dict over ``VARIANT_DEFAULTS``.
+
+    Args:
+      text: comma-separated ``key=value`` pairs (may be empty).
+
+    Returns:
+      The defaults updated with the given pairs.
+
+    Raises:
+      ValueError: for an unknown key or a pair without ``=``.
+
+    Examples:
+      >>> parse_variant("pool=nn")["pool"], parse_variant("")["flags"]
+      ('nn', 'default')
+    """
+    options = dict(VARIANT_DEFAULTS)
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key not in options:
+            raise ValueError(
+                f"--variant item {item!r} must be key=value with key in {sorted(options)}"
+            )
+        options[key] = value
+    return options
+
+
+def _zoo_model(net: str, dtype: str):
+    """jaxcnn's zoo model for ``net``, or None (with the reason) when the zoo lacks it."""
+    try:
+        import jax.numpy as jnp
+
+        from jaxcnn import models
+    except ImportError as error:
+        return None, f"jaxcnn.models not importable ({error})"
+    if not hasattr(models, "get") or net not in models.names():
+        return None, f"jaxcnn.models has no {net!r}"
+    compute = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
+    return models.get(net, dtype=compute), "zoo"
+
+
+def _train_engine():
+    """``(create_train_state, make_train_step, base_config)`` from jaxcnn.train, or a reason."""
+    try:
+        from jaxcnn.train import base_config, create_train_state, make_train_step
+    except ImportError as error:
+        return None, f"jaxcnn.train not usable ({error})"
+    return (create_train_state, make_train_step, base_config), "jaxcnn.train"
+
+
+def run_with_engine(args, model, engine, **extra) -> None:
+    """Times jaxcnn.train's own jitted train_step (uint8 batches, normalisation inside)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    create_train_state, make_train_step, base_config = engine
+    images, labels = common.random_data(args.net, args.steps * args.batch, args.seed)
+    images = (images * 255).astype(np.uint8)  # the engine takes uint8 like the fit loop
+    batches = [
+        {"image": jnp.asarray(images[i : i + args.batch]),
+         "label": jnp.asarray(labels[i : i + args.batch])}
+        for i in range(0, len(images), args.batch)
+    ]  # fmt: skip
+    config = base_config()
+    config.optimizer.name = "adam"
+    config.optimizer.learning_rate = 1e-3
+    config.schedule.name = "constant"
+    config.num_epochs = 1
+    channels = images.shape[-1]
+    state = create_train_state(
+        model, config, jax.random.key(args.seed), (1, *images.shape[1:]), steps_per_epoch=1
+    )
+    train_step = jax.jit(
+        make_train_step(model, mean=np.full(channels, 0.5, np.float32),
+                        std=np.full(channels, 0.25, np.float32)),
+        donate_argnums=0,
+    )  # fmt: skip
+    holder = [state]
+
+    def step(i):
+        holder[0], sums = train_step(holder[0], batches[i % len(batches)])
+        return sums
+
+    measured = common.time_loop(args, step, jax.block_until_ready)
+    common.emit(
+        "jaxcnn",
+        args,
+        measured,
+        params=sum(p.size for p in jax.tree.leaves(holder[0].params)),
+        versions={"jax": jax.__version__, "jaxcnn": __import__("jaxcnn").__version__},
+        xla_flags=__import__("os").environ.get("XLA_FLAGS", ""),
+        **extra,
+    )
+    del jnp
+
+
+def main(argv=None) -> int:
+    args = common.parse_args("jaxcnn", argv)
+    options = parse_variant(args.variant)
+    from jaxcnn import xla_flags  # imports jax but starts no backend
+
+    added = xla_flags.configure_cpu() if options["flags"] == "default" else ()
+
+    from benchmarks import flax_minimal, nets_flax
+
+    model, impl = (None, "stand-in forced") if options["impl"] == "standin" else (None, "")
+    if options["impl"] != "standin":
+        model, impl = _zoo_model(args.net, args.dtype)
+    if model is None:
+        model = nets_flax.build(args.net, args.dtype, pool=options["pool"], conv=options["conv"])
+        impl = f"benchmarks/nets_flax.py pool={options['pool']} conv={options['conv']} ({impl})"
+    engine, engine_why = (None, "minimal loop forced") if options["step"] == "minimal" else (
+        _train_engine())  # fmt: skip
+    if engine is not None and options["impl"] != "standin":
+        run_with_engine(args, model, engine, impl=f"{impl}; step: {engine_why}",
+                        flags_added=list(added))  # fmt: skip
+    else:
+        flax_minimal.run(args, model, "jaxcnn", impl=f"{impl}; step: minimal loop ({engine_why})",
+                         flags_added=list(added))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Time to accuracy: MNIST to 99.0 % test accuracy with jaxcnn.train.fit on real data.
+
+Reported separately, as issue 7 asks:
+
+* ``decode_s``: one ``jaxcnn.data.load`` of the dataset in a fresh process (reading and
+  decoding the IDX files: a one-time cost, excluded from the training time);
+* ``time_to_target_s``: ``elapsed_s`` of the first epoch whose evaluation accuracy reaches
+  the target, as ``jaxcnn.train.fit`` logs it (compilation included, data decoding not);
+* ``fit_wall_s``: the whole ``fit`` call (its own data load, compilation, every epoch,
+  checkpoints and the final test).
+
+    python scripts/benchmark.py --time-to-accuracy
+    python benchmarks/time_to_accuracy.py --config configs/mnist.py --target 0.99
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DEFAULT_DATA = Path(os.environ.get("JAXCNN_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def _load_config(path: Path):
+    spec = importlib.util.spec_from_file_location("bench_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def measure(config_path: Path, data_dir: Path, target: float, epochs: int | None) -> dict:
+    """Decodes the data once, then runs ``fit`` and finds when it first reached ``target``.
+
+    Args:
+      config_path: a ``configs/*.py`` file with ``get_config()``.
+      data_dir: where the dataset files are.
+      target: test (or validation) accuracy to reach, e.g. 0.99.
+      epochs: override ``num_epochs`` (None keeps the config's).
+
+    Returns:
+      A dict with ``decode_s``, ``time_to_target_s`` (None if never reached),
+      ``epoch_reached``, ``fit_wall_s``, ``final_test_accuracy`` and the recipe.
+    """
+    from jaxcnn import xla_flags
+
+    xla_flags.configure_cpu()
+    from jaxcnn import data, train
+
+    config = _load_config(config_path)
+    config.data_dir = str(data_dir)
+    if epochs is not None:
+        config.num_epochs = epochs
+    start = time.perf_counter()
+    data.load(config.dataset, str(data_dir))
+    decode_s = time.perf_counter() - start
+    with tempfile.TemporaryDirectory(prefix="jaxcnn-tta-") as workdir:
+        start = time.perf_counter()
+        result = train.fit(config, workdir)
+        fit_wall_s = time.perf_counter() - start
+    reached = [h for h in result.history if h.get("val_accuracy", 0.0) >= target]
+    return {
+        "config": str(config_path),
+        "dataset": config.dataset,
+        "model": config.model,
+        "epochs": config.num_epochs,
+        "batch_size": config.batch_size,
+        "target": target,
+        "decode_s": decode_s,
+        "time_to_target_s": reached[0]["elapsed_s"] if reached else None,
+        "epoch_reached": reached[0]["epoch"] if reached else None,
+        "fit_wall_s": fit_wall_s,
+        "final_test_accuracy": result.test_metrics.get("test_accuracy"),
+        "history": [
+            {k: h.get(k) for k in ("epoch", "val_accuracy", "elapsed_s", "images_per_sec")}
+            for h in result.history
+        ],
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
+def main_from_harness(interpreters) -> int:
+    """Runs :func:`measure` for MNIST in a fresh process (the harness's ``--time-to-accuracy``)."""
+    from benchmarks import harness
+
+    python, why = interpreters.resolve(harness.RUNNERS["jaxcnn"])
+    if python is None:
+        print(f"time to accuracy: jaxcnn {why}")
+        return 1
+    if not (DEFAULT_DATA / "mnist").exists():
+        print(f"time to accuracy: missing (no MNIST under {DEFAULT_DATA})")
+        return 1
+    out = subprocess.run(
+        [python, str(Path(__file__)), "--json"], capture_output=True, text=True, cwd=REPO
+    )
+    if out.returncode:
+        print(f"time to accuracy: failed ({out.stderr.strip()[-500:]})")
+        return 1
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    print(format_result(result))
+    return 0
+
+
+def format_result(r: dict) -> str:
+    """One paragraph for people (and docs/benchmarks.md)."""
+    reached = (
+        f"reached {100 * r['target']:.1f} % after epoch {r['epoch_reached']} in "
+        f"{r['time_to_target_s']:.1f} s (compile included, decoding excluded)"
+        if r["time_to_target_s"] is not None
+        else f"did NOT reach {100 * r['target']:.1f} % in {r['epochs']} epochs"
+    )
+    return (
+        f"{r['dataset']} / {r['model']} (batch {r['batch_size']}, {r['epochs']} epochs, "
+        f"{r['config']}): {reached}; final test accuracy "
+        f"{100 * (r['final_test_accuracy'] or 0):.2f} %; whole fit {r['fit_wall_s']:.1f} s; "
+        f"one-time data decoding {r['decode_s']:.1f} s."
+    )
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", type=Path, default=REPO / "configs" / "mnist.py")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--target", type=float, default=0.99)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--json", action="store_true", help="print the raw JSON result")
+    args = p.parse_args(argv)
+    result = measure(args.config, args.data_dir, args.target, args.epochs)
+    print(json.dumps(result) if args.json else format_result(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The benchmark harness: its tiniest real run (JAX runners only) and its pure helpers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks import command, common, report  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One process per JAX runner, 1 step, batch 8; torch pointed at a missing Python."""
+    out = tmp_path_factory.mktemp("bench")
+    docs, raw = out / "benchmarks.md", out / "raw.json"
+    cmd = [
+        sys.executable, str(REPO / "scripts" / "benchmark.py"),
+        "--runners", "jaxcnn,flax_minimal,torch", "--nets", "mnist_cnn",
+        "--dtypes", "float32", "--rounds", "1", "--steps", "1", "--warmup", "0",
+        "--windows", "1", "--batch", "8", "--no-sgemm",
+        "--python-for", "torch=/nonexistent/python",
+        "--write-docs", str(docs), "--json-out", str(raw),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout, json.loads(raw.read_text()), docs.read_text()
+
+
+def test_each_jax_runner_reports_throughput_compile_time_and_memory(tiny_run):
+    _, results, _ = tiny_run
+    by_runner = {r["runner"]: r for r in results}
+    for name in ("jaxcnn", "flax_minimal"):
+        r = by_runner[name]
+        assert r["status"] == "ok", r["status"]
+        assert r["net"] == "mnist_cnn" and r["batch"] == 8 and r["params"] == 34826
+        assert len(r["images_per_sec"]) == 1 and r["images_per_sec"][0] > 0
+        assert r["first_step_s"] > 0 and r["peak_rss_mb"] > 50
+    assert by_runner["jaxcnn"]["flags_added"] or "xla_cpu" in by_runner["jaxcnn"]["xla_flags"]
+
+
+def test_a_missing_peer_is_listed_with_its_reason_not_dropped(tiny_run):
+    stdout, results, docs = tiny_run
+    torch_rows = [r for r in results if r["runner"] == "torch"]
+    assert len(torch_rows) == 1 and torch_rows[0]["status"].startswith("missing (")
+    assert "/nonexistent/python" in torch_rows[0]["status"]
+    assert "| mnist_cnn | float32 | torch | missing (" in stdout
+    assert "| mnist_cnn | float32 | torch | missing (" in docs
+
+
+def test_the_report_has_the_table_machine_flops_and_keep_marker(tiny_run):
+    stdout, _, docs = tiny_run
+    header = "| net | dtype | runner | images/s median |"
+    assert header in stdout and header in docs
+    assert "| mnist_cnn | float32 | jaxcnn | " in docs
+    assert "14.3 M" in docs  # training FLOPs per image of the MNIST net
+    assert "nominal FP32 peak" in docs and command.KEEP_MARKER in docs
+
+
+def test_summary_ratios_are_paired_within_each_round():
+    rows = report.summarize(
+        [
+            {
+                "runner": "jaxcnn",
+                "net": "n",
+                "dtype": "f",
+                "round": 0,
+                "status": "ok",
+                "images_per_sec": [100.0],
+                "first_step_s": 1.0,
+                "peak_rss_mb": 1.0,
+            },
+            {
+                "runner": "peer",
+                "net": "n",
+                "dtype": "f",
+                "round": 0,
+                "status": "ok",
+                "images_per_sec": [50.0],
+                "first_step_s": 1.0,
+                "peak_rss_mb": 1.0,
+            },
+            {
+                "runner": "jaxcnn",
+                "net": "n",
+                "dtype": "f",
+                "round": 1,
+                "status": "ok",
+                "images_per_sec": [10.0],
+                "first_step_s": 1.0,
+                "peak_rss_mb": 1.0,
+            },
+            {
+                "runner": "peer",
+                "net": "n",
+                "dtype": "f",
+                "round": 1,
+                "status": "ok",
+                "images_per_sec": [5.0],
+                "first_step_s": 1.0,
+                "peak_rss_mb": 1.0,
+            },
+            {
+                "runner": "gone",
+                "net": "n",
+                "dtype": "f",
+                "round": 0,
+                "status": "failed (exit 1: boom)",
+            },
+        ]  # fmt: skip
+    )
+    peer = next(r for r in rows if r["runner"] == "peer")
+    # Load changed 10x between rounds; the paired ratio is 0.5 in both.
+    assert peer["vs_jaxcnn"] == peer["vs_low"] == peer["vs_high"] == 0.5
+    assert (peer["low"], peer["high"]) == (5.0, 50.0)
+    table = report.markdown_table(rows)
+    assert "| n | f | gone | failed (exit 1: boom) |" in table
+
+
+def test_regenerating_the_docs_keeps_the_hand_written_part(tmp_path):
+    path = tmp_path / "benchmarks.md"
+    path.write_text(f"old table\n{command.KEEP_MARKER}\n## Experiments\nkept text\n")
+    command._write_docs(path, f"new table\n\n{command.KEEP_MARKER}\n")
+    text = path.read_text()
+    assert "new table" in text and "old table" not in text
+    assert text.count(command.KEEP_MARKER) == 1 and text.endswith("kept text\n")
+
+
+@pytest.mark.parametrize(
+    "argv", [["--nets", "vgg99"], ["--python-for", "torch"], ["--python-for", "nope=/x"]]
+)
+def test_bad_arguments_are_rejected(argv, capsys):
+    with pytest.raises(SystemExit):
+        command.parse_args(argv)
+    assert "error" in capsys.readouterr().err
+
+
+def test_runner_arguments_are_validated():
+    assert common.parse_args("x", ["--net", "mnist_cnn"]).batch == 128
+    with pytest.raises(SystemExit):
+        common.parse_args("x", ["--net", "mnist_cnn", "--batch", "0"])

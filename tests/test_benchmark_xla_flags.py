@@ -1,0 +1,64 @@
+"""jaxcnn.xla_flags: flags added only before JAX starts, overridable, and accepted by XLA."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from jaxcnn import xla_flags
+
+
+def test_merge_keeps_the_users_value_and_appends_new_flags():
+    assert xla_flags.merge_flags("--xla_a=1", ["--xla_a=2", "--xla_b=3"]) == "--xla_a=1 --xla_b=3"
+    assert xla_flags.merge_flags("", []) == ""
+
+
+def test_merge_rejects_a_flag_without_dashes():
+    with pytest.raises(ValueError, match="must start with '--'"):
+        xla_flags.merge_flags("", ["xla_a=1"])
+
+
+def _run(script: str, **env) -> str:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAXCNN_"))}
+    clean.pop("JAX_PLATFORMS", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True, text=True, timeout=120, env={**clean, **env},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    return proc.stdout.strip()
+
+
+def test_flags_are_added_before_the_backend_starts_and_xla_accepts_them():
+    out = _run(
+        """
+        import os
+        from jaxcnn import xla_flags
+        added = xla_flags.configure_cpu()
+        assert added == xla_flags.DEFAULT_CPU_FLAGS, added
+        assert all(f in os.environ["XLA_FLAGS"] for f in added)
+        import jax.numpy as jnp
+        assert float(jnp.ones(3).sum()) == 3.0  # XLA parsed the flags without complaint
+        assert xla_flags.configure_cpu() == ()  # backend running: too late, nothing added
+        print("ok", xla_flags.explain())
+        """
+    )
+    assert out.startswith("ok XLA_FLAGS=") and "backend initialised: yes" in out
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({"JAXCNN_NO_XLA_FLAGS": "1"}, "()"),
+        ({"JAXCNN_XLA_FLAGS": "--xla_cpu_enable_fast_math=false"},
+         "('--xla_cpu_enable_fast_math=false',)"),
+        ({"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=-individual_dot"}, "()"),
+        ({"JAX_PLATFORMS": "tpu"}, "()"),
+    ],
+)  # fmt: skip
+def test_environment_overrides(env, expected):
+    assert _run("from jaxcnn import xla_flags; print(xla_flags.configure_cpu())", **env) == expected

@@ -1,0 +1,105 @@
+"""jaxcnn.fast_ops equals the reference op (lax.reduce_window max-pool) in value and gradient."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxcnn import fast_ops
+
+
+def reference_max_pool(x, window, strides=None):
+    window = (window,) * (x.ndim - 2) if isinstance(window, int) else tuple(window)
+    strides = window if strides is None else strides
+    strides = (strides,) * (x.ndim - 2) if isinstance(strides, int) else tuple(strides)
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1), "VALID")
+
+
+def assert_same_value_and_grad(fast, reference, *args, rtol=1e-5, atol=1e-5):
+    """Values equal, and gradients of a random projection of the output equal."""
+    # One jit per function: op-by-op eager autodiff compiles every small op separately.
+    out_ref = jax.jit(reference)(*args)
+    np.testing.assert_allclose(jax.jit(fast)(*args), out_ref, rtol=rtol, atol=atol)
+    probe = jax.random.normal(jax.random.key(7), out_ref.shape, out_ref.dtype)
+    argnums = tuple(range(len(args)))
+    g_fast = jax.jit(jax.grad(lambda *a: jnp.sum(fast(*a) * probe), argnums))(*args)
+    g_ref = jax.jit(jax.grad(lambda *a: jnp.sum(reference(*a) * probe), argnums))(*args)
+    for gf, gr in zip(g_fast, g_ref, strict=True):
+        scale = max(1.0, float(jnp.abs(gr).max()))
+        np.testing.assert_allclose(gf, gr, rtol=rtol, atol=atol * scale)
+
+
+@pytest.mark.parametrize(
+    "shape, window, strides",
+    [
+        ((2, 26, 26, 3), 2, None),  # tiles exactly (MNIST conv1 output)
+        ((2, 11, 11, 4), 2, None),  # odd: last row/column dropped (MNIST conv2 output)
+        ((1, 7, 9, 2), (3, 2), None),  # unequal window per axis
+        ((2, 9, 3), 2, None),  # 1-D
+        ((1, 5, 4, 6, 2), 2, None),  # 3-D
+        ((2, 9, 9, 2), 3, 2),  # overlapping windows: falls back to reduce_window
+    ],
+)
+def test_max_pool_matches_reduce_window_in_value_and_gradient(shape, window, strides):
+    x = jax.random.normal(jax.random.key(0), shape)  # continuous: no ties
+    assert_same_value_and_grad(
+        lambda x: fast_ops.max_pool(x, window, strides),
+        lambda x: reference_max_pool(x, window, strides),
+        x,
+    )
+
+
+def test_max_pool_after_relu_has_the_reference_gradient_despite_tied_zeros():
+    x = jax.random.normal(jax.random.key(1), (4, 12, 12, 3))  # half the windows tie at 0
+
+    def loss(pool, x):
+        return jnp.sum(pool(jax.nn.relu(x)) ** 2)
+
+    fast = jax.grad(lambda x: loss(lambda y: fast_ops.max_pool(y, 2), x))(x)
+    ref = jax.grad(lambda x: loss(lambda y: reference_max_pool(y, 2), x))(x)
+    np.testing.assert_array_equal(fast, ref)
+
+
+def test_max_pool_gradient_equals_select_and_scatter_at_exact_ties():
+    # Values on a coarse grid: many windows hold several equal maxima.
+    x = jnp.round(jax.random.normal(jax.random.key(2), (3, 10, 10, 4)) * 2) / 2
+    assert_same_value_and_grad(
+        lambda x: fast_ops.max_pool(x, 2), lambda x: reference_max_pool(x, 2), x, atol=0
+    )
+    grad = jax.grad(lambda x: fast_ops.max_pool(x, 2).sum())(jnp.ones((1, 2, 2, 1)))
+    np.testing.assert_array_equal(grad[0, :, :, 0], [[1.0, 0.0], [0.0, 0.0]])  # first max
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_max_pool_relu_equals_pool_of_relu_in_value_and_gradient(with_bias):
+    x = jnp.round(jax.random.normal(jax.random.key(3), (2, 11, 11, 3)) * 4) / 4  # ties
+    bias = jnp.array([0.5, -0.25, 0.0]) if with_bias else None
+    shift = bias.reshape(1, 1, 1, 3) if with_bias else 0.0
+    assert_same_value_and_grad(
+        lambda x: fast_ops.max_pool_relu(x, 2, bias=bias),
+        lambda x: reference_max_pool(jax.nn.relu(x + shift), 2),
+        x,
+        atol=0,
+    )
+
+
+def test_max_pool_relu_rejects_a_bias_of_the_wrong_shape():
+    with pytest.raises(ValueError, match="bias must have shape"):
+        fast_ops.max_pool_relu(jnp.zeros((1, 4, 4, 3)), 2, bias=jnp.zeros(2))
+
+
+def test_max_pool_keeps_bfloat16():
+    x = jnp.ones((1, 4, 4, 2), jnp.bfloat16)
+    assert fast_ops.max_pool(x, 2).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize(
+    "shape, window, message",
+    [((4, 4), 2, "spatial"), ((1, 4, 4, 1), 0, "window"), ((1, 3, 3, 1), 4, "larger")],
+)
+def test_max_pool_rejects_bad_input(shape, window, message):
+    with pytest.raises(ValueError, match=message):
+        fast_ops.max_pool(jnp.zeros(shape), window)
