@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcnn import shapes
+from jaxcnn import fast_ops, shapes
 
 Activation = str | Callable[[jax.Array], jax.Array] | None
 
@@ -157,11 +157,14 @@ class Pool(nn.Module):
       method: ``"auto"`` uses a crop + reshape + reduce when the windows tile the input
         (``window == stride`` and no padding), else flax's ``lax.reduce_window`` pools;
         ``"reduce_window"`` always uses flax; ``"reshape"`` insists on the tiling path.
-        Both paths compute the same values; the reshape path differentiates
-        elementwise, which XLA:CPU runs much faster than the select-and-scatter
-        gradient of ``reduce_window`` max pooling (about 2x faster training for the
-        small MNIST / CIFAR nets). With tied maxima in a window the two split the
-        gradient differently (reshape: evenly; reduce_window: to one element).
+        Both paths compute the same values and the same gradients. The reshape path's
+        max pooling is :func:`jaxcnn.fast_ops.max_pool`, whose hand-written gradient is
+        elementwise compares and selects, which XLA:CPU runs much faster than the
+        select-and-scatter gradient of ``reduce_window`` max pooling (about 2.2x faster
+        pooling, forward + backward). Like select-and-scatter it sends the gradient of a
+        window with tied maxima (e.g. zeros after a ReLU) to the first of them in
+        row-major order, so gradients match even at ties. Average and sum pooling on
+        the reshape path are a plain ``mean`` / ``sum`` over the window axes.
 
     Examples:
       >>> x = jnp.arange(16.0).reshape(1, 4, 4, 1)
@@ -233,6 +236,9 @@ class Pool(nn.Module):
 
 def _tiled_pool(x: jax.Array, window: tuple[int, ...], kind: str) -> jax.Array:
     """Pools non-overlapping windows by crop + reshape + reduce (elementwise gradient)."""
+    if kind == "max":
+        # Custom gradient equal to select-and-scatter's, ties included (see fast_ops).
+        return fast_ops.max_pool(x, window)
     out = [size // w for size, w in zip(x.shape[1:-1], window, strict=True)]
     x = x[(slice(None), *(slice(0, n * w) for n, w in zip(out, window, strict=True)))]
     split = [x.shape[0]]
@@ -240,8 +246,6 @@ def _tiled_pool(x: jax.Array, window: tuple[int, ...], kind: str) -> jax.Array:
         split += [n, w]
     x = x.reshape(*split, x.shape[-1])
     axes = tuple(2 + 2 * i for i in range(len(window)))
-    if kind == "max":
-        return jnp.max(x, axis=axes)
     if kind == "sum":
         return jnp.sum(x, axis=axes)
     return jnp.mean(x, axis=axes)
@@ -390,6 +394,19 @@ class ConvBlock(nn.Module):
       kernel_init: conv kernel initialiser; ``None`` keeps flax's default.
       dtype: computation dtype (``None``: from inputs and params).
       param_dtype: parameter dtype.
+      fused_pool: ``True`` (default) runs ``conv + bias -> ReLU -> max pool`` as
+        ``conv -> max pool -> + bias -> ReLU`` (:func:`jaxcnn.fast_ops.max_pool_relu`)
+        when that is exact: max pooling whose windows tile the input (stride ==
+        window, no padding, ``pool_method`` ``"auto"`` or ``"reshape"``), no norm,
+        ReLU, a conv bias. ReLU is monotone and the bias is one number per channel,
+        so both give the same values, and the same gradients except where rounding
+        ``conv + bias`` ties two maxima that the conv output does not tie. The bias
+        and ReLU then touch ``prod(pool_window)`` times fewer elements (about 1.6x
+        faster training of the MNIST net on CPU). The ``nn.Conv`` sub-module is the
+        same (parameters ``{'conv': {'kernel', 'bias'}}``; ``capture_intermediates``
+        records its output with the bias); the block just uses its bias-free output,
+        and under ``jit`` XLA drops the then unused full-size bias add. ``False``
+        always runs the plain sequence.
 
     Examples:
       >>> block = ConvBlock(16, (3, 3), stride=2, padding="SAME", norm="batch")
@@ -419,6 +436,7 @@ class ConvBlock(nn.Module):
     kernel_init: Any = None
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    fused_pool: bool = True
 
     def conv_spec(self, rank: int) -> shapes.ConvSpec:
         """The convolution as a :class:`jaxcnn.shapes.ConvSpec` (for receptive fields)."""
@@ -520,6 +538,24 @@ class ConvBlock(nn.Module):
             )(x)
         raise ValueError(f"{_describe(self)}: norm={self.norm!r}; valid: None or one of {NORMS}")
 
+    def _fusable_pool_window(
+        self, rank: int, conv_spatial: tuple[int, ...], use_bias: bool
+    ) -> tuple[int, ...] | None:
+        """The max-pool window if ``relu(conv + b) -> pool`` may run as ``relu(pool + b)``."""
+        if not (
+            self.fused_pool
+            and self.pool == "max"
+            and self.pool_method in ("auto", "reshape")
+            and self.norm is None
+            and use_bias
+            and get_activation(self.activation) is nn.relu
+        ):
+            return None
+        spec = self.pool_spec(rank)
+        padding = _pool_padding_for_flax(spec.padding, conv_spatial, spec.window, spec.stride)
+        no_padding = padding == "VALID" or all(pair == (0, 0) for pair in padding)
+        return spec.window if spec.window == spec.stride and no_padding else None
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         rank = _spatial_rank(self, x, self.kernel_size, "kernel_size")
@@ -542,7 +578,10 @@ class ConvBlock(nn.Module):
             spec.dilation,
         )
         extra = {} if self.kernel_init is None else {"kernel_init": self.kernel_init}
-        y = nn.Conv(
+        use_bias = self.norm is None if self.use_bias is None else self.use_bias
+        fused_window = self._fusable_pool_window(rank, out_spatial, use_bias)
+        tap = None if fused_window is None else _ConvOutputTap()
+        conv = nn.Conv(
             self.features,
             kernel_size=spec.kernel,
             strides=spec.stride,
@@ -551,22 +590,55 @@ class ConvBlock(nn.Module):
             ),
             kernel_dilation=spec.dilation,
             feature_group_count=self._groups(in_channels),
-            use_bias=self.norm is None if self.use_bias is None else self.use_bias,
+            use_bias=use_bias,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="conv",
             **extra,
-        )(x)
-        chex.assert_shape(y, (x.shape[0], *out_spatial, self.features))
-        y = get_activation(self.activation)(self._norm(y, train))
-        pool = self.pool_spec(rank)
-        if pool is not None:
-            y = Pool(
+            **({} if tap is None else {"conv_general_dilated": tap}),
+        )
+        spec = self.pool_spec(rank)
+        pool = None
+        if spec is not None:
+            pool = Pool(
                 self.pool,
-                pool.window,
-                pool.stride,
-                pool.padding,
+                spec.window,
+                spec.stride,
+                spec.padding,
                 method=self.pool_method,
                 name="pool",
-            )(y)
-        return y
+            )
+        conv_shape = (x.shape[0], *out_spatial, self.features)
+        if fused_window is not None:
+            # Checked before the conv runs: errors name the pool, as on the plain path.
+            expected = pool.output_shape(conv_shape)
+            # The conv module runs as usual (same parameters, and capture_intermediates
+            # records conv + bias), but only its bias-free output, kept by the tap, is
+            # used: under jit XLA drops the unused full-size bias add.
+            conv(x)
+            y = tap.output
+            chex.assert_shape(y, conv_shape)
+            bias = conv.variables["params"]["bias"].astype(y.dtype)
+            y = fast_ops.max_pool_relu(y, fused_window, bias=bias)
+            chex.assert_shape(y, expected)
+            return y
+        y = conv(x)
+        chex.assert_shape(y, conv_shape)
+        y = get_activation(self.activation)(self._norm(y, train))
+        return y if pool is None else pool(y)
+
+
+class _ConvOutputTap:
+    """``nn.Conv``'s ``conv_general_dilated``: runs lax's and keeps its output.
+
+    ``nn.Conv`` adds its bias right after this call; the tap lets :class:`ConvBlock`
+    take the bias-free output (in the conv's computation dtype) and add the bias after
+    pooling instead.
+    """
+
+    def __init__(self):
+        self.output: jax.Array | None = None
+
+    def __call__(self, *args, **kwargs) -> jax.Array:
+        self.output = lax.conv_general_dilated(*args, **kwargs)
+        return self.output

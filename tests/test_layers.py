@@ -354,3 +354,119 @@ def test_jit_grad_and_vmap():
     np.testing.assert_allclose(per_crop[1], doubled, rtol=1e-5, atol=1e-5)
     assert per_member.shape == (3, *plain.shape)
     np.testing.assert_allclose(per_member[0], plain, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- fused pool
+def test_reshape_max_pool_gradient_matches_reduce_window_at_ties():
+    # Small integers: most windows hold tied maxima, like zeros after a ReLU.
+    x = NP_RNG.integers(0, 3, size=(2, 8, 6, 3)).astype(np.float32)
+    cotangent = NP_RNG.normal(size=(2, 4, 3, 3)).astype(np.float32)
+
+    def grad(method):
+        pool = Pool("max", 2, method=method)
+        return jax.jit(jax.vjp, static_argnums=0)(lambda a: pool.apply({}, a), x)[1](cotangent)
+
+    np.testing.assert_array_equal(grad("reshape")[0], grad("reduce_window")[0])
+
+
+def _random_bias(variables, seed):
+    """The block's variables with a non-zero bias, so that the bias placement matters."""
+    bias = variables["params"]["conv"]["bias"]
+    noise = np.random.default_rng(seed).normal(size=bias.shape)
+    return {"params": {"conv": {**variables["params"]["conv"], "bias": noise.astype(bias.dtype)}}}
+
+
+def _value_and_grads(block, variables, x, cotangent):
+    """Output and the gradients w.r.t. the input and all parameters (one jit)."""
+
+    @jax.jit
+    def run(variables, x):
+        y, vjp = jax.vjp(lambda v, a: block.apply(v, a), variables, x)
+        return y, *vjp(cotangent)
+
+    return run(variables, x)
+
+
+@pytest.mark.parametrize(
+    "shape, fields",
+    [
+        ((2, 12, 12, 3), dict(kernel_size=(3, 3))),  # conv output 10x10 tiles exactly
+        ((2, 11, 13, 2), dict(kernel_size=(3, 3), padding="SAME", pool_window=(2, 3))),
+        ((3, 17, 4), dict(kernel_size=(5,), stride=2, pool_window=3, pool_method="reshape")),
+    ],
+)
+def test_fused_pool_equals_plain_path_values_and_gradients(shape, fields):
+    x = NP_RNG.normal(size=shape).astype(np.float32)
+    fused = ConvBlock(5, pool="max", activation="relu", **fields)
+    plain = fused.clone(fused_pool=False)
+    variables = _random_bias(jax.jit(fused.init)(KEY, x), seed=1)
+    assert jax.tree.structure(variables) == jax.tree.structure(jax.jit(plain.init)(KEY, x))
+    cotangent = NP_RNG.normal(size=fused.output_shape(shape)).astype(np.float32)
+    y_fused, g_fused, gx_fused = _value_and_grads(fused, variables, x, cotangent)
+    y_plain, g_plain, gx_plain = _value_and_grads(plain, variables, x, cotangent)
+    assert float(jnp.mean(y_plain == 0)) > 0.05  # the ReLU clips: gradients see zeros
+    np.testing.assert_allclose(y_fused, y_plain, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gx_fused, gx_plain, rtol=1e-5, atol=1e-5)
+    for name in ("kernel", "bias"):
+        got, want = g_fused["params"]["conv"][name], g_plain["params"]["conv"][name]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        assert float(jnp.abs(want).max()) > 0
+
+
+def test_fused_pool_capture_keeps_conv_output_with_bias():
+    x = NP_RNG.normal(size=(2, 10, 10, 3)).astype(np.float32)
+    fused = ConvBlock(4, (3, 3), pool="max")
+    variables = _random_bias(jax.jit(fused.init)(KEY, x), seed=2)
+
+    def captured(block):
+        _, state = jax.jit(
+            lambda v, a: block.apply(v, a, capture_intermediates=True, mutable="intermediates")
+        )(variables, x)
+        return state["intermediates"]
+
+    got, want = captured(fused), captured(fused.clone(fused_pool=False))
+    assert "pool" not in got and "pool" in want  # the fused path really ran
+    assert len(got["conv"]["__call__"]) == 1
+    np.testing.assert_allclose(got["conv"]["__call__"][0], want["conv"]["__call__"][0], atol=1e-6)
+    np.testing.assert_allclose(got["__call__"][0], want["__call__"][0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        dict(norm="group"),
+        dict(activation="gelu"),
+        dict(use_bias=False),
+        dict(pool="avg"),
+        dict(pool_stride=1),
+        dict(pool_padding="SAME"),
+        dict(pool_method="reduce_window"),
+    ],
+)
+def test_fused_pool_only_where_exact(fields):
+    x = jnp.ones((1, 8, 8, 2))
+    block = ConvBlock(4, (3, 3), **{"pool": "max", **fields})
+
+    @jax.jit
+    def intermediates(x):
+        variables = block.init(KEY, x)
+        return block.apply(variables, x, capture_intermediates=True, mutable="intermediates")[1]
+
+    assert "pool" in intermediates(x)["intermediates"]
+
+
+def test_fused_pool_in_bfloat16():
+    x = NP_RNG.normal(size=(2, 12, 12, 3)).astype(jnp.bfloat16)
+    fused = ConvBlock(4, (3, 3), pool="max", dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    plain = fused.clone(fused_pool=False)
+    variables = _random_bias(jax.jit(fused.init)(KEY, x), seed=3)
+    cotangent = NP_RNG.normal(size=fused.output_shape(x.shape)).astype(jnp.bfloat16)
+    y_fused, g_fused, gx_fused = _value_and_grads(fused, variables, x, cotangent)
+    y_plain, g_plain, gx_plain = _value_and_grads(plain, variables, x, cotangent)
+    assert y_fused.dtype == gx_fused.dtype == jnp.bfloat16
+    assert g_fused["params"]["conv"]["bias"].dtype == jnp.bfloat16
+    # Rounding is monotone, so round(max(c) + b) == max(round(c + b)): values equal.
+    np.testing.assert_array_equal(np.float32(y_fused), np.float32(y_plain))
+    got_all, want_all = jax.tree.leaves((g_fused, gx_fused)), jax.tree.leaves((g_plain, gx_plain))
+    for got, want in zip(got_all, want_all, strict=True):
+        np.testing.assert_allclose(np.float32(got), np.float32(want), rtol=2e-2, atol=5e-2)
