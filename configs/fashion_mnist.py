@@ -24,12 +24,11 @@ def get_config():
     config.model = "mnist_cnn"
     config.batch_size = 128
     config.eval_batch_size = 1000
-    config.num_epochs = 15
+    config.num_epochs = 20
     config.optimizer.name = "adamw"
     config.optimizer.learning_rate = 3e-3
     config.optimizer.weight_decay = 1e-4
     config.schedule.name = "onecycle"
     config.schedule.pct_start = 0.2
     config.augment.flip = True
-    config.augment.translate = 0.05
     return config

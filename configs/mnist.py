@@ -8,10 +8,11 @@ Command (the official IDX files; here they are in ../shared/data)::
 Recipe: ``mnist_cnn`` (Conv32-pool-Conv64-pool-dropout 0.5-Dense), Adam with a one-cycle
 schedule (peak 5e-3), batch 128, 8 epochs, no augmentation.
 
-Measured on the 2-core CPU of the development machine (shared with other jobs):
-one epoch (``--config.num_epochs=1``) reaches 98.5 % test accuracy at about 2,500
-images/s, 34 s for the whole command (1,300 images/s and 61 s when the cores were busy).
-The full 8 epochs: NOT MEASURED YET (expected >= 99.0 % in about 3-4 minutes).
+Measured on the 2-core CPU of the development machine (2026-11-22, with the fused
+conv-bias-ReLU-pool layers; another job shared the cores from epoch 5 on):
+99.32 % test accuracy after the 8 epochs, 78 s for the whole command (data decoding,
+compilation and the report included). Test accuracy first passed 99.0 % at epoch 4,
+27 s after ``fit`` started (about 11,000 images/s when the cores were free).
 """
 
 from jaxcnn.train.config import base_config

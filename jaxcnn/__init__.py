@@ -16,8 +16,17 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "shapes", "layers", "models", "model_summary", "kernels", "data", "train", "viz",
-    "report", "testing", "cli",
+    "shapes",
+    "layers",
+    "models",
+    "model_summary",
+    "kernels",
+    "data",
+    "train",
+    "viz",
+    "report",
+    "testing",
+    "cli",
 )
 
 
