@@ -170,10 +170,10 @@ are the ones the harness printed; rerun the command to regenerate this part of t
 (below 1: jaxcnn is faster). "load" is the 1-minute load average before the run: on a
 shared machine only the ratios are evidence. "img per CPU-s" divides by the process's
 CPU time (all threads) instead of wall time: steadier under load, but it penalises
-runtimes whose idle threads spin (TensorFlow, OpenMP in PyTorch). `jaxcnn_fast_ops` is
-jaxcnn's own step with the `jaxcnn.fast_ops` layers (see docs/perf_notes.md) until the zoo
-models use them; `jaxcnn` is the zoo model as it is today. "GFLOP/s" = images/s x training FLOPs per
-image (below).
+runtimes whose idle threads spin (TensorFlow, OpenMP in PyTorch). `jaxcnn` is the zoo
+model (its `ConvBlock`s fuse bias, ReLU and max-pool through `jaxcnn.fast_ops`) trained by
+`jaxcnn.train`'s own step; `jaxcnn_fast_ops`, when listed, is the harness's stand-in copy of
+the same formulation. "GFLOP/s" = images/s x training FLOPs per image (below).
 
 {report.markdown_table(rows, machine["peak_gflops"])}
 

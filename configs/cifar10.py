@@ -15,8 +15,11 @@ Recipe: ``cifar_cnn`` (Conv32-pool-Conv64-pool-Conv64-Dense64), Adam with a one-
 schedule (peak 2e-3), batch 64, 20 epochs, random crops (4 px padding) and flips: the
 tutorial's plain 10 epochs stop near 70 %; augmentation buys a margin above it.
 
-Measured: NOT MEASURED YET (expected >= 70 % test accuracy; the net trains at roughly
-600-1,500 images/s on the 2-core CPU, so 20 epochs take 15-30 minutes).
+Measured on the 2-core CPU of the development machine (2026-11-22, JPEG folders from
+/dev/shm, decoded once): 78.44 % test accuracy after the 20 epochs, 4 min 55 s for the
+whole command (about 5,000 images/s). The diagnosis at the end reads "underfitting:
+training accuracy low and flat (train 79.2 %, validation 78.4 %)": the 122,570-parameter
+tutorial net, not the recipe, is the limit; ``cifar10_resnet.py`` is the bigger model.
 """
 
 from jaxcnn.train.config import base_config

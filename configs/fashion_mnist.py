@@ -22,6 +22,8 @@ def get_config():
     config = base_config()
     config.dataset = "fashion_mnist"
     config.model = "mnist_cnn"
+    # Same net; half its dropout: at 0.5 it tops out near 90.9 % (train 91.8 %).
+    config.model_kwargs = {"dropout": 0.25}
     config.batch_size = 128
     config.eval_batch_size = 1000
     config.num_epochs = 20

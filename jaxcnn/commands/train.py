@@ -83,6 +83,14 @@ def _parse(argv: list[str]) -> flags.FlagValues:
     return values
 
 
+def _missing_field_message(error: BaseException) -> str:
+    """ml_collections nests KeyError("'name'\\nDid you mean ...") in an AttributeError."""
+    while error.args and isinstance(error.args[0], BaseException):
+        error = error.args[0]
+    text = str(error.args[0]) if error.args else str(error)
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``jaxcnn train``; returns the exit status (0 ok, 1 failed, 2 usage, 130 Ctrl-C)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -100,10 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         config.keys()  # a config file that failed to load raises only when touched
     except (KeyError, AttributeError) as error:
         # ml_collections reports an override of a missing field as AttributeError(KeyError).
-        field = str(error).strip("\"'")
         print(
-            f"{_PROG}: unknown config field {field!r} in the overrides; the fields are "
-            "listed in docs/training.md",
+            f"{_PROG}: unknown config field in the overrides: {_missing_field_message(error)}; "
+            "the fields are listed in docs/training.md",
             file=sys.stderr,
         )
         return 2

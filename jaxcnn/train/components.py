@@ -11,6 +11,7 @@ import numpy as np
 
 from jaxcnn import data as data_lib
 from jaxcnn import models
+from jaxcnn.train.config import ConfigError
 from jaxcnn.train.volumes import twisted_volumes
 
 
@@ -120,10 +121,10 @@ def build_model(config: Any, num_classes: int, in_channels: int) -> nn.Module:
     }
     if config.model == "spec":
         if "spec" not in kwargs:
-            raise ValueError("config.model = 'spec' needs config.model_kwargs.spec (a CNN spec)")
+            raise ConfigError("config.model = 'spec' needs config.model_kwargs.spec (a CNN spec)")
         return models.from_spec(kwargs.pop("spec"), **common, **kwargs)
     if config.model not in models.names():
-        raise ValueError(
+        raise ConfigError(
             f"config.model = {config.model!r} is not a zoo model; valid: 'spec' or one of "
             f"{', '.join(models.names())}"
         )

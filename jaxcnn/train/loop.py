@@ -126,10 +126,17 @@ def fit(
     xla_flags.configure_cpu()
     config = validate_config(config)
     workdir = Path(workdir).absolute()
+    created = not workdir.exists()
     workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        run = TrainingSession(config, workdir)  # loads data, builds the model: fails early
+    except BaseException:
+        # A run that could not start leaves nothing behind (not even an empty workdir).
+        if created and not any(workdir.iterdir()):
+            workdir.rmdir()
+        raise
     if is_primary_process():
         write_atomic(workdir / "config.json", config_to_json(config) + "\n")
-    run = TrainingSession(config, workdir)
     try:
         with InterruptFlag() as interrupt:
             return _train(run, interrupt, step_callback)

@@ -1,0 +1,25 @@
+"""`jaxcnn train` refuses bad input with one readable line and leaves no files behind."""
+
+from __future__ import annotations
+
+from jaxcnn.commands import train as train_command
+
+
+def test_unknown_model_fails_cleanly_and_leaves_no_workdir(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    status = train_command.main(["--config.model=nosuchnet", f"--workdir={workdir}"])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "config.model = 'nosuchnet' is not a zoo model" in err
+    assert "mnist_cnn" in err  # the valid names are listed
+    assert "Traceback" not in err
+    assert not workdir.exists()
+
+
+def test_misspelt_override_names_the_field_and_the_fix(capsys):
+    status = train_command.main(["--config.num_epoch=3"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "unknown config field" in err
+    assert 'Did you mean "num_epochs"' in err
+    assert "\\n" not in err and "\\'" not in err  # no escaped repr leaking through
