@@ -73,6 +73,15 @@ def test_max_pool_gradient_equals_select_and_scatter_at_exact_ties():
     np.testing.assert_array_equal(grad[0, :, :, 0], [[1.0, 0.0], [0.0, 0.0]])  # first max
 
 
+def test_max_pool_gradient_is_elementwise_without_scatter_or_concatenate():
+    # Why fast_ops exists: its backward must stay a reduce plus one broadcast select that
+    # XLA fuses into the next op. A scatter or a per-position concatenate was 1.4x slower.
+    x = jnp.ones((2, 9, 9, 3))
+    text = jax.jit(jax.grad(lambda x: fast_ops.max_pool(x, 2).sum())).lower(x).as_text()
+    assert "select_and_scatter" not in text
+    assert "concatenate" not in text
+
+
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_max_pool_relu_equals_pool_of_relu_in_value_and_gradient(with_bias):
     x = jnp.round(jax.random.normal(jax.random.key(3), (2, 11, 11, 3)) * 4) / 4  # ties
