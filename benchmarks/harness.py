@@ -42,15 +42,6 @@ RUNNERS: dict[str, Runner] = {
     r.name: r
     for r in (
         Runner("jaxcnn", "jaxcnn_bench.py", "", ("jax", "flax", "optax"), "jax"),
-        # What jaxcnn reaches once its layers use jaxcnn.fast_ops (the stand-in nets with
-        # conv without bias -> fast max-pool -> bias -> ReLU), until MODELS wires them in.
-        Runner(
-            "jaxcnn_fast_ops",
-            "jaxcnn_bench.py",
-            "impl=standin,pool=fused",
-            ("jax", "flax", "optax"),
-            "jax",
-        ),  # fmt: skip
         Runner("flax_minimal", "flax_minimal.py", "", ("jax", "flax", "optax"), "jax"),
         Runner("torch", "torch_peer.py", "eager", ("torch",), "torch"),
         Runner("torch_compile", "torch_peer.py", "compile", ("torch",), "torch"),

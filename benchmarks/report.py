@@ -81,12 +81,15 @@ def summarize(results: list[dict], flops: dict | None = None) -> list[dict]:
     return rows
 
 
-def markdown_table(rows: list[dict], peak_gflops: float | None = None) -> str:
+def markdown_table(
+    rows: list[dict], peak_gflops: float | None = None, bf16_peak_gflops: float | None = None
+) -> str:
     """Renders summary rows as a Markdown table.
 
     Args:
       rows: from ``summarize``.
-      peak_gflops: the machine's nominal peak, for the "% peak" column.
+      peak_gflops: the machine's nominal FP32 peak, for the "% peak" column.
+      bf16_peak_gflops: the bfloat16 peak used for bfloat16 rows (default: the FP32 one).
 
     Returns:
       The table text (header, separator, one line per row).
@@ -114,7 +117,10 @@ def markdown_table(rows: list[dict], peak_gflops: float | None = None) -> str:
         )
         gflops = ""
         if r.get("gflops") is not None:
-            share = f" ({100 * r['gflops'] / peak_gflops:.0f} %)" if peak_gflops else ""
+            peak = (
+                bf16_peak_gflops if r["dtype"] == "bfloat16" and bf16_peak_gflops else peak_gflops
+            )
+            share = f" ({100 * r['gflops'] / peak:.0f} %)" if peak else ""
             gflops = f"{r['gflops']:.1f}{share}"
         note = "" if r["status"] == "ok" else f" [{r['status']}]"
         lines.append(

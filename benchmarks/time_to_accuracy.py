@@ -9,7 +9,8 @@ Reported separately, as issue 7 asks:
 * ``fit_wall_s``: the whole ``fit`` call (its own data load, compilation, every epoch,
   checkpoints and the final test).
 
-    python scripts/benchmark.py --time-to-accuracy
+    python scripts/benchmark.py --time-to-accuracy       # configs/mnist_fast.py, seeds 0-2
+    python benchmarks/time_to_accuracy.py --seeds 0,1,2,3  # the same, your seeds
     python benchmarks/time_to_accuracy.py --config configs/mnist.py --target 0.99
 """
 
@@ -27,6 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+FAST_CONFIG = REPO / "configs" / "mnist_fast.py"
 DEFAULT_DATA = Path(os.environ.get("JAXCNN_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
@@ -37,7 +39,9 @@ def _load_config(path: Path):
     return module.get_config()
 
 
-def measure(config_path: Path, data_dir: Path, target: float, epochs: int | None) -> dict:
+def measure(
+    config_path: Path, data_dir: Path, target: float, epochs: int | None, seed: int | None = None
+) -> dict:
     """Decodes the data once, then runs ``fit`` and finds when it first reached ``target``.
 
     Args:
@@ -45,6 +49,7 @@ def measure(config_path: Path, data_dir: Path, target: float, epochs: int | None
       data_dir: where the dataset files are.
       target: test (or validation) accuracy to reach, e.g. 0.99.
       epochs: override ``num_epochs`` (None keeps the config's).
+      seed: override the config's ``seed`` (None keeps it).
 
     Returns:
       A dict with ``decode_s``, ``time_to_target_s`` (None if never reached),
@@ -59,6 +64,8 @@ def measure(config_path: Path, data_dir: Path, target: float, epochs: int | None
     config.data_dir = str(data_dir)
     if epochs is not None:
         config.num_epochs = epochs
+    if seed is not None:
+        config.seed = seed
     start = time.perf_counter()
     data.load(config.dataset, str(data_dir))
     decode_s = time.perf_counter() - start
@@ -72,6 +79,7 @@ def measure(config_path: Path, data_dir: Path, target: float, epochs: int | None
         "dataset": config.dataset,
         "model": config.model,
         "epochs": config.num_epochs,
+        "seed": config.seed,
         "batch_size": config.batch_size,
         "target": target,
         "decode_s": decode_s,
@@ -88,7 +96,7 @@ def measure(config_path: Path, data_dir: Path, target: float, epochs: int | None
 
 
 def main_from_harness(interpreters) -> int:
-    """Runs :func:`measure` for MNIST in a fresh process (the harness's ``--time-to-accuracy``)."""
+    """``configs/mnist_fast.py`` over seeds 0-2 in a fresh process (``--time-to-accuracy``)."""
     from benchmarks import harness
 
     python, why = interpreters.resolve(harness.RUNNERS["jaxcnn"])
@@ -98,14 +106,15 @@ def main_from_harness(interpreters) -> int:
     if not (DEFAULT_DATA / "mnist").exists():
         print(f"time to accuracy: missing (no MNIST under {DEFAULT_DATA})")
         return 1
-    out = subprocess.run(
-        [python, str(Path(__file__)), "--json"], capture_output=True, text=True, cwd=REPO
-    )
+    # The <= 30 s recipe over three seeds: one seed could pass by luck.
+    command = [python, str(Path(__file__)), "--json", "--config", str(FAST_CONFIG)]
+    out = subprocess.run([*command, "--seeds", "0,1,2"], capture_output=True, text=True, cwd=REPO)
     if out.returncode:
         print(f"time to accuracy: failed ({out.stderr.strip()[-500:]})")
         return 1
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    print(format_result(result))
+    for line in out.stdout.strip().splitlines():
+        if line.startswith("{"):
+            print(format_result(json.loads(line)))
     return 0
 
 
@@ -119,7 +128,7 @@ def format_result(r: dict) -> str:
     )
     return (
         f"{r['dataset']} / {r['model']} (batch {r['batch_size']}, {r['epochs']} epochs, "
-        f"{r['config']}): {reached}; final test accuracy "
+        f"{r['config']}, seed {r.get('seed')}): {reached}; final test accuracy "
         f"{100 * (r['final_test_accuracy'] or 0):.2f} %; whole fit {r['fit_wall_s']:.1f} s; "
         f"one-time data decoding {r['decode_s']:.1f} s."
     )
@@ -127,14 +136,17 @@ def format_result(r: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", type=Path, default=REPO / "configs" / "mnist.py")
+    p.add_argument("--config", type=Path, default=FAST_CONFIG)
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     p.add_argument("--target", type=float, default=0.99)
     p.add_argument("--epochs", type=int)
+    p.add_argument("--seeds", default="", help="comma-separated seeds, one fit each")
     p.add_argument("--json", action="store_true", help="print the raw JSON result")
     args = p.parse_args(argv)
-    result = measure(args.config, args.data_dir, args.target, args.epochs)
-    print(json.dumps(result) if args.json else format_result(result))
+    seeds = [int(t) for t in args.seeds.split(",") if t.strip()] or [None]
+    for seed in seeds:
+        result = measure(args.config, args.data_dir, args.target, args.epochs, seed)
+        print(json.dumps(result) if args.json else format_result(result), flush=True)
     return 0
 
 

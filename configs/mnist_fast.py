@@ -5,16 +5,18 @@ Command::
     python scripts/train.py --config configs/mnist_fast.py --workdir runs/mnist_fast \\
         --config.data_dir=../shared/data
 
-Recipe: the teaching net ``mnist_cnn`` (34,826 parameters) unchanged, Adam with a
-one-cycle schedule (peak 5e-3) compressed into 3 epochs, batch 128, no augmentation. The
-one-cycle anneal ends exactly when training does, which is what buys 99 % so early; the
-fused conv-bias-ReLU-pool layers (about 11,000 images/s here) do the rest.
+Recipe: the teaching net ``mnist_cnn`` (34,826 parameters) with its dropout lowered from
+0.5 to 0.25, Adam with a one-cycle schedule (peak 5e-3) compressed into 3 epochs, batch
+128, no augmentation. The one-cycle anneal ends exactly when training does, which is what
+buys 99 % so early; at dropout 0.5 the net still underfits after 3 epochs (train 98.5 %,
+test 98.96-99.08 % over seeds 0-2). The fused conv-bias-ReLU-pool layers (about 10,000
+images/s in ``fit`` here) do the rest.
 
-Measured on the 2-core CPU of the development machine (2026-11-22, quiet machine):
-seed 0: 99.05 % test accuracy, 99.0 % reached 26.1 s after ``fit`` started (compilation
-included, data decoding excluded: 0.2 s), 28.6 s for the whole command; seed 1: 98.96 %;
-seed 2: 99.08 %. So 2 of 3 seeds make 99 %: the margin is thin, and ``mnist.py``
-(8 epochs, 99.32 %) is the safe recipe.
+Measured on the 2-core CPU of the development machine (2026-11-22, quiet machine,
+``python benchmarks/time_to_accuracy.py --config configs/mnist_fast.py --seeds 0,1,2,3``):
+final test accuracy 99.12 / 99.01 / 99.16 / 99.15 % for seeds 0-3, 99.0 % reached
+15.1-23.8 s after ``fit`` started (compilation included, data decoding excluded: 0.2 s),
+whole ``fit`` 24.0-26.2 s.
 """
 
 import importlib.util
@@ -35,4 +37,5 @@ def get_config():
     """MNIST, teaching net, 3 epochs: >= 99.0 % test accuracy in < 30 s on 2 cores."""
     config = _mnist_config()
     config.num_epochs = 3
+    config.model_kwargs = {"dropout": 0.25}  # 0.5 underfits in 3 epochs
     return config
