@@ -50,3 +50,39 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (a fresh clone has no ../shared)")
     return SHARED_DATA
+
+
+# digits, the small zoo net, 2 epochs (two points make a curve): ~15 s on 2 CPU cores,
+# most of it compilation, so test_viz and test_report share one run per session.
+TINY_EPOCHS = 2
+
+
+@pytest.fixture(scope="session")
+def tiny_digits_run(tmp_path_factory) -> dict:
+    """One tiny real training run: its workdir, the restored model and its test predictions."""
+    import numpy as np
+
+    from jaxcnn import data, train
+
+    config = train.base_config()
+    config.dataset = "digits"
+    config.model = "digits_cnn"
+    config.num_epochs = TINY_EPOCHS
+    config.batch_size = 64
+    config.eval_batch_size = 359  # the whole digits test split in one batch
+    config.progress_bar = False
+    config.tensorboard = False
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    train.fit(config, workdir)
+    restored = train.restore(workdir)
+    test = data.load("digits").test
+    logits = np.asarray(restored.predict(test.images))
+    inputs = data.normalize(test.images[:2], restored.norm_mean, restored.norm_std)
+    return {
+        "workdir": workdir,
+        "restored": restored,
+        "images": test.images,
+        "labels": test.labels,
+        "predictions": logits.argmax(axis=1),
+        "inputs": np.asarray(inputs),
+    }

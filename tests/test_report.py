@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_viz import tiny_run  # the session's one tiny training run
 
 from jaxcnn.commands import report as report_command
 from jaxcnn.report import write_report
@@ -84,8 +83,8 @@ def run_chromium(
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> Path:
-    return write_report(tiny_run(tmp_path_factory)["workdir"])
+def report(tiny_digits_run) -> Path:
+    return write_report(tiny_digits_run["workdir"])
 
 
 def test_report_is_one_self_contained_page(report):

@@ -10,51 +10,15 @@ import stat
 import flax.linen as nn
 import numpy as np
 import pytest
+from conftest import TINY_EPOCHS
 from PIL import Image
 
 from jaxcnn import data, kernels, viz
 
-# One tiny real training run for the session (test_report imports `tiny_run` too):
-# digits, the small zoo net, 2 epochs (two points make a curve). ~15 s on 2 CPU cores,
-# most of it compilation.
-TINY_EPOCHS = 2
-_TINY_RUN: dict = {}
-
-
-def tiny_run(tmp_path_factory) -> dict:
-    """Train once per session, restore the best checkpoint, predict the digits test split."""
-    if _TINY_RUN:
-        return _TINY_RUN
-    from jaxcnn import train
-
-    config = train.base_config()
-    config.dataset = "digits"
-    config.model = "digits_cnn"
-    config.num_epochs = TINY_EPOCHS
-    config.batch_size = 64
-    config.eval_batch_size = 359  # the whole digits test split in one batch
-    config.progress_bar = False
-    config.tensorboard = False
-    workdir = tmp_path_factory.mktemp("tiny_run")
-    train.fit(config, workdir)
-    restored = train.restore(workdir)
-    test = data.load("digits").test
-    logits = np.asarray(restored.predict(test.images))
-    inputs = data.normalize(test.images[:2], restored.norm_mean, restored.norm_std)
-    _TINY_RUN.update(
-        workdir=workdir,
-        restored=restored,
-        images=test.images,
-        labels=test.labels,
-        predictions=logits.argmax(axis=1),
-        inputs=np.asarray(inputs),
-    )
-    return _TINY_RUN
-
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return tiny_run(tmp_path_factory)
+def run(tiny_digits_run):
+    return tiny_digits_run
 
 
 def png_size(path) -> tuple[int, int]:
