@@ -145,3 +145,19 @@ def test_runner_arguments_are_validated():
     assert common.parse_args("x", ["--net", "mnist_cnn"]).batch == 128
     with pytest.raises(SystemExit):
         common.parse_args("x", ["--net", "mnist_cnn", "--batch", "0"])
+
+
+def test_time_to_accuracy_reports_the_seed_and_a_miss_plainly():
+    from benchmarks import time_to_accuracy
+
+    result = {
+        "dataset": "mnist", "model": "mnist_cnn", "batch_size": 128, "epochs": 3,
+        "config": "configs/mnist_fast.py", "seed": 1, "target": 0.99,
+        "time_to_target_s": None, "epoch_reached": None, "final_test_accuracy": 0.9896,
+        "fit_wall_s": 24.1, "decode_s": 0.2,
+    }  # fmt: skip
+    text = time_to_accuracy.format_result(result)
+    assert "seed 1" in text and "did NOT reach 99.0 % in 3 epochs" in text
+    assert "98.96 %" in text
+    reached = dict(result, time_to_target_s=21.0, epoch_reached=3)
+    assert "reached 99.0 % after epoch 3 in 21.0 s" in time_to_accuracy.format_result(reached)
