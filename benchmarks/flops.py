@@ -93,36 +93,54 @@ def training_flops_per_image(net: str) -> dict:
     }
 
 
-def machine_peak() -> dict:
+VECTOR_EXTENSIONS = ("avx512_bf16", "avx512f", "avx2", "fma")  # what sets the FLOP/cycle
+
+
+def machine_peak(cpuinfo: str | None = None) -> dict:
     """The CPU's nominal FP32 peak from /proc/cpuinfo (model, cores, clock, FLOP/cycle).
 
+    Args:
+      cpuinfo: the text of ``/proc/cpuinfo``; read from the machine when None.
+
     Returns:
-      ``{"cpu_model", "cores", "mhz", "flops_per_cycle", "peak_gflops",
-      "bf16_peak_gflops", "how"}``. With AVX-512 BF16 (``vdpbf16ps``: two bfloat16
-      products per float32 lane) the bfloat16 peak is twice the FP32 peak; without it
-      bfloat16 math runs at the FP32 rate at best.
+      ``{"cpu_model", "cpu_id", "isa", "cores", "mhz", "flops_per_cycle", "peak_gflops",
+      "bf16_peak_gflops", "how"}``. ``cpu_id`` is the family and model numbers (two CPUs
+      sold under one name, e.g. "AMD EPYC", differ there), ``isa`` the vector extensions
+      that set the FLOP/cycle. With AVX-512 BF16 (``vdpbf16ps``: two bfloat16 products
+      per float32 lane) the bfloat16 peak is twice the FP32 peak; without it bfloat16
+      math runs at the FP32 rate at best.
 
     Examples:
-      >>> machine_peak()["cores"] >= 1
-      True
+      >>> info = "model name : AMD EPYC\\ncpu family : 25\\nmodel : 1\\ncpu MHz : 2445.4\\n"
+      >>> machine = machine_peak(info + "flags : fpu avx2 fma\\n")
+      >>> machine["isa"], machine["flops_per_cycle"], machine["cpu_id"]
+      ('avx2 fma', 32, 'family 25, model 1')
     """
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = re.search(r"model name\s*:\s*(.+)", text)
-    mhz = re.search(r"cpu MHz\s*:\s*([\d.]+)", text)
-    flags = re.search(r"flags\s*:\s*(.+)", text)
-    flags = set(flags.group(1).split()) if flags else set()
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        cpuinfo = path.read_text() if path.exists() else ""
+
+    def field(name: str) -> str | None:
+        found = re.search(rf"^{name}\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+        return found.group(1).strip() if found else None
+
+    flags = set((field("flags") or "").split())
     per_cycle = 64 if "avx512f" in flags else 32 if "fma" in flags else 8
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    clock = float(mhz.group(1)) if mhz else float("nan")
+    clock = float(field(r"cpu MHz") or "nan")
+    family, model = field("cpu family"), field("model")
+    bf16 = 2 if "avx512_bf16" in flags else 1
     return {
-        "cpu_model": model.group(1).strip() if model else "unknown",
+        "cpu_model": field("model name") or "unknown",
+        "cpu_id": f"family {family}, model {model}" if family and model else "unknown",
+        "isa": " ".join(f for f in VECTOR_EXTENSIONS if f in flags) or "no AVX2/FMA",
         "cores": cores,
         "mhz": clock,
         "flops_per_cycle": per_cycle,
         "peak_gflops": cores * per_cycle * clock / 1000,
-        "bf16_peak_gflops": cores * per_cycle * clock / 1000 * (2 if "avx512_bf16" in flags else 1),
+        "bf16_peak_gflops": cores * per_cycle * clock / 1000 * bf16,
         "how": f"{cores} cores x {per_cycle} FP32 FLOP/cycle x {clock:.0f} MHz"
-        + ("; bfloat16 x2 (avx512_bf16)" if "avx512_bf16" in flags else ""),
+        + ("; bfloat16 x2 (avx512_bf16)" if bf16 == 2 else ""),
     }
 
 

@@ -12,7 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks import command, common, report  # noqa: E402
+from benchmarks import command, common, flops, report  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,33 @@ def test_the_report_has_the_table_machine_flops_and_keep_marker(tiny_run):
     assert "| mnist_cnn | float32 | jaxcnn | " in docs
     assert "14.3 M" in docs  # training FLOPs per image of the MNIST net
     assert "nominal peak FP32" in docs and command.KEEP_MARKER in docs
+    assert flops.machine_peak()["isa"] in docs  # two CPUs of one name differ there
+
+
+ZEN3 = "model name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 1\ncpu MHz\t\t: 2445.404\n"
+ZEN4 = "model name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 17\ncpu MHz\t\t: 2596.0\n"
+
+
+@pytest.mark.parametrize(
+    "cpuinfo, isa, per_cycle, bf16_factor, cpu_id",
+    [
+        (ZEN3 + "flags\t\t: fpu sse avx avx2 fma\n", "avx2 fma", 32, 1, "family 25, model 1"),
+        (ZEN4 + "flags\t\t: avx2 fma avx512f avx512_bf16\n",
+         "avx512_bf16 avx512f avx2 fma", 64, 2, "family 25, model 17"),
+        ("flags : sse sse2\n", "no AVX2/FMA", 8, 1, "unknown"),
+    ],
+)  # fmt: skip
+def test_the_machine_line_tells_two_cpus_of_one_name_apart(
+    cpuinfo, isa, per_cycle, bf16_factor, cpu_id
+):
+    machine = flops.machine_peak(cpuinfo)
+    assert (machine["isa"], machine["flops_per_cycle"], machine["cpu_id"]) == (
+        isa, per_cycle, cpu_id,
+    )  # fmt: skip
+    if machine["mhz"] == machine["mhz"]:  # not NaN
+        expected = machine["cores"] * per_cycle * machine["mhz"] / 1000
+        assert machine["peak_gflops"] == pytest.approx(expected)
+        assert machine["bf16_peak_gflops"] == pytest.approx(expected * bf16_factor)
 
 
 def test_summary_ratios_are_paired_within_each_round():
