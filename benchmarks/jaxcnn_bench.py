@@ -15,7 +15,9 @@ the minimal loop, and says so in the ``impl`` field of its result.
 * ``impl=auto|standin``: force the stand-in (and the minimal loop) even when the zoo has
   the net;
 * ``step=engine|minimal``: jaxcnn.train's ``make_train_step`` (default) or the minimal
-  loop of ``flax_minimal.py``.
+  loop of ``flax_minimal.py``;
+* ``materialize=on|off``: the residual blocks write their outputs once
+  (``jaxcnn.fast_ops.materialize``, default) or leave fusion to XLA (``off``).
 
     python benchmarks/jaxcnn_bench.py --net cifar_cnn --variant flags=none,pool=nn
 """
@@ -31,6 +33,7 @@ from benchmarks import common  # noqa: E402
 
 VARIANT_DEFAULTS = {
     "flags": "default", "pool": "fused", "conv": "xla", "impl": "auto", "step": "engine",
+    "materialize": "on",
 }  # fmt: skip
 
 
@@ -139,6 +142,13 @@ def main(argv=None) -> int:
     added = xla_flags.configure_cpu() if options["flags"] == "default" else ()
 
     from benchmarks import flax_minimal, nets_flax
+
+    if options["materialize"] not in ("on", "off"):
+        raise ValueError(f"--variant materialize={options['materialize']!r}; valid: on, off")
+    if options["materialize"] == "off":
+        from jaxcnn.models import residual
+
+        residual.materialize = lambda x: x  # the blocks call it by this module-level name
 
     model, impl = (None, "stand-in forced") if options["impl"] == "standin" else (None, "")
     if options["impl"] != "standin":

@@ -33,6 +33,11 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # count by this (>= 1,000 per operation in CI; 10x that in the slow profile).
 SHAPE_EXAMPLES = 1000 if os.environ.get("HYPOTHESIS_PROFILE", "ci") == "ci" else 10_000
 
+# pytest-xdist runs the suite in two processes (pyproject.toml). On a GPU each JAX process
+# would otherwise reserve 75 % of the device's memory, so the second one would fail.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("JAXCNN_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 

@@ -112,3 +112,24 @@ def test_max_pool_keeps_bfloat16():
 def test_max_pool_rejects_bad_input(shape, window, message):
     with pytest.raises(ValueError, match=message):
         fast_ops.max_pool(jnp.zeros(shape), window)
+
+
+def test_materialize_is_the_identity_bit_for_bit_in_value_and_gradient():
+    x = jnp.array([-0.0, 0.0, 1.5, -2.0, jnp.inf, jnp.nan], jnp.float32)
+    y = jax.jit(fast_ops.materialize)(x)
+    np.testing.assert_array_equal(np.asarray(y).view(np.uint32), np.asarray(x).view(np.uint32))
+    grad = jax.jit(jax.grad(lambda v: jnp.sum(fast_ops.materialize(v) * jnp.arange(6.0))))(x)
+    np.testing.assert_array_equal(grad, np.arange(6.0))
+    assert fast_ops.materialize(jnp.arange(3)).dtype == jnp.int32  # non-floats pass through
+    assert fast_ops.materialize(jnp.zeros((0, 2), jnp.bfloat16)).shape == (0, 2)
+
+
+def test_materialize_keeps_its_fusion_boundary_on_cpu():
+    # The whole point: XLA must not prove the conditional redundant and drop it. If a new
+    # jaxlib does, this fails, and ResNet training on CPU loses about a quarter of its speed.
+    def block_output_then_transpose(x):
+        y = fast_ops.materialize(jnp.maximum(x * 2.0 + 1.0, 0.0))
+        return jnp.transpose(y, (3, 1, 2, 0)), y.sum()
+
+    compiled = jax.jit(block_output_then_transpose).lower(jnp.ones((4, 3, 3, 2))).compile()
+    assert "conditional" in compiled.as_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -150,6 +151,51 @@ def test_bottleneck_block_runs_and_keeps_shape():
     assert y.shape == (1, 4, 4, 16)
     # 1x1 8->4, 3x3 4->4, 1x1 4->16, projection 8->16, each + BN (scale, bias)
     assert count(variables["params"]) == 32 + 8 + 144 + 8 + 64 + 32 + 128 + 32
+
+
+class _TwoBlocks(nn.Module):
+    block_cls: type
+    materialize_output: bool
+
+    @nn.compact
+    def __call__(self, x):
+        kw = {"materialize_output": self.materialize_output}
+        x = self.block_cls(4, stride=2, **kw)(x, True)
+        return self.block_cls(4, **kw)(x, True)
+
+
+def test_materialized_block_output_changes_nothing_but_speed():
+    # Two stacked blocks in training mode: the case where XLA:CPU recomputed the chain.
+    x = jnp.asarray(NP_RNG.normal(size=(2, 6, 6, 3)), jnp.float32)
+    results = []
+    for flag in (True, False):
+        module = _TwoBlocks(models.ResidualBlock, flag)
+        variables = module.init(RNGS, x)
+
+        def loss(params, module=module, variables=variables):
+            y, _ = module.apply({**variables, "params": params}, x, mutable=["batch_stats"])
+            weights = jnp.arange(y.size, dtype=y.dtype).reshape(y.shape) / y.size
+            return jnp.sum(y * weights)
+
+        results.append(jax.jit(jax.value_and_grad(loss))(variables["params"]))
+    (value_on, grad_on), (value_off, grad_off) = results
+    # Equal up to float rounding: XLA fuses (so rounds) the two programs differently.
+    np.testing.assert_allclose(value_on, value_off, rtol=1e-6)
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # noqa: E731
+    jax.tree.map(close, grad_on, grad_off)
+
+
+@pytest.mark.parametrize("block_cls", [models.ResidualBlock, models.BottleneckBlock])
+def test_blocks_materialize_their_output_unless_told_not_to(block_cls):
+    x = jnp.ones((1, 4, 4, 8))
+
+    def jaxpr(flag):
+        block = block_cls(2, materialize_output=flag)
+        variables = jax.eval_shape(block.init, RNGS, x)
+        return str(jax.make_jaxpr(lambda v: block.apply(v, x))(variables))
+
+    assert "custom_vjp_call" in jaxpr(True)
+    assert "custom_vjp_call" not in jaxpr(False)
 
 
 def test_get_with_config_kwargs_as_the_trainer_calls_it():

@@ -10,6 +10,12 @@ Shortcut when the shape changes (stride > 1 or new channel count):
   * ``"B"``: 1x1 conv with stride + norm (a sub-module named ``"shortcut"``).
   * ``"A"``: no parameters: subsample with the stride, zero-pad the new channels
     (the option He et al. used for their CIFAR ResNet-20..110).
+
+Each block's output goes through :func:`jaxcnn.fast_ops.materialize` unless
+``materialize_output=False``: on CPU it stops XLA from recomputing a chain of blocks'
+batch-norms inside the weight-gradient transposes (ResNet-20 trains about 1.3x faster).
+It computes the same function (XLA may round the last bit differently, as any change of
+fusion does); on other platforms it is the identity.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxcnn.fast_ops import materialize
 from jaxcnn.layers import ConvBlock, get_activation
 
 
@@ -62,6 +69,8 @@ class ResidualBlock(nn.Module):
       stride: stride of the first conv (and of the shortcut).
       shortcut: ``"A"`` or ``"B"`` (see the module docstring).
       norm, activation, kernel_init, dtype, param_dtype: as in ``ConvBlock``.
+      materialize_output: write the output to memory once on CPU (see the module
+        docstring); ``False`` leaves fusion to XLA.
 
     Examples:
       >>> block = ResidualBlock(16, stride=2)
@@ -78,6 +87,7 @@ class ResidualBlock(nn.Module):
     kernel_init: Any = None
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    materialize_output: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -100,9 +110,10 @@ class ResidualBlock(nn.Module):
         y = ConvBlock(
             self.features, (3,) * rank, 1, padding=1, activation=None, name="conv2", **common
         )(y, train)
-        return get_activation(self.activation)(
+        y = get_activation(self.activation)(
             y + _shortcut(self, x, self.features, self.stride, train)
         )
+        return materialize(y) if self.materialize_output else y
 
 
 class BottleneckBlock(nn.Module):
@@ -110,8 +121,8 @@ class BottleneckBlock(nn.Module):
 
     Attributes:
       features: the width of the 3x3 conv; the block outputs ``4 * features`` channels.
-      stride, shortcut, norm, activation, kernel_init, dtype, param_dtype: as in
-        :class:`ResidualBlock`.
+      stride, shortcut, norm, activation, kernel_init, dtype, param_dtype,
+        materialize_output: as in :class:`ResidualBlock`.
 
     Examples:
       >>> block = BottleneckBlock(4)
@@ -128,6 +139,7 @@ class BottleneckBlock(nn.Module):
     kernel_init: Any = None
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    materialize_output: bool = True
     expansion: int = 4
 
     @nn.compact
@@ -161,4 +173,5 @@ class BottleneckBlock(nn.Module):
         y = ConvBlock(out, (1,) * rank, 1, padding=0, activation=None, name="conv3", **common)(
             y, train
         )
-        return get_activation(self.activation)(y + _shortcut(self, x, out, self.stride, train))
+        y = get_activation(self.activation)(y + _shortcut(self, x, out, self.stride, train))
+        return materialize(y) if self.materialize_output else y
