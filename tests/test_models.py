@@ -198,6 +198,16 @@ def test_blocks_materialize_their_output_unless_told_not_to(block_cls):
     assert "custom_vjp_call" not in jaxpr(False)
 
 
+@pytest.mark.parametrize("flag", [True, False])
+def test_spec_residual_materialize_reaches_the_blocks(flag):
+    spec = {"stages": [{"type": "residual", "features": 4, "materialize": flag}]}
+    model = models.from_spec(spec, num_classes=2)
+    x = jnp.ones((1, 4, 4, 4))
+    variables = jax.eval_shape(lambda: model.init(RNGS, x))
+    jaxpr = str(jax.make_jaxpr(lambda v: model.apply(v, x))(variables))
+    assert ("custom_vjp_call" in jaxpr) is flag
+
+
 def test_get_with_config_kwargs_as_the_trainer_calls_it():
     config = ml_collections.ConfigDict({"model": "mnist_cnn", "model_kwargs": {"padding": "SAME"}})
     model = models.get(config.model, num_classes=10, **config.model_kwargs)
@@ -290,6 +300,10 @@ def test_spec_conv_repeat_names_and_2d_defaults():
         ({"layers": []}, r"unknown keys \['layers'\]"),
         ({"stages": [{"type": "dropout", "rate": 1.5}]}, r"rate=1.5"),
         ({"stages": [{"type": "residual", "features": 4, "shortcut": "C"}]}, r"shortcut='C'"),
+        (
+            {"stages": [{"type": "residual", "features": 4, "materialize": "yes"}]},
+            r"spec.stages\[0\].materialize='yes'; valid: True, False",
+        ),
         ({"stages": [{"type": "conv", "features": 4, "activation": "rleu"}]}, r"'rleu'"),
         ({"kernel_init": "orthogonal"}, r"kernel_init='orthogonal'"),
     ],

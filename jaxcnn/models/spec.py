@@ -32,7 +32,9 @@ Item keys (defaults):
   pool: kind "max", window 2, stride None, padding "VALID", name None.
   residual: features (required), blocks 1, stride 1, block "basic" or
     "bottleneck", shortcut "B" (1x1 projection) or "A" (subsample + zero channels),
-    norm "batch", activation "relu", name None (blocks are named ``{name}_{j}``).
+    norm "batch", activation "relu", materialize True (each block's output written
+    once on CPU: ``jaxcnn.fast_ops.materialize``), name None (blocks are named
+    ``{name}_{j}``).
   dropout: rate (required).
   flatten: (no keys). global_pool: kind "avg" or "max".
   dense: features (required), activation "relu", use_bias True, name None.
@@ -87,6 +89,7 @@ _ITEM_DEFAULTS: dict[str, dict[str, Any]] = {
         "shortcut": "B",
         "norm": "batch",
         "activation": "relu",
+        "materialize": True,
         "name": None,
     },
     "dropout": {"rate": None},
@@ -146,6 +149,8 @@ def _normalize_item(item: Any, where: str, allowed: tuple[str, ...]) -> dict[str
             raise ValueError(f"{where}.block={out['block']!r}; valid: 'basic', 'bottleneck'")
         if out["shortcut"] not in ("A", "B"):
             raise ValueError(f"{where}.shortcut={out['shortcut']!r}; valid: 'A', 'B'")
+        if not isinstance(out["materialize"], bool):
+            raise ValueError(f"{where}.materialize={out['materialize']!r}; valid: True, False")
     if "activation" in out:
         get_activation(out["activation"])  # raises on an unknown name
     return out
@@ -295,6 +300,7 @@ class CNN(nn.Module):
                         shortcut=item["shortcut"],
                         norm=item["norm"],
                         activation=item["activation"],
+                        materialize_output=item["materialize"],
                         kernel_init=init,
                         name=name,
                         **common,
