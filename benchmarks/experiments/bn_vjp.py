@@ -15,12 +15,12 @@ session 4: the next step for ResNet-20).
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from benchmarks.experiments.conv_pieces import median_ms  # noqa: E402
 
 SHAPES = ((128, 32, 32, 16), (128, 16, 16, 32), (128, 8, 8, 64))
 EPS = 1e-5
@@ -62,20 +62,6 @@ def _custom_vjp_batch_norm():
     return batch_norm
 
 
-def _milliseconds(fn, args, steps=20, windows=5) -> float:
-    import jax
-
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(windows):
-        start = time.perf_counter()
-        for _ in range(steps):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - start) / steps * 1e3)
-    return statistics.median(times)
-
-
 def main() -> int:
     from jaxcnn import xla_flags
 
@@ -97,7 +83,8 @@ def main() -> int:
                 return jnp.sum(jax.nn.relu(batch_norm(x, scale, bias)) * probe)
 
             grad = jax.jit(jax.grad(loss, (0, 1, 2)))
-            results[name] = (_milliseconds(grad, (x, scale, bias)), grad(x, scale, bias))
+            timing = median_ms(grad, x, scale, bias, windows=5, calls=20)
+            results[name] = (timing, grad(x, scale, bias))
         reference = results["flax"][1]
         diff = max(
             float(jnp.abs(a - b).max() / jnp.abs(b).max())

@@ -29,7 +29,8 @@ LAYERS = {
 DIMS = ("NHWC", "HWIO", "NHWC")
 
 
-def _ms(fn, *args, windows: int = 8, calls: int = 5) -> float:
+def median_ms(fn, *args, windows: int = 8, calls: int = 5) -> float:
+    """Median milliseconds per call of ``fn(*args)`` over ``windows`` timed windows."""
     import jax
 
     jax.block_until_ready(fn(*args))
@@ -78,14 +79,14 @@ def measure(batch: int, size: int, cin: int, cout: int, k: int = 3) -> dict[str,
 
     reference = jax.jit(weight_grad)(x, w, dy)
     result = {
-        "forward": _ms(jax.jit(conv), x, w),
-        "input grad": _ms(jax.jit(input_grad), x, w, dy),
-        "weight grad": _ms(jax.jit(weight_grad), x, w, dy),
+        "forward": median_ms(jax.jit(conv), x, w),
+        "input grad": median_ms(jax.jit(input_grad), x, w, dy),
+        "weight grad": median_ms(jax.jit(weight_grad), x, w, dy),
     }
     for name, fn in (("9 slice einsums", weight_grad_slices), ("patches", weight_grad_patches)):
         compiled = jax.jit(fn)
         error = jnp.max(jnp.abs(compiled(x, w, dy) - reference)) / jnp.max(jnp.abs(reference))
-        result[name] = _ms(compiled, x, w, dy)
+        result[name] = median_ms(compiled, x, w, dy)
         result[f"{name} err"] = float(error)
     return result
 
