@@ -17,7 +17,14 @@ the minimal loop, and says so in the ``impl`` field of its result.
 * ``step=engine|minimal``: jaxcnn.train's ``make_train_step`` (default) or the minimal
   loop of ``flax_minimal.py``;
 * ``materialize=on|off``: the residual blocks write their outputs once
-  (``jaxcnn.fast_ops.materialize``, default) or leave fusion to XLA (``off``).
+  (``jaxcnn.fast_ops.materialize``, default) or leave fusion to XLA (``off``);
+* ``s2d=auto|on|off``: the zoo net's conv + max-pool blocks as one space-to-depth
+  convolution (``jaxcnn.conv_pool``): automatic (default), wherever it applies, never.
+
+Both rewrite the zoo model's spec (its ``residual`` / pooled ``conv`` items).
+
+* ``splits=auto|N``: jaxcnn.train's ``batch_splits`` (``auto`` = 0, the default: the
+  gradient from 4 concurrent slices of the batch on one CPU device without batch norm).
 
     python benchmarks/jaxcnn_bench.py --net cifar_cnn --variant flags=none,pool=nn
 """
@@ -33,8 +40,12 @@ from benchmarks import common  # noqa: E402
 
 VARIANT_DEFAULTS = {
     "flags": "default", "pool": "fused", "conv": "xla", "impl": "auto", "step": "engine",
-    "materialize": "on",
+    "materialize": "on", "s2d": "auto", "splits": "auto",
 }  # fmt: skip
+SPEC_SWITCHES = {  # variant key -> (spec item type, item key, {value: spec value})
+    "materialize": ("residual", "materialize", {"on": True, "off": False}),
+    "s2d": ("conv", "space_to_depth", {"auto": None, "on": True, "off": False}),
+}
 
 
 def parse_variant(text: str) -> dict[str, str]:
@@ -78,6 +89,31 @@ def _zoo_model(net: str, dtype: str):
     return models.get(net, dtype=compute), "zoo"
 
 
+def _switched(model, options: dict[str, str]):
+    """The zoo model with its spec items rewritten by the ``SPEC_SWITCHES`` variants.
+
+    Only items a variant changes from its default are rewritten, so the default run
+    uses the zoo's spec untouched.
+    """
+    if model is None or not hasattr(model, "spec"):
+        return model
+    from collections.abc import Mapping
+
+    def thawed(value):  # FrozenDicts (also inside tuples) -> dicts / lists
+        if isinstance(value, Mapping):
+            return {k: thawed(v) for k, v in value.items()}
+        return [thawed(v) for v in value] if isinstance(value, tuple | list) else value
+
+    spec = thawed(model.spec)
+    for key, (kind, item_key, values) in SPEC_SWITCHES.items():
+        if options[key] == VARIANT_DEFAULTS[key]:
+            continue
+        for item in spec.get("stages", ()):
+            if item["type"] == kind and (kind != "conv" or item.get("pool") == "max"):
+                item[item_key] = values[options[key]]
+    return model.clone(spec=spec)
+
+
 def _train_engine():
     """``(create_train_state, make_train_step, base_config)`` from jaxcnn.train, or a reason."""
     try:
@@ -87,7 +123,7 @@ def _train_engine():
     return (create_train_state, make_train_step, base_config), "jaxcnn.train"
 
 
-def run_with_engine(args, model, engine, **extra) -> None:
+def run_with_engine(args, model, engine, batch_splits: int = 0, **extra) -> None:
     """Times jaxcnn.train's own jitted train_step (uint8 batches, normalisation inside)."""
     import jax
     import jax.numpy as jnp
@@ -112,7 +148,7 @@ def run_with_engine(args, model, engine, **extra) -> None:
     )
     train_step = jax.jit(
         make_train_step(model, mean=np.full(channels, 0.5, np.float32),
-                        std=np.full(channels, 0.25, np.float32)),
+                        std=np.full(channels, 0.25, np.float32), batch_splits=batch_splits),
         donate_argnums=0,
     )  # fmt: skip
     holder = [state]
@@ -143,16 +179,17 @@ def main(argv=None) -> int:
 
     from benchmarks import flax_minimal, nets_flax
 
-    if options["materialize"] not in ("on", "off"):
-        raise ValueError(f"--variant materialize={options['materialize']!r}; valid: on, off")
-    if options["materialize"] == "off":
-        from jaxcnn.models import residual
-
-        residual.materialize = lambda x: x  # the blocks call it by this module-level name
+    for key, (_, _, values) in SPEC_SWITCHES.items():
+        if options[key] not in values:
+            raise ValueError(f"--variant {key}={options[key]!r}; valid: {', '.join(values)}")
+    splits = options["splits"]
+    if not (splits == "auto" or splits.isdigit() and int(splits) >= 1):
+        raise ValueError(f"--variant splits={splits!r}; valid: auto or an int >= 1")
 
     model, impl = (None, "stand-in forced") if options["impl"] == "standin" else (None, "")
     if options["impl"] != "standin":
         model, impl = _zoo_model(args.net, args.dtype)
+        model = _switched(model, options)
     if model is None:
         model = nets_flax.build(args.net, args.dtype, pool=options["pool"], conv=options["conv"])
         impl = f"benchmarks/nets_flax.py pool={options['pool']} conv={options['conv']} ({impl})"
@@ -160,6 +197,7 @@ def main(argv=None) -> int:
         _train_engine())  # fmt: skip
     if engine is not None and options["impl"] != "standin":
         run_with_engine(args, model, engine, impl=f"{impl}; step: {engine_why}",
+                        batch_splits=0 if splits == "auto" else int(splits),
                         flags_added=list(added))  # fmt: skip
     else:
         flax_minimal.run(args, model, "jaxcnn", impl=f"{impl}; step: minimal loop ({engine_why})",

@@ -28,7 +28,9 @@ Item keys (defaults):
   conv: features (required), kernel 3, stride 1, padding "VALID", dilation 1,
     groups 1 (or "depthwise"), norm None, activation "relu", pool None,
     pool_window 2, pool_stride None, pool_padding "VALID", use_bias None,
-    repeat 1 (stride on the first repeat, pool after the last), name None.
+    space_to_depth None (conv + max pool as one space-to-depth convolution: None
+    automatic, True, False; see ``jaxcnn.layers.ConvBlock``), repeat 1 (stride on
+    the first repeat, pool after the last), name None.
   pool: kind "max", window 2, stride None, padding "VALID", name None.
   residual: features (required), blocks 1, stride 1, block "basic" or
     "bottleneck", shortcut "B" (1x1 projection) or "A" (subsample + zero channels),
@@ -77,6 +79,7 @@ _ITEM_DEFAULTS: dict[str, dict[str, Any]] = {
         "pool_stride": None,
         "pool_padding": "VALID",
         "use_bias": None,
+        "space_to_depth": None,
         "repeat": 1,
         "name": None,
     },
@@ -151,6 +154,12 @@ def _normalize_item(item: Any, where: str, allowed: tuple[str, ...]) -> dict[str
             raise ValueError(f"{where}.shortcut={out['shortcut']!r}; valid: 'A', 'B'")
         if not isinstance(out["materialize"], bool):
             raise ValueError(f"{where}.materialize={out['materialize']!r}; valid: True, False")
+    if kind == "conv" and not (
+        out["space_to_depth"] is None or isinstance(out["space_to_depth"], bool)
+    ):
+        raise ValueError(
+            f"{where}.space_to_depth={out['space_to_depth']!r}; valid: None, True, False"
+        )
     if "activation" in out:
         get_activation(out["activation"])  # raises on an unknown name
     return out
@@ -279,6 +288,7 @@ class CNN(nn.Module):
                         pool_stride=item["pool_stride"],
                         pool_padding=item["pool_padding"],
                         use_bias=item["use_bias"],
+                        space_to_depth=item["space_to_depth"] if last else None,
                         kernel_init=init,
                         name=name,
                         **common,

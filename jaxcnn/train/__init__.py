@@ -20,7 +20,7 @@ from jaxcnn.train.losses import batch_metrics, cross_entropy, finalize_metrics
 from jaxcnn.train.optim import build_optimizer, build_schedule, weight_decay_mask
 from jaxcnn.train.restore import Restored, restore
 from jaxcnn.train.state import TrainState, abstract_train_state, create_train_state
-from jaxcnn.train.steps import make_eval_step, make_train_step, preprocess
+from jaxcnn.train.steps import auto_batch_splits, make_eval_step, make_train_step, preprocess
 
 __all__ = [
     "CheckpointMismatchError",
@@ -33,6 +33,7 @@ __all__ = [
     "Restored",
     "TrainState",
     "abstract_train_state",
+    "auto_batch_splits",
     "base_config",
     "batch_metrics",
     "build_optimizer",

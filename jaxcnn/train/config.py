@@ -77,6 +77,9 @@ def base_config() -> ml_collections.ConfigDict:
             "early_stopping": {"metric": "val_loss", "patience": 0, "min_delta": 0.0},
             "log_every_steps": 50,  # metrics are fetched from the device this often
             "num_devices": 0,  # 0 = all local devices
+            # Gradient from this many slices of each batch, run concurrently; 0 = automatic
+            # (4 on one CPU device without batch norm, else 1): jaxcnn.train.make_train_step.
+            "batch_splits": 0,
             "progress_bar": True,
             "tensorboard": True,  # event files if tensorboardX is installed
         }
@@ -135,6 +138,12 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
         "num_devices",
         config.num_devices,
         "0 (all devices) or a positive count",
+    )
+    _require(
+        isinstance(config.batch_splits, int) and 0 <= config.batch_splits <= config.batch_size,
+        "batch_splits",
+        config.batch_splits,
+        f"0 (automatic) or an integer from 1 to batch_size ({config.batch_size})",
     )
     depth = config.volume.depth
     _require(isinstance(depth, int) and depth >= 0, "volume.depth", depth, "an integer >= 0")

@@ -162,6 +162,7 @@ def _train(run: TrainingSession, interrupt: InterruptFlag, step_callback) -> Fit
         augment=augment,
         label_smoothing=config.label_smoothing,
         top5=run.top5,
+        batch_splits=config.batch_splits,
     )
     step_fn = jax.jit(
         gathering_train_step(train_step, run.steps_per_epoch, sharding_lib.batch_sharded(mesh)),

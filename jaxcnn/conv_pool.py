@@ -1,0 +1,233 @@
+"""Convolution followed by a tiled max pool, computed through space-to-depth.
+
+Why this module exists: XLA:CPU runs a convolution slowly when its input has only a few
+channels, as the first layer of an MNIST or CIFAR net does (1 or 3). Each output pixel is
+then an inner product of only ``k*k*C`` terms, gathered in runs of ``C`` floats, which
+does not vectorise. When a stride-1 convolution is followed by a max pool whose windows
+tile its output (window ``p``, stride ``p``), the pair can instead be computed as one
+convolution over the *space-to-depth* input:
+
+* each ``p x p`` block of input pixels becomes one pixel with ``p*p*C`` channels;
+* the kernel becomes ``ceil((k + p - 1) / p)`` taps per axis, with ``p*p*F`` outputs:
+  the ``F`` channels at each of the ``p*p`` positions of a pooling window (taps a
+  position does not see are zero);
+* the pool is then a max over those ``p*p`` output groups, a reduction over a non-minor
+  axis, with no strided window reads.
+
+The convolution does about ``(k + p - 1)**2 / k**2`` times more multiply-adds (1.8x for
+``k=3, p=2``), but with 4x the channels on both sides it runs faster on CPU. The
+gradient is computed the usual way (the max's gradient in the original layout, then
+XLA's own convolution gradients), which was faster than differentiating the
+space-to-depth convolution. Measurements are in ``docs/perf_notes.md`` (session 5).
+
+Values equal ``max_pool(conv(x, kernel))`` up to float rounding (the sums are grouped
+differently); the gradient of each window goes to its first maximum in row-major order,
+as :func:`jaxcnn.fast_ops.max_pool` and ``flax.linen.max_pool`` do.
+
+Examples:
+    >>> x = jnp.arange(2 * 6 * 6 * 1, dtype=jnp.float32).reshape(2, 6, 6, 1)
+    >>> k = jnp.ones((3, 3, 1, 4))
+    >>> conv_max_pool(x, k, (2, 2)).shape  # 6 - 3 + 1 = 4, pooled by 2
+    (2, 2, 2, 4)
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def dimension_numbers(rank: int) -> lax.ConvDimensionNumbers:
+    """Flax's layout for any spatial rank: (N, *spatial, C) input, (*k, I, O) kernel.
+
+    Examples:
+      >>> dimension_numbers(2).lhs_spec
+      (0, 3, 1, 2)
+    """
+    spatial = tuple(range(1, rank + 1))
+    return lax.ConvDimensionNumbers(
+        lhs_spec=(0, rank + 1, *spatial),
+        rhs_spec=(rank + 1, rank, *range(rank)),
+        out_spec=(0, rank + 1, *spatial),
+    )
+
+
+def _taps(k: int, p: int) -> int:
+    """Kernel taps per axis after space-to-depth by ``p``: ``ceil((k + p - 1) / p)``."""
+    return -(-(k + p - 1) // p)
+
+
+def _space_to_depth_input(x: jax.Array, kernel: tuple, window: tuple) -> jax.Array:
+    """(N, *S, C) -> (N, *B, prod(window) * C), channels ordered (window position, c).
+
+    ``B`` holds exactly the blocks the pooled outputs read: the input is cropped or
+    zero-padded at the high end to ``B * p`` (padded pixels only meet zero taps).
+    """
+    n, c, rank = x.shape[0], x.shape[-1], len(window)
+    pooled = [(s - k + 1) // p for s, k, p in zip(x.shape[1:-1], kernel, window, strict=True)]
+    blocks = [o + _taps(k, p) - 1 for o, k, p in zip(pooled, kernel, window, strict=True)]
+    sizes = [b * p for b, p in zip(blocks, window, strict=True)]
+    grow = [(0, max(0, t - s)) for t, s in zip(sizes, x.shape[1:-1], strict=True)]
+    x = jnp.pad(x, [(0, 0), *grow, (0, 0)])
+    x = x[(slice(None), *(slice(0, t) for t in sizes))]
+    x = x.reshape(n, *itertools.chain(*zip(blocks, window, strict=True)), c)
+    # (N, B1, p1, B2, p2, .., C) -> (N, B1, B2, .., p1, p2, .., C)
+    order = (0, *range(1, 2 * rank, 2), *range(2, 2 * rank + 1, 2), 2 * rank + 1)
+    return x.transpose(order).reshape(n, *blocks, math.prod(window) * c)
+
+
+def _space_to_depth_kernel(kernel: jax.Array, window: tuple) -> jax.Array:
+    """(*k, C, F) -> (*taps, prod(window) * C, prod(window) * F).
+
+    Output channel ``q * F + f`` is channel ``f`` at window position ``q`` (row-major);
+    input channel ``s * C + c`` is channel ``c`` at block offset ``s``. Its weight is
+    ``kernel[p * t + s - d]`` (per axis, tap ``t``, window position ``d``), or zero
+    where that index falls outside the kernel.
+    """
+    rank = len(window)
+    ksize, (c, f) = kernel.shape[:rank], kernel.shape[rank:]
+    taps = [_taps(k, p) for k, p in zip(ksize, window, strict=True)]
+    # (t1, p1, t2, p2, .., C, F) -> (t1, t2, .., p1, p2, .., C, F)
+    order = (*range(0, 2 * rank, 2), *range(1, 2 * rank, 2), 2 * rank, 2 * rank + 1)
+    phases = []
+    for shift in itertools.product(*(range(p) for p in window)):
+        pad = [(d, p * t - k - d) for d, p, t, k in zip(shift, window, taps, ksize, strict=True)]
+        shifted = jnp.pad(kernel, [*pad, (0, 0), (0, 0)])
+        split = shifted.reshape(*itertools.chain(*zip(taps, window, strict=True)), c, f)
+        phases.append(split.transpose(order))
+    stacked = jnp.stack(phases, axis=-2)  # (*taps, *window, C, Q, F)
+    q = math.prod(window)
+    return stacked.reshape(*taps, q * c, q * f)
+
+
+def _explicit_padding(x_shape, kernel_shape, padding) -> tuple[tuple[int, int], ...]:
+    spatial, ksize = x_shape[1:-1], kernel_shape[: len(x_shape) - 2]
+    if isinstance(padding, str):
+        return tuple(lax.padtype_to_pads(spatial, ksize, (1,) * len(spatial), padding))
+    return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def _conv_output_size(x_shape, kernel_shape, padding) -> list[int]:
+    """Spatial size of the stride-1 conv output: ``n + lo + hi - k + 1`` per axis."""
+    rank = len(x_shape) - 2
+    return [
+        s + lo + hi - k + 1
+        for s, (lo, hi), k in zip(x_shape[1:-1], padding, kernel_shape[:rank], strict=True)
+    ]
+
+
+def _plain_conv(x, kernel, padding, precision):
+    rank = x.ndim - 2
+    return lax.conv_general_dilated(
+        x, kernel, (1,) * rank, padding,
+        dimension_numbers=dimension_numbers(rank), precision=precision,
+    )  # fmt: skip
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_max_pool(x, kernel, window, padding, precision):
+    return _forward(x, kernel, window, padding, precision)[0]
+
+
+def _forward(x, kernel, window, padding, precision):
+    rank = len(window)
+    x = jnp.pad(x, [(0, 0), *padding, (0, 0)])
+    z = lax.conv_general_dilated(
+        _space_to_depth_input(x, kernel.shape[:rank], window),
+        _space_to_depth_kernel(kernel, window),
+        (1,) * rank,
+        "VALID",
+        dimension_numbers=dimension_numbers(rank),
+        precision=precision,
+    )
+    features = kernel.shape[-1]
+    z = z.reshape(*z.shape[:-1], math.prod(window), features)  # (N, *pooled, Q, F)
+    return jnp.max(z, axis=-2), z
+
+
+def _forward_rule(x, kernel, window, padding, precision):
+    y, z = _forward(x, kernel, window, padding, precision)
+    return y, (x, kernel, z, y)
+
+
+def _backward_rule(window, padding, precision, residuals, g):
+    x, kernel, z, y = residuals
+    rank, q = len(window), math.prod(window)
+    # Explicit full rank: no implicit rank promotion (users may set it to "raise").
+    position = jnp.arange(q, dtype=jnp.int32).reshape((1,) * (rank + 1) + (q, 1))
+    # First maximum (row-major window position), as select-and-scatter picks it.
+    first = jnp.min(jnp.where(z == y[..., None, :], position, q), axis=-2, keepdims=True)
+    dz = jnp.where(position == first, g[..., None, :], jnp.zeros((), g.dtype))
+    # (N, *pooled, p1, p2, .., F) -> (N, o1*p1, o2*p2, .., F): the conv output's layout.
+    n, pooled, features = y.shape[0], y.shape[1:-1], y.shape[-1]
+    dz = dz.reshape(n, *pooled, *window, features)
+    order = (0, *itertools.chain(*((1 + i, 1 + rank + i) for i in range(rank))), 2 * rank + 1)
+    covered = [o * p for o, p in zip(pooled, window, strict=True)]
+    dz = dz.transpose(order).reshape(n, *covered, features)
+    # Rows of the conv output that filled no window get no gradient.
+    conv_out = _conv_output_size(x.shape, kernel.shape, padding)
+    dz = jnp.pad(
+        dz, [(0, 0), *((0, o - c) for o, c in zip(conv_out, covered, strict=True)), (0, 0)]
+    )
+    _, vjp = jax.vjp(lambda a, b: _plain_conv(a, b, padding, precision), x, kernel)
+    return vjp(dz)
+
+
+_conv_max_pool.defvjp(_forward_rule, _backward_rule)
+
+
+def conv_max_pool(
+    x: jax.Array,
+    kernel: jax.Array,
+    window: int | Sequence[int],
+    padding: str | Sequence[tuple[int, int]] = "VALID",
+    precision=None,
+) -> jax.Array:
+    """``max_pool(conv(x, kernel), window)`` for a stride-1 convolution, via space-to-depth.
+
+    Args:
+      x: input (N, *spatial, C), spatial rank 1 to 3.
+      kernel: (*kernel_size, C, F), ungrouped and undilated.
+      window: max-pool window (= its stride), an int or one per spatial axis; windows
+        that do not fit in the conv output are dropped (VALID pooling).
+      padding: the convolution's zero padding: ``"VALID"``, ``"SAME"`` or one
+        ``(low, high)`` pair per spatial axis.
+      precision: passed to ``lax.conv_general_dilated``.
+
+    Returns:
+      (N, *[conv_out // window], F) in the dtype of the convolution.
+
+    Raises:
+      ValueError: on inconsistent shapes, naming the argument.
+
+    Examples:
+      >>> conv_max_pool(jnp.ones((1, 32, 32, 3)), jnp.ones((3, 3, 3, 8)), 2).shape
+      (1, 15, 15, 8)
+    """
+    rank = x.ndim - 2
+    if not 1 <= rank <= 3:
+        raise ValueError(f"x must be (N, *spatial, C) with 1-3 spatial axes, got {x.shape}")
+    if kernel.ndim != rank + 2 or kernel.shape[-2] != x.shape[-1]:
+        raise ValueError(
+            f"kernel must be (*kernel_size, {x.shape[-1]}, features) for x of shape "
+            f"{x.shape}, got {kernel.shape}"
+        )
+    if isinstance(window, int):
+        window = (window,) * rank
+    window = tuple(window)
+    if len(window) != rank or not all(isinstance(w, int) and w >= 1 for w in window):
+        raise ValueError(f"window must be a positive int or {rank} positive ints, got {window}")
+    pads = _explicit_padding(x.shape, kernel.shape, padding)
+    if len(pads) != rank or any(lo < 0 or hi < 0 for lo, hi in pads):
+        raise ValueError(f"padding must be 'VALID', 'SAME' or {rank} (low, high) pairs >= 0, "
+                         f"got {padding!r}")  # fmt: skip
+    conv_out = _conv_output_size(x.shape, kernel.shape, pads)
+    if any(o < w for o, w in zip(conv_out, window, strict=True)):
+        raise ValueError(f"window {window} is larger than the conv output {tuple(conv_out)}")
+    return _conv_max_pool(x, kernel, window, pads, precision)

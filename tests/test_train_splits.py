@@ -1,0 +1,108 @@
+"""make_train_step(batch_splits=...): the gradient from slices of the batch equals the whole's."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxcnn.train import (
+    ConfigError,
+    auto_batch_splits,
+    base_config,
+    create_train_state,
+    make_train_step,
+    validate_config,
+)
+
+
+class SmallNet(nn.Module):
+    """Conv + dense, no batch norm; dropout only when asked (its masks differ per slice)."""
+
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = nn.relu(nn.Conv(4, (3, 3))(x)).reshape(x.shape[0], -1)
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        return nn.Dense(3)(x)
+
+
+class NormNet(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = nn.BatchNorm(use_running_average=not train)(nn.Conv(4, (3, 3))(x))
+        return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+
+CONFIG = ml_collections.ConfigDict(
+    {"num_epochs": 1, "optimizer": {"name": "sgd", "learning_rate": 0.1},
+     "schedule": {"name": "constant"}}
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def batch():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 6, 6, 1), dtype=np.uint8)
+    return {"image": jnp.asarray(images), "label": jnp.asarray(rng.integers(0, 3, 16), jnp.int32)}
+
+
+def one_step(model, batch, splits):
+    state = create_train_state(model, CONFIG, jax.random.key(0), (1, 6, 6, 1))
+    step = jax.jit(make_train_step(model, mean=[0.5], std=[0.25], batch_splits=splits))
+    return step(state, batch)
+
+
+@pytest.mark.parametrize("splits", [2, 3])  # 3: slices of 5, 5 and 6 images, weighted
+def test_sliced_gradient_equals_the_whole_batch_gradient(batch, splits):
+    whole_state, whole_sums = one_step(SmallNet(), batch, 1)
+    state, sums = one_step(SmallNet(), batch, splits)
+    for got, want in zip(
+        jax.tree.leaves(state.params), jax.tree.leaves(whole_state.params), strict=True
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    for key in whole_sums:
+        np.testing.assert_allclose(sums[key], whole_sums[key], rtol=1e-5)
+
+
+def test_sliced_step_with_dropout_is_reproducible(batch):
+    first, _ = one_step(SmallNet(dropout=0.5), batch, 4)
+    second, _ = one_step(SmallNet(dropout=0.5), batch, 4)
+    jax.tree.map(np.testing.assert_array_equal, first.params, second.params)
+
+
+@pytest.mark.parametrize(
+    "model, splits, message",
+    [
+        (NormNet(), 2, "batch_splits=2 with a batch-norm model"),
+        (SmallNet(), 17, "batch_splits=17 is more than the 16 images"),
+        (SmallNet(), -1, "batch_splits=-1; valid"),
+    ],
+)
+def test_splits_that_cannot_work_raise_when_traced(batch, model, splits, message):
+    with pytest.raises(ValueError, match=message):
+        one_step(model, batch, splits)
+
+
+def test_automatic_choice():
+    # This suite runs on one CPU device.
+    assert auto_batch_splits(128, has_batch_norm=False) == 4
+    assert auto_batch_splits(128, has_batch_norm=True) == 1
+    assert auto_batch_splits(32, has_batch_norm=False) == 1  # slices of 8 are too small
+
+
+def test_automatic_default_keeps_batch_norm_models_whole(batch):
+    state, _ = one_step(NormNet(), batch, 0)
+    assert int(state.step) == 1
+
+
+@pytest.mark.parametrize("value", [-1, 129])
+def test_config_field_is_validated(value):
+    config = base_config()
+    config.batch_splits = value
+    with pytest.raises(ConfigError, match="config.batch_splits"):
+        validate_config(config)
