@@ -188,3 +188,29 @@ def test_time_to_accuracy_reports_the_seed_and_a_miss_plainly():
     assert "98.96 %" in text
     reached = dict(result, time_to_target_s=21.0, epoch_reached=3)
     assert "reached 99.0 % after epoch 3 in 21.0 s" in time_to_accuracy.format_result(reached)
+
+
+def test_jaxcnn_runner_variants_rewrite_the_zoo_spec():
+    from benchmarks import jaxcnn_bench
+    from jaxcnn import models
+
+    def conv_items(model):
+        return [item for item in model.spec["stages"] if item["type"] == "conv"]
+
+    model = models.get("cifar_cnn")
+    same = jaxcnn_bench._switched(model, jaxcnn_bench.parse_variant(""))
+    assert same.spec == model.spec
+    off = jaxcnn_bench._switched(model, jaxcnn_bench.parse_variant("s2d=off"))
+    assert [item.get("space_to_depth") for item in conv_items(off)] == [False, False, None]
+    resnet = jaxcnn_bench._switched(models.get("resnet20"), {
+        **jaxcnn_bench.VARIANT_DEFAULTS, "materialize": "off"})  # fmt: skip
+    residual = [item for item in resnet.spec["stages"] if item["type"] == "residual"]
+    assert residual and all(item["materialize"] is False for item in residual)
+
+
+@pytest.mark.parametrize("variant", ["s2d=maybe", "materialize=yes", "splits=0", "splits=x"])
+def test_jaxcnn_runner_rejects_bad_variant_values(variant):
+    from benchmarks import jaxcnn_bench
+
+    with pytest.raises(ValueError, match=variant.split("=")[0]):
+        jaxcnn_bench.main(["--net", "mnist_cnn", "--variant", variant])

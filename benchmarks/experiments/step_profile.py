@@ -11,6 +11,10 @@ every fusion in the profile.
     python benchmarks/experiments/step_profile.py --net cifar_cnn
     python benchmarks/experiments/step_profile.py --net mnist_cnn --no-profile --devices 2
 
+The ``x`` column counts an op's trace events per step: ``x 1.0`` for a fusion means it
+ran as one task, on one thread. In jaxlib 0.10 that holds for every elementwise fusion;
+only the convolutions use every core (``docs/perf_notes.md``, session 5).
+
 ``--devices N`` splits the batch over N CPU devices (it sets
 ``--xla_force_host_platform_device_count``), the data-parallel experiment in
 ``docs/perf_notes.md``.
