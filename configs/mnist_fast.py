@@ -18,7 +18,10 @@ final test accuracy 99.12 / 99.01 / 99.16 / 99.15 % for seeds 0-3, 99.0 % reache
 15.1-23.8 s after ``fit`` started (compilation included, data decoding excluded: 0.2 s),
 whole ``fit`` 24.0-26.2 s. On a 2-core AVX2 CPU without AVX-512 (2026-12-02, harness
 ``--time-to-accuracy``, seeds 0-2): 99.03 / 99.00 / 99.18 %, 99.0 % at 47-82 s, ``fit``
-75-89 s.
+75-89 s. On the AVX-512 CPU model of 2026-11-22 running at half that speed (2026-12-02,
+session 5, with the space-to-depth first layer and 4 batch slices): 99.13 / 99.00 /
+99.15 %, 99.0 % at 42.4 / 39.2 / 24.4 s, ``fit`` 38.7-47.1 s. Batches of 64 or 256 train
+this net slower than 128 on that CPU.
 """
 
 import importlib.util
