@@ -92,24 +92,18 @@ def _zoo_model(net: str, dtype: str):
 def _switched(model, options: dict[str, str]):
     """The zoo model with its spec items rewritten by the ``SPEC_SWITCHES`` variants.
 
-    Only items a variant changes from its default are rewritten, so the default run
-    uses the zoo's spec untouched.
+    The default run gets the zoo's model untouched.
     """
-    if model is None or not hasattr(model, "spec"):
+    changed = [key for key in SPEC_SWITCHES if options[key] != VARIANT_DEFAULTS[key]]
+    if model is None or not hasattr(model, "spec") or not changed:
         return model
-    from collections.abc import Mapping
+    from jaxcnn.models.spec import normalize_spec
 
-    def thawed(value):  # FrozenDicts (also inside tuples) -> dicts / lists
-        if isinstance(value, Mapping):
-            return {k: thawed(v) for k, v in value.items()}
-        return [thawed(v) for v in value] if isinstance(value, tuple | list) else value
-
-    spec = thawed(model.spec)
-    for key, (kind, item_key, values) in SPEC_SWITCHES.items():
-        if options[key] == VARIANT_DEFAULTS[key]:
-            continue
-        for item in spec.get("stages", ()):
-            if item["type"] == kind and (kind != "conv" or item.get("pool") == "max"):
+    spec = normalize_spec(model.spec)  # plain dicts, every default filled in
+    for key in changed:
+        kind, item_key, values = SPEC_SWITCHES[key]
+        for item in spec["stages"]:
+            if item["type"] == kind and (kind != "conv" or item["pool"] == "max"):
                 item[item_key] = values[options[key]]
     return model.clone(spec=spec)
 

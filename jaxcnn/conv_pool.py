@@ -42,6 +42,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxcnn import shapes
+from jaxcnn.fast_ops import first_max_gradient
+
 
 def dimension_numbers(rank: int) -> lax.ConvDimensionNumbers:
     """Flax's layout for any spatial rank: (N, *spatial, C) input, (*k, I, O) kernel.
@@ -106,22 +109,6 @@ def _space_to_depth_kernel(kernel: jax.Array, window: tuple) -> jax.Array:
     return stacked.reshape(*taps, q * c, q * f)
 
 
-def _explicit_padding(x_shape, kernel_shape, padding) -> tuple[tuple[int, int], ...]:
-    spatial, ksize = x_shape[1:-1], kernel_shape[: len(x_shape) - 2]
-    if isinstance(padding, str):
-        return tuple(lax.padtype_to_pads(spatial, ksize, (1,) * len(spatial), padding))
-    return tuple((int(lo), int(hi)) for lo, hi in padding)
-
-
-def _conv_output_size(x_shape, kernel_shape, padding) -> list[int]:
-    """Spatial size of the stride-1 conv output: ``n + lo + hi - k + 1`` per axis."""
-    rank = len(x_shape) - 2
-    return [
-        s + lo + hi - k + 1
-        for s, (lo, hi), k in zip(x_shape[1:-1], padding, kernel_shape[:rank], strict=True)
-    ]
-
-
 def _plain_conv(x, kernel, padding, precision):
     rank = x.ndim - 2
     return lax.conv_general_dilated(
@@ -158,12 +145,8 @@ def _forward_rule(x, kernel, window, padding, precision):
 
 def _backward_rule(window, padding, precision, residuals, g):
     x, kernel, z, y = residuals
-    rank, q = len(window), math.prod(window)
-    # Explicit full rank: no implicit rank promotion (users may set it to "raise").
-    position = jnp.arange(q, dtype=jnp.int32).reshape((1,) * (rank + 1) + (q, 1))
-    # First maximum (row-major window position), as select-and-scatter picks it.
-    first = jnp.min(jnp.where(z == y[..., None, :], position, q), axis=-2, keepdims=True)
-    dz = jnp.where(position == first, g[..., None, :], jnp.zeros((), g.dtype))
+    rank = len(window)
+    dz = first_max_gradient(z, y, g, (rank + 1,))  # the window positions of (N, *P, Q, F)
     # (N, *pooled, p1, p2, .., F) -> (N, o1*p1, o2*p2, .., F): the conv output's layout.
     n, pooled, features = y.shape[0], y.shape[1:-1], y.shape[-1]
     dz = dz.reshape(n, *pooled, *window, features)
@@ -171,7 +154,7 @@ def _backward_rule(window, padding, precision, residuals, g):
     covered = [o * p for o, p in zip(pooled, window, strict=True)]
     dz = dz.transpose(order).reshape(n, *covered, features)
     # Rows of the conv output that filled no window get no gradient.
-    conv_out = _conv_output_size(x.shape, kernel.shape, padding)
+    conv_out = shapes.conv_output_shape(x.shape[1:-1], kernel.shape[:rank], 1, padding)
     dz = jnp.pad(
         dz, [(0, 0), *((0, o - c) for o, c in zip(conv_out, covered, strict=True)), (0, 0)]
     )
@@ -223,11 +206,17 @@ def conv_max_pool(
     window = tuple(window)
     if len(window) != rank or not all(isinstance(w, int) and w >= 1 for w in window):
         raise ValueError(f"window must be a positive int or {rank} positive ints, got {window}")
-    pads = _explicit_padding(x.shape, kernel.shape, padding)
-    if len(pads) != rank or any(lo < 0 or hi < 0 for lo, hi in pads):
-        raise ValueError(f"padding must be 'VALID', 'SAME' or {rank} (low, high) pairs >= 0, "
-                         f"got {padding!r}")  # fmt: skip
-    conv_out = _conv_output_size(x.shape, kernel.shape, pads)
+    spatial, kernel_size = x.shape[1:-1], kernel.shape[:rank]
+    bad_padding = ValueError(
+        f"padding must be 'VALID', 'SAME' or {rank} (low, high) pairs >= 0, got {padding!r}"
+    )
+    if isinstance(padding, str) and padding not in ("VALID", "SAME"):
+        raise bad_padding  # CIRCULAR, REFLECT, ... do not pad with zeros
+    try:
+        pads = shapes.resolve_padding(padding, spatial, kernel_size)
+    except ValueError as error:
+        raise bad_padding from error
+    conv_out = shapes.conv_output_shape(spatial, kernel_size, 1, pads)
     if any(o < w for o, w in zip(conv_out, window, strict=True)):
         raise ValueError(f"window {window} is larger than the conv output {tuple(conv_out)}")
     return _conv_max_pool(x, kernel, window, pads, precision)

@@ -69,37 +69,50 @@ def _tiled_max_pool_fwd(x, window):
     return y, (x, y)
 
 
-def _window_positions(window: tuple[int, ...], ndim: int) -> jax.Array:
-    """Row-major position of each window element, shaped to broadcast against the split view.
+def first_max_gradient(
+    windows: jax.Array, pooled: jax.Array, g: jax.Array, axes: tuple[int, ...]
+) -> jax.Array:
+    """The gradient of ``max(windows, axis=axes)``: ``g`` at each window's first maximum.
 
-    For ``window=(2, 2)`` and the split view ``(N, o1, 2, o2, 2, C)`` it is ``[[0, 1], [2, 3]]``
-    placed on axes 2 and 4, every other axis of size 1.
+    "First" is row-major over ``axes``, as select-and-scatter (``nn.max_pool``'s
+    gradient) picks it, so tied maxima get the same gradient as there. Two fused loops:
+    a min-reduce finds the first maximum's position, one broadcast select writes ``g``
+    there and zeros elsewhere (XLA fuses it into whatever reads the gradient).
+
+    Args:
+      windows: the values pooled, window elements on ``axes`` (increasing, >= 0).
+      pooled: ``windows.max(axis=axes)``.
+      g: the cotangent of ``pooled``.
+
+    Returns:
+      An array shaped like ``windows``, in the dtype of ``g``.
+
+    Examples:
+      >>> w = jnp.array([[1.0, 3.0, 3.0]])
+      >>> first_max_gradient(w, w.max(axis=1), jnp.array([2.0]), (1,))
+      Array([[0., 2., 0.]], dtype=float32)
     """
-    shape = [1] * ndim
-    for axis, size in zip(_window_axes(len(window)), window, strict=True):
+    sizes = [windows.shape[axis] for axis in axes]
+    shape = [1] * windows.ndim
+    for axis, size in zip(axes, sizes, strict=True):
         shape[axis] = size
-    return jnp.asarray(np.arange(math.prod(window), dtype=np.int32).reshape(shape))
-
-
-def _tiled_max_pool_bwd(window, residuals, g):
-    # Two fused loops, no scatter and no concatenation (an earlier version stacked one
-    # select per window position, which XLA turned into concatenates it computed twice,
-    # once per consumer: 1.4x slower on the CIFAR step):
-    # 1. a min-reduce finds each window's first maximum (row-major position), as
-    #    select-and-scatter does, so tied maxima match ``nn.max_pool``'s gradient;
-    # 2. one broadcast select writes ``g`` there and zeros elsewhere; XLA fuses it into
-    #    whatever reads the gradient (the next convolution's gradients).
-    x, y = residuals
-    split = _split_windows(x, window)
-    axes = _window_axes(len(window))
-    position = _window_positions(window, split.ndim)
-    not_a_max = jnp.int32(math.prod(window))
+    # Row-major position of each window element; explicit full rank (no rank promotion).
+    position = jnp.asarray(np.arange(math.prod(sizes), dtype=np.int32).reshape(shape))
+    not_a_max = jnp.int32(math.prod(sizes))
     first = jnp.min(
-        jnp.where(split == jnp.expand_dims(y, axes), position, not_a_max),
+        jnp.where(windows == jnp.expand_dims(pooled, axes), position, not_a_max),
         axis=axes,
         keepdims=True,
     )
-    dx = jnp.where(position == first, jnp.expand_dims(g, axes), jnp.zeros((), g.dtype))
+    return jnp.where(position == first, jnp.expand_dims(g, axes), jnp.zeros((), g.dtype))
+
+
+def _tiled_max_pool_bwd(window, residuals, g):
+    # No scatter and no concatenation (an earlier version stacked one select per window
+    # position, which XLA turned into concatenates it computed twice, once per consumer:
+    # 1.4x slower on the CIFAR step).
+    x, y = residuals
+    dx = first_max_gradient(_split_windows(x, window), y, g, _window_axes(len(window)))
     dx = dx.reshape(x.shape[0], *(o * w for o, w in zip(
         y.shape[1:-1], window, strict=True)), x.shape[-1])  # fmt: skip
     pad = [(0, 0)] + [(0, s - d) for s, d in zip(x.shape[1:-1], dx.shape[1:-1], strict=True)]
