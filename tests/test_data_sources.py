@@ -6,8 +6,8 @@ import gzip
 import io
 import struct
 import tarfile
+import threading
 import time
-import warnings
 
 import numpy as np
 import pytest
@@ -339,9 +339,13 @@ def test_folder_train_test_layout_and_unknown_test_class(tmp_path):
 
 
 # ---------------------------------------------------------------- TFDS
-def test_tfds_reads_through_the_data_source(tmp_path):
+def test_tfds_reads_through_the_data_source(tmp_path, monkeypatch):
     import tensorflow_datasets as tfds
 
+    from jaxcnn.data.sources import tfds_source
+
+    # mock_data replaces TFDS's preparation, so it runs without TensorFlow.
+    monkeypatch.setattr(tfds_source, "_tensorflow_installed", lambda: True)
     with tfds.testing.mock_data(num_examples=12):
         ds = data.load("tfds:mnist", tmp_path, download=True, validation_split=0.25)
     assert ds.name == "tfds:mnist" and ds.image_shape == (28, 28, 1)
@@ -359,17 +363,20 @@ def test_tfds_not_prepared_explains_offline_preparation(tmp_path):
         data.load("tfds:no_such_dataset_xyz", tmp_path)
 
 
-@pytest.mark.realdata
-def test_tfds_preparation_without_tensorflow_names_the_extra(tmp_path, shared_data):
-    pytest.importorskip("importlib_resources")  # TFDS's builder needs it before TF
+def test_tfds_preparation_without_tensorflow_names_the_extra(tmp_path):
     try:
         import tensorflow  # noqa: F401
 
-        pytest.skip("TensorFlow is installed: preparation would succeed")
+        pytest.skip("TensorFlow is installed: preparation would start")
     except ImportError:
         pass
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with pytest.raises(data.DataError, match=r"pip install 'jaxcnn\[tf\]'") as caught:
-            data.load("tfds:mnist", tmp_path, manual_dir=shared_data / "mnist")
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    (manual / "train-images-idx3-ubyte.gz").write_bytes(b"not read: refused before TFDS starts")
+    before = threading.active_count()
+    with pytest.raises(data.DataError, match=r"pip install 'jaxcnn\[tf\]'") as caught:
+        data.load("tfds:mnist", tmp_path / "tfds", manual_dir=manual)
     assert "'tensorflow'" in str(caught.value)
+    # Nothing of TFDS's preparation started: no extraction threads, nothing written.
+    assert threading.active_count() == before
+    assert not (tmp_path / "tfds" / "downloads").exists()

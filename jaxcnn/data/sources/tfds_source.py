@@ -9,6 +9,7 @@ datasets needs TensorFlow (tensorflow/datasets#11058): ``pip install 'jaxcnn[tf]
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -40,6 +41,18 @@ def _missing_module(error: BaseException) -> str | None:
     return None
 
 
+def _tensorflow_installed() -> bool:
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+def _needs_module(name: str, module: str) -> DataError:
+    hint = TF_EXTRA_HINT if module.split(".")[0] == "tensorflow" else f"pip install {module}"
+    return DataError(
+        f"tfds:{name}: preparing the dataset needs the module {module!r}, which is not "
+        f"installed. {hint}. (Reading an already prepared dataset does not.)"
+    )
+
+
 def _prepare(builder, name: str, manual_dir: Path, download: bool) -> None:
     tfds = _import_tfds()
     has_manual_files = manual_dir.is_dir() and any(manual_dir.iterdir())
@@ -50,6 +63,11 @@ def _prepare(builder, name: str, manual_dir: Path, download: bool) -> None:
             "offline, pass manual_dir=..., or allow download=True. Preparing needs TensorFlow "
             f"for most image datasets: {TF_EXTRA_HINT}."
         )
+    # Refuse before TFDS starts: its archive extraction (tf.io.gfile) runs in a thread
+    # pool that keeps going, printing TFDS's "Failed to import TensorFlow" banner and
+    # leaving incomplete temporary directories, after the first failure has reached us.
+    if not _tensorflow_installed():
+        raise _needs_module(name, "tensorflow")
     config = tfds.download.DownloadConfig(manual_dir=str(manual_dir))
     try:
         builder.download_and_prepare(download_config=config)
@@ -57,11 +75,7 @@ def _prepare(builder, name: str, manual_dir: Path, download: bool) -> None:
         module = _missing_module(error)
         if module is None:
             raise
-        hint = TF_EXTRA_HINT if module.split(".")[0] == "tensorflow" else f"pip install {module}"
-        raise DataError(
-            f"tfds:{name}: preparing the dataset needs the module {module!r}, which is not "
-            f"installed. {hint}. (Reading an already prepared dataset does not.)"
-        ) from error
+        raise _needs_module(name, module) from error
 
 
 def _read_records(source, keys: list[int]) -> list:
