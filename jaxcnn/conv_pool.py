@@ -15,13 +15,10 @@ convolution over the *space-to-depth* input:
   axis, with no strided window reads.
 
 The convolution does about ``(k + p - 1)**2 / k**2`` times more multiply-adds (1.8x for
-``k=3, p=2``), but with 4x the channels on both sides it runs faster on CPU. In the
-backward pass the max's gradient stays in the space-to-depth layout; the kernel's
-gradient is one matrix product of the shifted space-to-depth input (transposed, a small
-copy) with it (:func:`_kernel_gradient`), which avoids the batch-minor copy of the whole
-output gradient that XLA's own kernel gradient makes. The input's gradient, when one is
-needed, is XLA's, in the original layout. Measurements are in ``docs/perf_notes.md``
-(sessions 5 and 6).
+``k=3, p=2``), but with 4x the channels on both sides it runs faster on CPU. The
+gradient is computed the usual way (the max's gradient in the original layout, then
+XLA's own convolution gradients), which was faster than differentiating the
+space-to-depth convolution. Measurements are in ``docs/perf_notes.md`` (session 5).
 
 Values equal ``max_pool(conv(x, kernel))`` up to float rounding (the sums are grouped
 differently); the gradient of each window goes to its first maximum in row-major order,
@@ -146,57 +143,11 @@ def _forward_rule(x, kernel, window, padding, precision):
     return y, (x, kernel, z, y)
 
 
-def _kernel_gradient(x, kernel, dz, window, precision):
-    """The kernel's gradient from the space-to-depth layout, as one plain matrix product.
-
-    ``x`` is the padded input, ``dz`` the conv output's gradient in the forward's
-    (N, *pooled, Q, F) layout. With ``X`` the space-to-depth input, the gradient of the
-    space-to-depth kernel at tap ``t`` is ``sum over (n, *pooled) of X[n, pooled + t]
-    (outer) dz[n, pooled]``: rows (tap, block channel) of ``X``'s shifted windows, with
-    the batch and pooled positions as the contracted minor axis, times ``dz`` reshaped to
-    (N * prod(pooled), Q * F), which is already row-major. Neither operand needs the
-    transposed copy of ``dz`` that XLA's own kernel gradient makes (batch minor), and the
-    product runs as one GEMM on every core. The result goes back to ``(*k, C, F)``
-    through the transpose of :func:`_space_to_depth_kernel`.
-    """
-    rank = len(window)
-    ksize = kernel.shape[:rank]
-    pooled = dz.shape[1 : 1 + rank]
-    blocks = _space_to_depth_input(x, ksize, window)  # (N, *B, Q * C)
-    blocks = jnp.moveaxis(blocks, -1, 0)  # (Q * C, N, *B): the small operand is transposed
-    taps = [_taps(k, p) for k, p in zip(ksize, window, strict=True)]
-    windows = jnp.stack(
-        [
-            blocks[
-                (
-                    slice(None),
-                    slice(None),
-                    *(slice(t, t + o) for t, o in zip(tap, pooled, strict=True)),
-                )
-            ]
-            for tap in itertools.product(*(range(t) for t in taps))
-        ]
-    )  # (T, Q * C, N, *pooled)
-    rows = math.prod(windows.shape[:2])
-    grad = lax.dot_general(
-        windows.reshape(rows, -1),
-        dz.reshape(-1, dz.shape[-2] * dz.shape[-1]),
-        (((1,), (0,)), ((), ())),
-        precision=precision,
-        preferred_element_type=jnp.float32,
-    ).reshape(*taps, windows.shape[1], -1)
-    _, to_kernel = jax.vjp(lambda k: _space_to_depth_kernel(k, window), kernel)
-    return to_kernel(grad.astype(kernel.dtype))[0]
-
-
 def _backward_rule(window, padding, precision, residuals, g):
     x, kernel, z, y = residuals
     rank = len(window)
     dz = first_max_gradient(z, y, g, (rank + 1,))  # the window positions of (N, *P, Q, F)
-    padded = jnp.pad(x, [(0, 0), *padding, (0, 0)])
-    dkernel = _kernel_gradient(padded, kernel, dz, window, precision)
-    # The input's gradient (XLA drops it, and all that follows, for a first layer):
-    # (N, *pooled, p1, p2, .., F) -> (N, o1*p1, o2*p2, .., F), the conv output's layout.
+    # (N, *pooled, p1, p2, .., F) -> (N, o1*p1, o2*p2, .., F): the conv output's layout.
     n, pooled, features = y.shape[0], y.shape[1:-1], y.shape[-1]
     dz = dz.reshape(n, *pooled, *window, features)
     order = (0, *itertools.chain(*((1 + i, 1 + rank + i) for i in range(rank))), 2 * rank + 1)
@@ -207,8 +158,8 @@ def _backward_rule(window, padding, precision, residuals, g):
     dz = jnp.pad(
         dz, [(0, 0), *((0, o - c) for o, c in zip(conv_out, covered, strict=True)), (0, 0)]
     )
-    _, vjp = jax.vjp(lambda a: _plain_conv(a, kernel, padding, precision), x)
-    return vjp(dz)[0], dkernel
+    _, vjp = jax.vjp(lambda a, b: _plain_conv(a, b, padding, precision), x, kernel)
+    return vjp(dz)
 
 
 _conv_max_pool.defvjp(_forward_rule, _backward_rule)
