@@ -214,3 +214,25 @@ def test_jaxcnn_runner_rejects_bad_variant_values(variant):
 
     with pytest.raises(ValueError, match=variant.split("=")[0]):
         jaxcnn_bench.main(["--net", "mnist_cnn", "--variant", variant])
+
+
+def test_the_layout_experiment_compares_the_same_net_in_both_layouts():
+    # benchmarks/experiments/layout_nchw.py: NCHW must be the NHWC net with its data and
+    # weights laid out differently, or its timing would compare different nets.
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from benchmarks.experiments import layout_nchw
+
+    nhwc = layout_nchw._init("mnist_cnn", "nhwc", jax.random.key(0))
+    nchw = [(kernel.transpose(3, 2, 0, 1), bias) for kernel, bias in nhwc[:-2]]
+    (w1, b1), last = nhwc[-2], nhwc[-1]
+    size, channels = 5, 64  # 28 -> 26 -> 13 -> 11 -> 5, flattened (h, w, c) vs (c, h, w)
+    rows = np.arange(size * size * channels).reshape(size, size, channels)
+    nchw += [(w1[rows.transpose(2, 0, 1).reshape(-1)], b1), last]
+    images = jax.random.normal(jax.random.key(1), (2, 28, 28, 1))
+    logits = layout_nchw._apply(nhwc, images, "mnist_cnn", "nhwc")
+    same = layout_nchw._apply(nchw, images.transpose(0, 3, 1, 2), "mnist_cnn", "nchw")
+    np.testing.assert_allclose(logits, same, rtol=1e-4, atol=1e-4)
+    assert logits.shape == (2, 10) and not jnp.allclose(logits, 0)
