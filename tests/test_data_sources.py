@@ -354,6 +354,24 @@ def test_tfds_reads_through_the_data_source(tmp_path, monkeypatch):
     assert "ArrayRecord" in ds.info.source
 
 
+def test_tfds_prepared_as_tfrecord_says_how_to_get_array_record(tmp_path, monkeypatch):
+    # With TensorFlow installed TFDS prepares TFRecord by default, which has no random
+    # access: jaxcnn asks for ArrayRecord itself, and explains one prepared by others.
+    import tensorflow_datasets as tfds
+
+    from jaxcnn.data.sources import tfds_source
+
+    def no_random_access(self, *args, **kwargs):
+        raise NotImplementedError("Random access data source for file format TFRECORD")
+
+    monkeypatch.setattr(tfds_source, "_tensorflow_installed", lambda: True)
+    with tfds.testing.mock_data(num_examples=4), monkeypatch.context() as patch:
+        patch.setattr(tfds.core.DatasetBuilder, "as_data_source", no_random_access)
+        with pytest.raises(data.DataFormatError, match="file_format='array_record'") as caught:
+            data.load("tfds:mnist", tmp_path, download=True)
+    assert "TFRECORD" in str(caught.value) and "tfds:mnist" in str(caught.value)
+
+
 def test_tfds_not_prepared_explains_offline_preparation(tmp_path):
     with pytest.raises(data.DatasetNotFoundError) as caught:
         data.load("tfds:mnist", tmp_path)

@@ -70,7 +70,9 @@ def _prepare(builder, name: str, manual_dir: Path, download: bool) -> None:
         raise _needs_module(name, "tensorflow")
     config = tfds.download.DownloadConfig(manual_dir=str(manual_dir))
     try:
-        builder.download_and_prepare(download_config=config)
+        # ArrayRecord: the random-access format read below. With TensorFlow installed
+        # TFDS would otherwise write TFRecord, which as_data_source cannot read.
+        builder.download_and_prepare(download_config=config, file_format="array_record")
     except Exception as error:
         module = _missing_module(error)
         if module is None:
@@ -170,7 +172,15 @@ def load_tfds_dataset(
         wanted["validation"] = validation_split_name
     splits = {}
     for role, split_name in wanted.items():
-        source = builder.as_data_source(split=split_name)
+        try:
+            source = builder.as_data_source(split=split_name)
+        except NotImplementedError as error:  # prepared as TFRecord, e.g. by tfds itself
+            raise DataFormatError(
+                f"tfds:{name} is prepared in {builder.data_dir} in a format without random "
+                "access (TFRecord); jaxcnn reads ArrayRecord, without TensorFlow. Prepare it "
+                "with file_format='array_record' (tfds build --file_format=array_record) or "
+                f"use another data_dir, and jaxcnn prepares it itself. TFDS said: {error}"
+            ) from error
         splits[role] = _read_split(
             source, image_key, label_key, f"tfds:{name} split {split_name!r}"
         )
