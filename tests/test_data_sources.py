@@ -398,3 +398,17 @@ def test_tfds_preparation_without_tensorflow_names_the_extra(tmp_path):
     # Nothing of TFDS's preparation started: no extraction threads, nothing written.
     assert set(threading.enumerate()) - before == set()  # (threads may end meanwhile)
     assert not (tmp_path / "tfds" / "downloads").exists()
+
+
+@pytest.mark.realdata
+def test_tfds_prepares_array_record_offline_with_tensorflow(tmp_path, shared_data):
+    # Only where TensorFlow is installed (the 'tf' extra; not in CI): about 40 s.
+    pytest.importorskip("tensorflow", reason="preparing a TFDS dataset needs TensorFlow")
+    ds = data.load("tfds:mnist", tmp_path, manual_dir=shared_data / "mnist")
+    assert (len(ds.train), len(ds.test), ds.image_shape) == (60000, 10000, (28, 28, 1))
+    assert list((tmp_path / "mnist").rglob("*.array_record*"))  # random access, no TFRecord
+    reference = data.load("mnist", shared_data / "mnist")
+    np.testing.assert_array_equal(
+        np.sort(ds.test.images.reshape(10000, -1), axis=0),
+        np.sort(reference.test.images.reshape(10000, -1), axis=0),
+    )
