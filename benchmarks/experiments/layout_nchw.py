@@ -1,7 +1,8 @@
 """NHWC against NCHW for the CIFAR / MNIST teaching nets on XLA:CPU: one train step.
 
 The same net written twice in plain JAX (``lax.conv_general_dilated``, a tiled 2x2 max
-pool as reshape + max, a dense head, softmax cross-entropy, optax Adam): once with
+pool as reshape + max, a dense head), trained by the "no library" baseline's step
+(``benchmarks/flax_minimal.make_train_step``: softmax cross-entropy, optax Adam): once with
 channels last (``NHWC`` input, ``HWIO`` kernels, Flax's and jaxcnn's layout) and once
 with channels first (``NCHW``, ``OIHW``, PyTorch's). Layout is the only difference; the
 pool's and the dense head's indexing follow it. Run one layout per process (XLA:CPU
@@ -9,9 +10,9 @@ compiles each step once), alternating, with the harness's best-window rule:
 
     python benchmarks/experiments/layout_nchw.py --rounds 4 --net cifar_cnn
 
-Each process prints images/s and how many transposes and copies the optimised HLO holds
-(``--hlo-only`` prints just that), which shows whether XLA kept the logical layout or
-moved the data. ``docs/perf_notes.md``, session 6, has the result.
+Each process prints images/s and how many transposes and copies the optimised HLO holds,
+which shows whether XLA kept the logical layout or moved the data.
+``docs/perf_notes.md``, session 6, has the result.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import re
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -84,23 +84,16 @@ def _apply(params, images, net: str, layout: str):
     return jax.nn.relu(x @ w1 + b1[None]) @ w2 + b2[None]  # explicit: no rank promotion
 
 
-def _step(net: str, layout: str):
-    import jax
-    import optax
+class _PlainNet:
+    """The plain-JAX net behind the ``model.apply`` call of ``flax_minimal.make_train_step``,
+    so both layouts train with the "no library" baseline's own step (Adam 1e-3)."""
 
-    optimizer = optax.adam(1e-3)
+    def __init__(self, net: str, layout: str):
+        self.net, self.layout = net, layout
 
-    def loss(params, images, labels):
-        logits = _apply(params, images, net, layout)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-    @jax.jit
-    def step(params, opt_state, images, labels):
-        value, grads = jax.value_and_grad(loss)(params, images, labels)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value
-
-    return optimizer, step
+    def apply(self, variables, images, *, train, rngs, mutable):
+        del train, rngs, mutable  # no dropout, no batch statistics
+        return _apply(variables["params"], images, self.net, self.layout), {}
 
 
 def _hlo_counts(text: str) -> dict[str, int]:
@@ -117,7 +110,9 @@ def measure(net: str, layout: str, batch: int, steps: int, windows: int) -> dict
     import jax
     import jax.numpy as jnp
     import numpy as np
+    import optax
 
+    from benchmarks import common, flax_minimal
     from jaxcnn import xla_flags
 
     xla_flags.configure_cpu()
@@ -126,21 +121,20 @@ def measure(net: str, layout: str, batch: int, steps: int, windows: int) -> dict
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.standard_normal(shape), jnp.float32)
     labels = jnp.asarray(rng.integers(0, 10, batch), jnp.int32)
-    params = _init(net, layout, jax.random.key(0))
-    optimizer, step = _step(net, layout)
-    opt_state = optimizer.init(params)
-    counts = _hlo_counts(step.lower(params, opt_state, images, labels).compile().as_text())
-    for _ in range(3):
-        params, opt_state, _ = step(params, opt_state, images, labels)
-    rates = []
-    for _ in range(windows):
-        jax.block_until_ready(params)
-        start = time.perf_counter()
-        for _ in range(steps):
-            params, opt_state, _ = step(params, opt_state, images, labels)
-        jax.block_until_ready(params)
-        rates.append(batch * steps / (time.perf_counter() - start))
-    return {"layout": layout, "images_per_sec": max(rates), "hlo": counts}
+    key = jax.random.key(0)
+    tx = optax.adam(1e-3)
+    params = _init(net, layout, key)
+    step = flax_minimal.make_train_step(_PlainNet(net, layout), tx)
+    state = [params, {}, tx.init(params)]
+    counts = _hlo_counts(step.lower(*state, images, labels, key).compile().as_text())
+
+    def one_step(i):
+        *state[:], loss = step(*state, images, labels, key)
+        return loss
+
+    protocol = argparse.Namespace(batch=batch, steps=steps, warmup=3, windows=windows)
+    measured = common.time_loop(protocol, one_step, lambda loss: loss.block_until_ready())
+    return {"layout": layout, "images_per_sec": max(measured["images_per_sec"]), "hlo": counts}
 
 
 def main(argv=None) -> int:
