@@ -236,3 +236,24 @@ def test_the_layout_experiment_compares_the_same_net_in_both_layouts():
     same = layout_nchw._apply(nchw, images.transpose(0, 3, 1, 2), "mnist_cnn", "nchw")
     np.testing.assert_allclose(logits, same, rtol=1e-4, atol=1e-4)
     assert logits.shape == (2, 10) and not jnp.allclose(logits, 0)
+
+
+def test_bf16_kernels_compare_one_convolution_in_three_precisions():
+    # benchmarks/experiments/bf16_kernels.py: the three precisions must be the same
+    # convolution, differing only in operand and result types, or its timings mean nothing.
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from benchmarks.experiments import bf16_kernels
+
+    x = jax.random.normal(jax.random.key(0), (2, 5, 5, 3))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+    reference = bf16_kernels.conv_in("f32")(x, w)
+    xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    for precision, result in (("bf16", jnp.bfloat16), ("bf16>f32", jnp.float32)):
+        y = bf16_kernels.conv_in(precision)(xb, wb)
+        assert y.dtype == result and y.shape == (2, 5, 5, 4)
+        np.testing.assert_allclose(np.asarray(y, np.float32), reference, rtol=0.05, atol=0.1)
+    forward_ms, both_ms = bf16_kernels.time_conv(1, 4, 2, 2, "bf16>f32")
+    assert forward_ms > 0 and both_ms > 0
