@@ -1,9 +1,9 @@
 """Does XLA:CPU run bfloat16 matmuls and convolutions faster than float32 on this CPU?
 
 Keras on TensorFlow trains faster in bfloat16 than in float32 on CPUs with
-``avx512_bf16`` (oneDNN), while jaxcnn's bfloat16 step is no faster than its float32 one
-(``docs/benchmarks.md``). This script times the kernels underneath, as XLA:CPU compiles them
-with jaxcnn's flags, in three precisions:
+``avx512_bf16`` (oneDNN), while on those CPUs jaxcnn's bfloat16 step is slower than its
+float32 one (``docs/benchmarks.md``). This script times the kernels underneath, as
+XLA:CPU compiles them with jaxcnn's flags, in three precisions:
 
 * ``f32``: float32 operands, float32 result;
 * ``bf16``: bfloat16 operands, bfloat16 result (what a bfloat16 Flax layer asks for);
@@ -16,7 +16,7 @@ Output: milliseconds (median of windows) and GFLOP/s per kernel.
     python benchmarks/experiments/bf16_kernels.py --only conv
 
 Reading (session 7, AMD EPYC family 26 with ``avx512_bf16``, ``docs/perf_notes.md``): the
-2048^3 matmul ran at 428 / 314 / 865 GFLOP/s, so only ``bf16>f32`` uses the bfloat16
+2048^3 matmul ran at 388 / 273 / 824 GFLOP/s, so only ``bf16>f32`` uses the bfloat16
 instructions; no convolution was faster in either bfloat16 form.
 """
 
