@@ -28,6 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+# The same timing rule and NHWC/HWIO convolution as the float32 pieces (imports no JAX).
+from benchmarks.experiments.conv_pieces import DIMS, median_ms  # noqa: E402
+
 # (m, k, n): a square matmul, and a conv2-like patches matmul (rows = batch x pixels).
 MATMULS = {"square 2048": (2048, 2048, 2048), "patches 32768x576x64": (32768, 576, 64)}
 # (batch, size, in channels, out channels), 3x3 SAME: teaching CIFAR conv2, a ResNet-20
@@ -39,7 +42,6 @@ CONVS = {
     "fast_cifar 128->256": (128, 16, 128, 256),
 }
 PRECISIONS = ("f32", "bf16", "bf16>f32")
-DIMS = ("NHWC", "HWIO", "NHWC")
 
 
 def _operands_and_result(precision: str):
@@ -62,8 +64,6 @@ def time_matmul(m: int, k: int, n: int, precision: str) -> float:
     """Milliseconds for one ``(m, k) @ (k, n)`` matmul in ``precision``."""
     import jax
     import jax.numpy as jnp
-
-    from benchmarks.experiments.conv_pieces import median_ms
 
     dtype, result = _operands_and_result(precision)
     a = jax.random.normal(jax.random.key(0), (m, k)).astype(dtype)
@@ -89,8 +89,6 @@ def time_conv(batch: int, size: int, cin: int, cout: int, precision: str) -> tup
     """``(forward ms, forward + backward ms)`` of one 3x3 SAME convolution in ``precision``."""
     import jax
     import jax.numpy as jnp
-
-    from benchmarks.experiments.conv_pieces import median_ms
 
     dtype, _ = _operands_and_result(precision)
     x = jax.random.normal(jax.random.key(0), (batch, size, size, cin)).astype(dtype)
