@@ -15,6 +15,10 @@ How the estimate is made (the same for every runner, so achieved FLOP/s compare 
 Peak: ``cores x FP32 FLOP/cycle x clock``; FLOP/cycle is 64 for a core with two 512-bit FMA
 pipes (AVX-512: 16 lanes x 2 FLOPs x 2 pipes), 32 for AVX2-only (two 256-bit FMA pipes);
 the clock is the current ``cpu MHz`` of /proc/cpuinfo (KVM guests report the nominal one).
+The bfloat16 peak is twice the FP32 one with AVX-512 BF16, and 1024 FLOP/cycle per core
+with AMX (Intel Xeon since Sapphire Rapids: one ``tdpbf16ps`` tile product, 16 x 16 x 32
+multiply-adds, every 16 cycles); a framework reaches it only through kernels that use the
+tiles (on XLA:CPU in jaxlib 0.10.2: a bfloat16 matmul with a float32 result).
 
     python benchmarks/flops.py       # prints {"mnist_cnn": {...}, ...} as JSON
 """
@@ -93,7 +97,14 @@ def training_flops_per_image(net: str) -> dict:
     }
 
 
-VECTOR_EXTENSIONS = ("avx512_bf16", "avx512f", "avx2", "fma")  # what sets the FLOP/cycle
+VECTOR_EXTENSIONS = (
+    "amx_bf16",
+    "avx512_bf16",
+    "avx512f",
+    "avx2",
+    "fma",
+)  # what sets the FLOP/cycle
+AMX_BF16_FLOPS_PER_CYCLE = 1024  # per core: 16 x 16 x 32 multiply-adds x 2 FLOPs / 16 cycles
 
 
 def machine_peak(cpuinfo: str | None = None) -> dict:
@@ -107,8 +118,9 @@ def machine_peak(cpuinfo: str | None = None) -> dict:
       "bf16_peak_gflops", "how"}``. ``cpu_id`` is the family and model numbers (two CPUs
       sold under one name, e.g. "AMD EPYC", differ there), ``isa`` the vector extensions
       that set the FLOP/cycle. With AVX-512 BF16 (``vdpbf16ps``: two bfloat16 products
-      per float32 lane) the bfloat16 peak is twice the FP32 peak; without it bfloat16
-      math runs at the FP32 rate at best.
+      per float32 lane) the bfloat16 peak is twice the FP32 peak; with AMX (``amx_bf16``)
+      it is 1024 FLOP/cycle per core; without either, bfloat16 math runs at the FP32 rate
+      at best.
 
     Examples:
       >>> info = "model name : AMD EPYC\\ncpu family : 25\\nmodel : 1\\ncpu MHz : 2445.4\\n"
@@ -129,7 +141,15 @@ def machine_peak(cpuinfo: str | None = None) -> dict:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     clock = float(field(r"cpu MHz") or "nan")
     family, model = field("cpu family"), field("model")
-    bf16 = 2 if "avx512_bf16" in flags else 1
+    if "amx_bf16" in flags:
+        bf16_per_cycle, bf16_how = (
+            AMX_BF16_FLOPS_PER_CYCLE,
+            f"; bfloat16 {AMX_BF16_FLOPS_PER_CYCLE} FLOP/cycle (amx_bf16)",
+        )
+    elif "avx512_bf16" in flags:
+        bf16_per_cycle, bf16_how = 2 * per_cycle, "; bfloat16 x2 (avx512_bf16)"
+    else:
+        bf16_per_cycle, bf16_how = per_cycle, ""
     return {
         "cpu_model": field("model name") or "unknown",
         "cpu_id": f"family {family}, model {model}" if family and model else "unknown",
@@ -138,9 +158,8 @@ def machine_peak(cpuinfo: str | None = None) -> dict:
         "mhz": clock,
         "flops_per_cycle": per_cycle,
         "peak_gflops": cores * per_cycle * clock / 1000,
-        "bf16_peak_gflops": cores * per_cycle * clock / 1000 * bf16,
-        "how": f"{cores} cores x {per_cycle} FP32 FLOP/cycle x {clock:.0f} MHz"
-        + ("; bfloat16 x2 (avx512_bf16)" if bf16 == 2 else ""),
+        "bf16_peak_gflops": cores * bf16_per_cycle * clock / 1000,
+        "how": f"{cores} cores x {per_cycle} FP32 FLOP/cycle x {clock:.0f} MHz" + bf16_how,
     }
 
 

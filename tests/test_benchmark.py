@@ -66,6 +66,8 @@ def test_the_report_has_the_table_machine_flops_and_keep_marker(tiny_run):
 
 ZEN3 = "model name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 1\ncpu MHz\t\t: 2445.404\n"
 ZEN4 = "model name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 17\ncpu MHz\t\t: 2596.0\n"
+XEON_AMX = "model name\t: Intel(R) Xeon(R) Processor\ncpu family\t: 6\nmodel\t\t: 167\n"
+XEON_AMX += "cpu MHz\t\t: 2600.000\n"
 
 
 @pytest.mark.parametrize(
@@ -74,6 +76,8 @@ ZEN4 = "model name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 17\ncpu MHz\t\t: 25
         (ZEN3 + "flags\t\t: fpu sse avx avx2 fma\n", "avx2 fma", 32, 1, "family 25, model 1"),
         (ZEN4 + "flags\t\t: avx2 fma avx512f avx512_bf16\n",
          "avx512_bf16 avx512f avx2 fma", 64, 2, "family 25, model 17"),
+        (XEON_AMX + "flags\t\t: avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile\n",
+         "amx_bf16 avx512_bf16 avx512f avx2 fma", 64, 16, "family 6, model 167"),
         ("flags : sse sse2\n", "no AVX2/FMA", 8, 1, "unknown"),
     ],
 )  # fmt: skip
