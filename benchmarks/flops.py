@@ -97,13 +97,8 @@ def training_flops_per_image(net: str) -> dict:
     }
 
 
-VECTOR_EXTENSIONS = (
-    "amx_bf16",
-    "avx512_bf16",
-    "avx512f",
-    "avx2",
-    "fma",
-)  # what sets the FLOP/cycle
+# The extensions that set the FLOP/cycle, as /proc/cpuinfo spells them.
+VECTOR_EXTENSIONS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2", "fma")
 AMX_BF16_FLOPS_PER_CYCLE = 1024  # per core: 16 x 16 x 32 multiply-adds x 2 FLOPs / 16 cycles
 
 
@@ -142,10 +137,8 @@ def machine_peak(cpuinfo: str | None = None) -> dict:
     clock = float(field(r"cpu MHz") or "nan")
     family, model = field("cpu family"), field("model")
     if "amx_bf16" in flags:
-        bf16_per_cycle, bf16_how = (
-            AMX_BF16_FLOPS_PER_CYCLE,
-            f"; bfloat16 {AMX_BF16_FLOPS_PER_CYCLE} FLOP/cycle (amx_bf16)",
-        )
+        bf16_per_cycle = AMX_BF16_FLOPS_PER_CYCLE
+        bf16_how = f"; bfloat16 {bf16_per_cycle} FLOP/cycle (amx_bf16)"
     elif "avx512_bf16" in flags:
         bf16_per_cycle, bf16_how = 2 * per_cycle, "; bfloat16 x2 (avx512_bf16)"
     else:
