@@ -23,8 +23,11 @@ the minimal loop, and says so in the ``impl`` field of its result.
 
 Both rewrite the zoo model's spec (its ``residual`` / pooled ``conv`` items).
 
-* ``splits=auto|N``: jaxcnn.train's ``batch_splits`` (``auto`` = 0, the default: the
-  gradient from 4 concurrent slices of the batch on one CPU device without batch norm).
+* ``splits=auto|N``: jaxcnn.train's ``batch_splits`` (``auto`` = 0, the default:
+  ``jaxcnn.train.auto_batch_splits``);
+* ``backend=auto|xla|onednn``: who runs the convolutions (``jaxcnn.conv_backend``; the
+  default ``auto`` honours ``JAXCNN_CONV_BACKEND``). The result's ``impl`` names the one
+  that ran.
 
     python benchmarks/jaxcnn_bench.py --net cifar_cnn --variant flags=none,pool=nn
 """
@@ -40,7 +43,7 @@ from benchmarks import common  # noqa: E402
 
 VARIANT_DEFAULTS = {
     "flags": "default", "pool": "fused", "conv": "xla", "impl": "auto", "step": "engine",
-    "materialize": "on", "s2d": "auto", "splits": "auto",
+    "materialize": "on", "s2d": "auto", "splits": "auto", "backend": "auto",
 }  # fmt: skip
 SPEC_SWITCHES = {  # variant key -> (spec item type, item key, {value: spec value})
     "materialize": ("residual", "materialize", {"on": True, "off": False}),
@@ -180,6 +183,12 @@ def main(argv=None) -> int:
     if not (splits == "auto" or splits.isdigit() and int(splits) >= 1):
         raise ValueError(f"--variant splits={splits!r}; valid: auto or an int >= 1")
 
+    from jaxcnn import conv_backend
+
+    if options["backend"] != "auto":  # auto: the environment (JAXCNN_CONV_BACKEND) decides
+        conv_backend.set_conv_backend(options["backend"])
+    convolutions = f"convolutions: {conv_backend.resolved_backend()}"
+
     model, impl = (None, "stand-in forced") if options["impl"] == "standin" else (None, "")
     if options["impl"] != "standin":
         model, impl = _zoo_model(args.net, args.dtype)
@@ -187,15 +196,16 @@ def main(argv=None) -> int:
     if model is None:
         model = nets_flax.build(args.net, args.dtype, pool=options["pool"], conv=options["conv"])
         impl = f"benchmarks/nets_flax.py pool={options['pool']} conv={options['conv']} ({impl})"
+        convolutions = "convolutions: lax (the stand-in net)"
     engine, engine_why = (None, "minimal loop forced") if options["step"] == "minimal" else (
         _train_engine())  # fmt: skip
     if engine is not None and options["impl"] != "standin":
-        run_with_engine(args, model, engine, impl=f"{impl}; step: {engine_why}",
+        run_with_engine(args, model, engine, impl=f"{impl}; step: {engine_why}; {convolutions}",
                         batch_splits=0 if splits == "auto" else int(splits),
                         flags_added=list(added))  # fmt: skip
     else:
-        flax_minimal.run(args, model, "jaxcnn", impl=f"{impl}; step: minimal loop ({engine_why})",
-                         flags_added=list(added))  # fmt: skip
+        impl = f"{impl}; step: minimal loop ({engine_why}); {convolutions}"
+        flax_minimal.run(args, model, "jaxcnn", impl=impl, flags_added=list(added))
     return 0
 
 

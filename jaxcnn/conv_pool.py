@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcnn import shapes
+from jaxcnn import conv_backend, shapes
 from jaxcnn.fast_ops import first_max_gradient
 
 
@@ -111,7 +111,7 @@ def _space_to_depth_kernel(kernel: jax.Array, window: tuple) -> jax.Array:
 
 def _plain_conv(x, kernel, padding, precision):
     rank = x.ndim - 2
-    return lax.conv_general_dilated(
+    return conv_backend.conv_general_dilated(
         x, kernel, (1,) * rank, padding,
         dimension_numbers=dimension_numbers(rank), precision=precision,
     )  # fmt: skip
@@ -125,7 +125,7 @@ def _conv_max_pool(x, kernel, window, padding, precision):
 def _forward(x, kernel, window, padding, precision):
     rank = len(window)
     x = jnp.pad(x, [(0, 0), *padding, (0, 0)])
-    z = lax.conv_general_dilated(
+    z = conv_backend.conv_general_dilated(
         _space_to_depth_input(x, kernel.shape[:rank], window),
         _space_to_depth_kernel(kernel, window),
         (1,) * rank,

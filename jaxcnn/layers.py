@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcnn import conv_pool, fast_ops, shapes
+from jaxcnn import conv_backend, conv_pool, fast_ops, shapes
 
 Activation = str | Callable[[jax.Array], jax.Array] | None
 
@@ -634,7 +634,7 @@ class ConvBlock(nn.Module):
             param_dtype=self.param_dtype,
             name="conv",
             **extra,
-            **({} if tap is None else {"conv_general_dilated": tap}),
+            conv_general_dilated=conv_backend.conv_general_dilated if tap is None else tap,
         )
         spec = self.pool_spec(rank)
         pool = None
@@ -704,5 +704,5 @@ class _ConvOutputTap:
         bound = self._signature.bind(*args, **kwargs)
         bound.apply_defaults()
         self.call = dict(bound.arguments)
-        self.output = lax.conv_general_dilated(*args, **kwargs)
+        self.output = conv_backend.conv_general_dilated(*args, **kwargs)
         return self.output

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
 
+from jaxcnn import conv_backend
 from jaxcnn.train.losses import add_metrics, batch_metrics, cross_entropy
 
 Batch = Mapping[str, jax.Array]
@@ -61,16 +62,21 @@ def auto_batch_splits(batch_size: int, has_batch_norm: bool) -> int:
     """The batch split :func:`make_train_step` uses when ``batch_splits=0``.
 
     4 on a single CPU device for a model without batch norm when each slice keeps at
-    least 16 images (the best of 1, 2, 4 and 8 for the MNIST and CIFAR nets on 2 cores),
-    else 1: on GPU/TPU one large kernel beats several small ones, and a batch split
-    over several devices is split already.
+    least 16 images and XLA runs the convolutions (the best of 1, 2, 4 and 8 for the
+    MNIST and CIFAR nets on 2 cores: XLA's convolutions use one core each, so slices fill
+    the others), else 1: oneDNN's convolutions (:mod:`jaxcnn.conv_backend`) use every
+    core in each call, and concurrent slices only compete (1 was 1.3x 4 on the CIFAR
+    net); on GPU/TPU one large kernel beats several small ones, and a batch split over
+    several devices is split already.
 
     Examples:
       >>> auto_batch_splits(128, has_batch_norm=True)
       1
     """
     on_one_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
-    return 4 if on_one_cpu and not has_batch_norm and batch_size >= 64 else 1
+    if not on_one_cpu or has_batch_norm or batch_size < 64:
+        return 1
+    return 1 if conv_backend.resolved_backend() == "onednn" else 4
 
 
 def _checked_splits(batch_splits: int, state: Any, batch_size: int) -> int:

@@ -1,0 +1,150 @@
+"""Which kernels run jaxcnn's convolutions: XLA's own, or oneDNN's through the FFI.
+
+:func:`conv_general_dilated` has ``lax.conv_general_dilated``'s signature; the layers call
+it instead of lax. It sends a call to oneDNN (:mod:`jaxcnn.onednn`) when the backend is
+``"onednn"`` -- or ``"auto"`` and oneDNN measured faster on this CPU -- and the call is
+one oneDNN runs: 2-D, NHWC input, HWIO kernel, float32 or bfloat16, no input dilation,
+no groups, non-negative padding, tracing for the CPU. Anything else goes to lax.
+
+Backends (``set_conv_backend``, the ``use_conv_backend`` context, or the environment
+variable ``JAXCNN_CONV_BACKEND``; read when a function is traced, so set it before jit):
+
+* ``"auto"`` (default): oneDNN on Intel CPUs when its library builds here, else XLA.
+  On the Intel Xeon of ``docs/perf_notes.md`` (session 9) oneDNN made the teaching nets'
+  train step faster; on AMD CPUs it is not measured, so XLA stays there.
+* ``"xla"``: always ``lax.conv_general_dilated``.
+* ``"onednn"``: oneDNN wherever the call allows; raises if the library is unavailable.
+
+Examples:
+    >>> with use_conv_backend("xla"):
+    ...     resolved_backend()
+    'xla'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Iterator
+
+import jax
+from jax import lax
+
+BACKENDS = ("auto", "xla", "onednn")
+_NHWC = ("NHWC", "HWIO", "NHWC")
+_choice: str | None = None  # set_conv_backend's value; None: the environment decides
+
+
+def _validated(name: str, where: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"{where}={name!r}; valid: {', '.join(BACKENDS)}")
+    return name
+
+
+def conv_backend() -> str:
+    """The chosen backend: ``set_conv_backend``'s, else ``JAXCNN_CONV_BACKEND``, else auto."""
+    if _choice is not None:
+        return _choice
+    env = os.environ.get("JAXCNN_CONV_BACKEND", "auto").strip().lower() or "auto"
+    return _validated(env, "JAXCNN_CONV_BACKEND")
+
+
+def set_conv_backend(name: str | None) -> None:
+    """Sets the backend for convolutions traced from now on (None: back to the environment)."""
+    global _choice
+    _choice = None if name is None else _validated(name, "conv_backend")
+
+
+@contextlib.contextmanager
+def use_conv_backend(name: str) -> Iterator[None]:
+    """Sets the backend inside a ``with`` block (for tracing), then restores the old one."""
+    global _choice
+    previous, _choice = _choice, _validated(name, "conv_backend")
+    try:
+        yield
+    finally:
+        _choice = previous
+
+
+@functools.cache
+def _is_intel_cpu() -> bool:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return any(line.startswith("vendor_id") and "GenuineIntel" in line for line in info)
+    except OSError:
+        return False
+
+
+def resolved_backend() -> str:
+    """``"onednn"`` or ``"xla"``: what ``conv_backend()`` means for a CPU call here.
+
+    Raises:
+      OnednnUnavailable: the backend is ``"onednn"`` and the library cannot load.
+    """
+    from jaxcnn import onednn
+
+    name = conv_backend()
+    if name == "onednn":
+        onednn.require()
+        return name
+    if name == "auto" and _is_intel_cpu() and onednn.available():
+        return "onednn"
+    return "xla"
+
+
+def _onednn_runs(lhs, rhs, padding, lhs_dilation, dimension_numbers, feature_group_count,
+                 batch_group_count, preferred_element_type) -> bool:  # fmt: skip
+    """Whether oneDNN's binding takes this call exactly as lax would compute it."""
+    if lhs.ndim != 4 or rhs.ndim != 4 or jax.default_backend() != "cpu":
+        return False
+    if lhs.dtype != rhs.dtype or lhs.dtype not in (jax.numpy.float32, jax.numpy.bfloat16):
+        return False
+    if preferred_element_type is not None and preferred_element_type != lhs.dtype:
+        return False
+    if feature_group_count != 1 or batch_group_count != 1:
+        return False
+    if lhs_dilation is not None and tuple(lhs_dilation) != (1, 1):
+        return False
+    if not isinstance(padding, str) and min(min(p) for p in padding) < 0:
+        return False
+    wanted = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+    given = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    return given == wanted
+
+
+def conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    batch_group_count=1,
+    precision=None,
+    preferred_element_type=None,
+):
+    """``lax.conv_general_dilated``, run by the backend :func:`resolved_backend` picks.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> y = conv_general_dilated(jnp.ones((1, 4, 4, 1)), jnp.ones((2, 2, 1, 1)), (1, 1),
+        ...                          "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        >>> y.shape, float(y.sum())
+        ((1, 3, 3, 1), 36.0)
+    """
+    args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+            feature_group_count, batch_group_count, precision, preferred_element_type)  # fmt: skip
+    runs = _onednn_runs(lhs, rhs, padding, lhs_dilation, dimension_numbers,
+                        feature_group_count, batch_group_count, preferred_element_type)  # fmt: skip
+    if not runs or resolved_backend() != "onednn":
+        return lax.conv_general_dilated(*args)
+    from jaxcnn.onednn import conv2d
+
+    dilation = (1, 1) if rhs_dilation is None else tuple(rhs_dilation)
+    if isinstance(padding, str):
+        effective = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:2], dilation, strict=True)]
+        padding = lax.padtype_to_pads(lhs.shape[1:3], effective, window_strides, padding)
+    return conv2d(lhs, rhs, window_strides, padding, dilation)

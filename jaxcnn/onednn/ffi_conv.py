@@ -1,0 +1,147 @@
+"""A 2-D NHWC/HWIO convolution that runs oneDNN's kernels, differentiable by a custom VJP.
+
+Forward, input gradient and kernel gradient are each one FFI call into
+``onednn_conv.cc`` (oneDNN's forward, backward-data and backward-weights primitives), so
+``jax.grad`` through :func:`conv2d` never reaches XLA's own convolution. Reverse mode
+only: ``jax.jvp`` / ``jax.jacfwd`` through it raise (a custom VJP has no JVP rule).
+
+Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcnn.onednn import build
+    >>> if build.available():
+    ...     y = conv2d(jnp.ones((1, 5, 5, 1)), jnp.ones((3, 3, 1, 2)), (1, 1), ((0, 0), (0, 0)))
+    ...     print(y.shape, float(y[0, 0, 0, 0]))
+    ... else:
+    ...     print((1, 3, 3, 2), 9.0)
+    (1, 3, 3, 2) 9.0
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from jaxcnn.onednn import build
+
+Pairs = tuple[tuple[int, int], ...]
+
+
+def _call(target: str, out: jax.ShapeDtypeStruct, a, b, strides, padding, dilation):
+    build.require()
+    return jax.ffi.ffi_call(target, out, vmap_method="sequential")(
+        a,
+        b,
+        window_strides=np.asarray(strides, np.int64),
+        padding=np.asarray(padding, np.int64).reshape(-1),
+        rhs_dilation=np.asarray(dilation, np.int64),
+    )
+
+
+def output_shape(x_shape, kernel_shape, strides, padding, dilation) -> tuple[int, ...]:
+    """NHWC output shape: ``floor((n + lo + hi - ((k - 1) * d + 1)) / s) + 1`` per axis.
+
+    Examples:
+        >>> output_shape((2, 32, 32, 3), (3, 3, 3, 8), (1, 1), ((0, 0), (0, 0)), (1, 1))
+        (2, 30, 30, 8)
+    """
+    spatial = [
+        (n + lo + hi - ((k - 1) * d + 1)) // s + 1
+        for n, k, s, (lo, hi), d in zip(
+            x_shape[1:3], kernel_shape[:2], strides, padding, dilation, strict=True
+        )
+    ]
+    return (x_shape[0], *spatial, kernel_shape[3])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x, kernel, strides: tuple, padding: Pairs, dilation: tuple):
+    shape = output_shape(x.shape, kernel.shape, strides, padding, dilation)
+    out = jax.ShapeDtypeStruct(shape, x.dtype)
+    return _call("jaxcnn_onednn_conv_forward", out, x, kernel, strides, padding, dilation)
+
+
+def _forward_rule(x, kernel, strides, padding, dilation):
+    return _conv(x, kernel, strides, padding, dilation), (x, kernel)
+
+
+def _backward_rule(strides, padding, dilation, residuals, dy):
+    x, kernel = residuals
+    dy = dy.astype(x.dtype)
+    dx = _call(
+        "jaxcnn_onednn_conv_input_grad",
+        jax.ShapeDtypeStruct(x.shape, x.dtype),
+        dy,
+        kernel,
+        strides,
+        padding,
+        dilation,
+    )
+    dkernel = _call(
+        "jaxcnn_onednn_conv_kernel_grad",
+        jax.ShapeDtypeStruct(kernel.shape, kernel.dtype),
+        x,
+        dy,
+        strides,
+        padding,
+        dilation,
+    )
+    return dx, dkernel
+
+
+_conv.defvjp(_forward_rule, _backward_rule)
+
+
+def conv2d(
+    x: jax.Array,
+    kernel: jax.Array,
+    strides: Sequence[int],
+    padding: Sequence[tuple[int, int]],
+    dilation: Sequence[int] = (1, 1),
+) -> jax.Array:
+    """Cross-correlation of NHWC ``x`` with HWIO ``kernel`` by oneDNN, CPU only.
+
+    Args:
+      x: (N, H, W, C), float32 or bfloat16.
+      kernel: (KH, KW, C, F), the same dtype.
+      strides: two positive ints.
+      padding: two non-negative ``(low, high)`` pairs.
+      dilation: two positive ints (kernel dilation).
+
+    Returns:
+      (N, OH, OW, F) in ``x``'s dtype, with ``output_shape``'s sizes.
+
+    Raises:
+      ValueError: naming the argument, for anything outside the above.
+      OnednnUnavailable: the library could not be built or loaded.
+    """
+    if x.ndim != 4 or kernel.ndim != 4:
+        raise ValueError(
+            f"x and kernel must be 4-D (NHWC, HWIO), got x {x.shape}, kernel {kernel.shape}"
+        )
+    if kernel.shape[2] != x.shape[3]:
+        raise ValueError(
+            f"kernel input channels {kernel.shape[2]} != x channels {x.shape[3]} "
+            f"(x {x.shape}, kernel {kernel.shape})"
+        )
+    if x.dtype != kernel.dtype or x.dtype not in (jax.numpy.float32, jax.numpy.bfloat16):
+        raise ValueError(
+            f"x and kernel must share a dtype, float32 or bfloat16; got {x.dtype}, {kernel.dtype}"
+        )
+    strides, dilation = tuple(map(int, strides)), tuple(map(int, dilation))
+    padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+    if len(strides) != 2 or min(strides) < 1:
+        raise ValueError(f"strides must be two positive ints, got {strides}")
+    if len(dilation) != 2 or min(dilation) < 1:
+        raise ValueError(f"dilation must be two positive ints, got {dilation}")
+    if len(padding) != 2 or min(min(p) for p in padding) < 0:
+        raise ValueError(f"padding must be two non-negative (low, high) pairs, got {padding}")
+    shape = output_shape(x.shape, kernel.shape, strides, padding, dilation)
+    if min(shape[1:3]) < 1:
+        raise ValueError(
+            f"the kernel {kernel.shape[:2]} (dilation {dilation}) does not fit the padded "
+            f"input {x.shape[1:3]} + {padding}"
+        )
+    return _conv(x, kernel, strides, padding, dilation)

@@ -1,0 +1,258 @@
+// oneDNN's 2-D convolution as three XLA FFI handlers: forward, input gradient, weight
+// gradient. jaxcnn/onednn/conv.py builds this file on first use and calls it from jit.
+//
+// Why: XLA:CPU (jaxlib 0.10) runs its own convolutions and copies activations into a
+// batch-minor layout for each weight gradient; oneDNN's convolutions (the ones TensorFlow
+// and PyTorch use on CPU) read the row-major NHWC buffers as they are and run the AVX-512
+// and AMX kernels. Measurements: docs/perf_notes.md, session 9.
+//
+// Layouts are XLA's defaults: activations NHWC, kernels HWIO, both row-major. Only the
+// small kernel is copied into oneDNN's blocked layout (and its gradient back), per call.
+// Element types: float32 and bfloat16 (operands and result share the type).
+
+#include <omp.h>
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using tag = dnnl::memory::format_tag;
+
+namespace {
+
+// The OpenMP team a call may use when it runs alone: OMP_NUM_THREADS, else all cores
+// (read once, when the library loads, before any call changes this thread's setting).
+const int kTeamSize = omp_get_max_threads();
+
+// Calls in flight. XLA runs independent operations (batch slices, a layer's input and
+// kernel gradients) on its own threads at once; a second OpenMP team on the same cores
+// would oversubscribe them and stall both at every barrier. So only a call that starts
+// while no other runs takes the whole team; the others run on their calling thread.
+std::atomic<int> in_flight{0};
+
+struct InFlight {
+  int threads;
+  InFlight() : threads(in_flight.fetch_add(1) == 0 ? kTeamSize : 1) {
+    omp_set_num_threads(threads);  // this thread's setting; oneDNN reads it below
+  }
+  ~InFlight() { in_flight.fetch_sub(1); }
+};
+
+enum class Kind : int64_t { kForward = 0, kInputGrad = 1, kKernelGrad = 2 };
+
+// Everything that fixes a primitive: kind, team size, element type, the shapes'
+// dimensions and the stride / padding / dilation attributes. oneDNN fixes a primitive's
+// thread count when it is created, so each team size has its own.
+using Key = std::vector<int64_t>;
+
+struct Geometry {
+  memory::dims src, weights, dst, strides, pad_lo, pad_hi, dilates;
+  memory::data_type type;
+  int threads;
+};
+
+// A compiled primitive and the kernel layout it wants (oneDNN's choice, usually blocked).
+struct Entry {
+  dnnl::primitive conv;
+  memory::desc kernel_desc;   // what the primitive reads / writes
+  memory::desc plain_kernel;  // HWIO, XLA's layout
+  bool needs_reorder;
+  dnnl::reorder to_kernel_layout;  // plain -> kernel_desc (forward, input gradient)
+  dnnl::reorder to_plain_layout;   // kernel_desc -> plain (kernel gradient)
+};
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+dnnl::stream& Stream() {
+  // Execution is synchronous on oneDNN's OpenMP runtime; one stream per calling thread
+  // keeps concurrent XLA threads (batch slices) independent.
+  thread_local dnnl::stream stream(Engine());
+  return stream;
+}
+
+dnnl::convolution_forward::primitive_desc ForwardHint(const Geometry& g) {
+  auto act = [&](const memory::dims& d) { return memory::desc(d, g.type, tag::nhwc); };
+  memory::desc any_kernel(g.weights, g.type, tag::any);
+  dnnl::convolution_forward::desc desc(
+      dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, act(g.src),
+      any_kernel, act(g.dst), g.strides, g.dilates, g.pad_lo, g.pad_hi);
+  return dnnl::convolution_forward::primitive_desc(desc, Engine());
+}
+
+std::shared_ptr<Entry> Build(Kind kind, const Geometry& g) {
+  auto act = [&](const memory::dims& d) { return memory::desc(d, g.type, tag::nhwc); };
+  memory::desc any_kernel(g.weights, g.type, tag::any);
+  auto hint = ForwardHint(g);
+  auto entry = std::make_shared<Entry>();
+  entry->plain_kernel = memory::desc(g.weights, g.type, tag::hwio);
+  switch (kind) {
+    case Kind::kForward:
+      entry->conv = dnnl::convolution_forward(hint);
+      entry->kernel_desc = hint.weights_desc();
+      break;
+    case Kind::kInputGrad: {
+      dnnl::convolution_backward_data::desc desc(dnnl::algorithm::convolution_direct,
+                                                 act(g.src), any_kernel, act(g.dst), g.strides,
+                                                 g.dilates, g.pad_lo, g.pad_hi);
+      dnnl::convolution_backward_data::primitive_desc pd(desc, Engine(), hint);
+      entry->conv = dnnl::convolution_backward_data(pd);
+      entry->kernel_desc = pd.weights_desc();
+      break;
+    }
+    case Kind::kKernelGrad: {
+      dnnl::convolution_backward_weights::desc desc(dnnl::algorithm::convolution_direct,
+                                                    act(g.src), any_kernel, act(g.dst),
+                                                    g.strides, g.dilates, g.pad_lo, g.pad_hi);
+      dnnl::convolution_backward_weights::primitive_desc pd(desc, Engine(), hint);
+      entry->conv = dnnl::convolution_backward_weights(pd);
+      entry->kernel_desc = pd.diff_weights_desc();
+      break;
+    }
+  }
+  entry->needs_reorder = entry->kernel_desc != entry->plain_kernel;
+  if (entry->needs_reorder) {
+    if (kind == Kind::kKernelGrad) {
+      entry->to_plain_layout = dnnl::reorder(
+          dnnl::reorder::primitive_desc(Engine(), entry->kernel_desc, Engine(),
+                                        entry->plain_kernel));
+    } else {
+      entry->to_kernel_layout = dnnl::reorder(
+          dnnl::reorder::primitive_desc(Engine(), entry->plain_kernel, Engine(),
+                                        entry->kernel_desc));
+    }
+  }
+  return entry;
+}
+
+std::shared_ptr<Entry> Lookup(Kind kind, const Geometry& g) {
+  Key key = {static_cast<int64_t>(kind), static_cast<int64_t>(g.type), g.threads};
+  for (const auto* part :
+       {&g.src, &g.weights, &g.dst, &g.strides, &g.pad_lo, &g.pad_hi, &g.dilates}) {
+    key.insert(key.end(), part->begin(), part->end());
+  }
+  static std::mutex mutex;
+  static std::map<Key, std::shared_ptr<Entry>> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto found = cache.find(key);
+  if (found != cache.end()) return found->second;
+  auto entry = Build(kind, g);
+  cache.emplace(key, entry);
+  return entry;
+}
+
+// NHWC shape (N, H, W, C) -> oneDNN's logical (N, C, H, W); HWIO -> (O, I, H, W).
+memory::dims ActivationDims(ffi::AnyBuffer::Dimensions d) { return {d[0], d[3], d[1], d[2]}; }
+memory::dims KernelDims(ffi::AnyBuffer::Dimensions d) { return {d[3], d[2], d[0], d[1]}; }
+
+ffi::Error Run(Kind kind, ffi::AnyBuffer src, ffi::AnyBuffer kernel, ffi::AnyBuffer dst,
+               ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
+               ffi::Span<const int64_t> dilation) {
+  auto type = src.element_type();
+  if (type != kernel.element_type() || type != dst.element_type()) {
+    return ffi::Error::InvalidArgument("jaxcnn oneDNN conv: operands differ in element type");
+  }
+  if (type != ffi::DataType::F32 && type != ffi::DataType::BF16) {
+    return ffi::Error::InvalidArgument("jaxcnn oneDNN conv: only float32 and bfloat16");
+  }
+  if (src.dimensions().size() != 4 || kernel.dimensions().size() != 4 ||
+      dst.dimensions().size() != 4 || strides.size() != 2 || padding.size() != 4 ||
+      dilation.size() != 2) {
+    return ffi::Error::InvalidArgument("jaxcnn oneDNN conv: expects a 2-D NHWC/HWIO conv");
+  }
+  Geometry g;
+  g.type = type == ffi::DataType::F32 ? memory::data_type::f32 : memory::data_type::bf16;
+  g.src = ActivationDims(src.dimensions());
+  g.weights = KernelDims(kernel.dimensions());
+  g.dst = ActivationDims(dst.dimensions());
+  g.strides = {strides[0], strides[1]};
+  g.pad_lo = {padding[0], padding[2]};
+  g.pad_hi = {padding[1], padding[3]};
+  // oneDNN counts dilation from 0 (no dilation), XLA from 1.
+  g.dilates = {dilation[0] - 1, dilation[1] - 1};
+  InFlight team;
+  g.threads = team.threads;
+  try {
+    auto entry = Lookup(kind, g);
+    auto& engine = Engine();
+    auto& stream = Stream();
+    auto act = [&](const memory::dims& d, void* data) {
+      return memory(memory::desc(d, g.type, tag::nhwc), engine, data);
+    };
+    memory src_mem = act(g.src, src.untyped_data());
+    memory dst_mem = act(g.dst, dst.untyped_data());
+    memory plain(entry->plain_kernel, engine, kernel.untyped_data());
+    memory blocked = entry->needs_reorder ? memory(entry->kernel_desc, engine) : plain;
+    switch (kind) {
+      case Kind::kForward:
+        if (entry->needs_reorder) entry->to_kernel_layout.execute(stream, plain, blocked);
+        entry->conv.execute(stream, {{DNNL_ARG_SRC, src_mem},
+                                     {DNNL_ARG_WEIGHTS, blocked},
+                                     {DNNL_ARG_DST, dst_mem}});
+        break;
+      case Kind::kInputGrad:
+        if (entry->needs_reorder) entry->to_kernel_layout.execute(stream, plain, blocked);
+        entry->conv.execute(stream, {{DNNL_ARG_DIFF_SRC, src_mem},
+                                     {DNNL_ARG_WEIGHTS, blocked},
+                                     {DNNL_ARG_DIFF_DST, dst_mem}});
+        break;
+      case Kind::kKernelGrad:
+        entry->conv.execute(stream, {{DNNL_ARG_SRC, src_mem},
+                                     {DNNL_ARG_DIFF_WEIGHTS, blocked},
+                                     {DNNL_ARG_DIFF_DST, dst_mem}});
+        if (entry->needs_reorder) entry->to_plain_layout.execute(stream, blocked, plain);
+        break;
+    }
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("jaxcnn oneDNN conv: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::Result<ffi::AnyBuffer> y,
+                   ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
+                   ffi::Span<const int64_t> dilation) {
+  return Run(Kind::kForward, x, kernel, *y, strides, padding, dilation);
+}
+
+ffi::Error InputGrad(ffi::AnyBuffer dy, ffi::AnyBuffer kernel, ffi::Result<ffi::AnyBuffer> dx,
+                     ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
+                     ffi::Span<const int64_t> dilation) {
+  return Run(Kind::kInputGrad, *dx, kernel, dy, strides, padding, dilation);
+}
+
+ffi::Error KernelGrad(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dkernel,
+                      ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
+                      ffi::Span<const int64_t> dilation) {
+  return Run(Kind::kKernelGrad, x, *dkernel, dy, strides, padding, dilation);
+}
+
+}  // namespace
+
+#define JAXCNN_CONV_BINDING                                 \
+  ffi::Ffi::Bind()                                          \
+      .Arg<ffi::AnyBuffer>()                                \
+      .Arg<ffi::AnyBuffer>()                                \
+      .Ret<ffi::AnyBuffer>()                                \
+      .Attr<ffi::Span<const int64_t>>("window_strides")     \
+      .Attr<ffi::Span<const int64_t>>("padding")            \
+      .Attr<ffi::Span<const int64_t>>("rhs_dilation")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnConvForward, Forward, JAXCNN_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnConvInputGrad, InputGrad,
+                              JAXCNN_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnConvKernelGrad, KernelGrad,
+                              JAXCNN_CONV_BINDING);

@@ -1,0 +1,208 @@
+"""oneDNN convolutions through XLA's FFI equal lax's, and the backend switch routes right.
+
+The equality tests need the library (a C++ compiler and oneDNN: ``apt install
+libdnnl-dev``) and skip with the build's reason when it is missing; the switch's
+validation and fallback rules are tested everywhere.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxcnn import conv_backend, onednn
+from jaxcnn.onednn import build
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+needs_onednn = pytest.mark.skipif(
+    not onednn.available(), reason=f"oneDNN unavailable: {onednn.unavailable_reason()}"
+)
+
+
+def normal(seed, shape, dtype=jnp.float32):
+    return jax.random.normal(jax.random.key(seed), shape).astype(dtype)
+
+
+def conv_with(backend, x, kernel, strides, padding, dilation=(1, 1)):
+    """Value and (input, kernel) gradients of sum(conv * probe), traced under ``backend``."""
+
+    def conv(a, b):
+        return conv_backend.conv_general_dilated(
+            a, b, strides, padding, rhs_dilation=dilation, dimension_numbers=NHWC
+        )
+
+    with conv_backend.use_conv_backend(backend):
+        y = jax.jit(conv)(x, kernel)
+        probe = normal(7, y.shape, y.dtype)
+        grads = jax.jit(jax.grad(lambda a, b: jnp.sum(conv(a, b) * probe), (0, 1)))(x, kernel)
+        text = jax.jit(conv).lower(x, kernel).as_text()
+    return y, grads, "jaxcnn_onednn" in text
+
+
+CONFIGS = [
+    # x shape, kernel shape, strides, padding, dilation
+    ((2, 15, 15, 32), (3, 3, 32, 64), (1, 1), "VALID", (1, 1)),  # the CIFAR net's conv2
+    ((2, 8, 8, 4), (3, 3, 4, 6), (2, 1), "SAME", (1, 1)),  # stride per axis, SAME
+    ((3, 10, 11, 2), (3, 3, 2, 4), (2, 3), ((1, 2), (0, 3)), (2, 1)),  # asymmetric + dilation
+    ((1, 7, 9, 3), (3, 2, 3, 5), (1, 1), ((0, 0), (1, 1)), (1, 1)),  # non-square kernel
+    ((2, 6, 6, 8), (1, 1, 8, 3), (1, 1), "VALID", (1, 1)),  # 1x1 kernel
+]
+
+
+@needs_onednn
+@pytest.mark.parametrize("x_shape, k_shape, strides, padding, dilation", CONFIGS)
+def test_float32_value_and_gradients_equal_lax(x_shape, k_shape, strides, padding, dilation):
+    x, kernel = normal(0, x_shape), normal(1, k_shape)
+    y, grads, used = conv_with("onednn", x, kernel, strides, padding, dilation)
+    y_ref, grads_ref, used_ref = conv_with("xla", x, kernel, strides, padding, dilation)
+    assert used and not used_ref
+    assert y.shape == y_ref.shape and y.dtype == y_ref.dtype
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-4)
+    for got, want in zip(grads, grads_ref, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+@needs_onednn
+def test_bfloat16_matches_lax_to_bfloat16_rounding():
+    x, kernel = normal(0, (2, 12, 12, 16), jnp.bfloat16), normal(1, (3, 3, 16, 8), jnp.bfloat16)
+    y, grads, used = conv_with("onednn", x, kernel, (1, 1), "SAME")
+    y_ref, grads_ref, _ = conv_with("xla", x, kernel, (1, 1), "SAME")
+    assert used and y.dtype == jnp.bfloat16
+    # Both accumulate in float32; they differ only in where the bfloat16 rounding falls.
+    # Sums of 144 products of N(0, 1) values are ~12 in size, and a bfloat16 step is 2^-8
+    # of the value, so 0.25 absolute is a few rounding steps.
+    np.testing.assert_allclose(y.astype(jnp.float32), y_ref.astype(jnp.float32), atol=0.25)
+    for got, want in zip(grads, grads_ref, strict=True):
+        scale = float(jnp.abs(want.astype(jnp.float32)).max())
+        np.testing.assert_allclose(
+            got.astype(jnp.float32), want.astype(jnp.float32), atol=0.02 * scale
+        )
+
+
+@needs_onednn
+def test_vmap_runs_per_example_gradients():
+    x, kernel = normal(0, (3, 1, 6, 6, 2)), normal(1, (3, 3, 2, 4))
+
+    def loss(backend):
+        def one(example, k):
+            y = conv_backend.conv_general_dilated(example, k, (1, 1), "VALID",
+                                                  dimension_numbers=NHWC)  # fmt: skip
+            return jnp.sum(y**2)
+
+        with conv_backend.use_conv_backend(backend):
+            return jax.jit(jax.vmap(jax.grad(one, 1), in_axes=(0, None)))(x, kernel)
+
+    np.testing.assert_allclose(loss("onednn"), loss("xla"), rtol=1e-5, atol=1e-4)
+
+
+@needs_onednn
+def test_train_step_of_the_mnist_net_equals_xla():
+    from jaxcnn import models
+
+    model = models.get("mnist_cnn")
+    x, labels = normal(0, (4, 28, 28, 1)), jnp.arange(4) % 10
+    params = model.init(jax.random.key(0), x)["params"]
+
+    def loss(p):
+        logits = model.apply({"params": p}, x)
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+
+    results = {}
+    for backend in ("onednn", "xla"):
+        with conv_backend.use_conv_backend(backend):
+            step = jax.jit(jax.value_and_grad(loss))
+            results[backend] = step(params)
+            results[backend + " hlo"] = step.lower(params).as_text().count("jaxcnn_onednn")
+    assert results["onednn hlo"] >= 2 and results["xla hlo"] == 0
+    (value, grads), (value_ref, grads_ref) = results["onednn"], results["xla"]
+    np.testing.assert_allclose(value, value_ref, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                 grads, grads_ref)  # fmt: skip
+
+
+@needs_onednn
+@pytest.mark.parametrize(
+    "case",
+    ["grouped", "nchw", "lhs_dilation", "negative_padding", "mixed_dtypes", "1d"],
+)
+def test_calls_oneDNN_cannot_take_fall_back_to_lax(case):
+    x, kernel = normal(0, (2, 8, 8, 4)), normal(1, (3, 3, 4, 6))
+    kwargs = {"dimension_numbers": NHWC}
+    padding = "VALID"
+    if case == "grouped":
+        kernel, kwargs["feature_group_count"] = normal(1, (3, 3, 2, 6)), 2
+    elif case == "nchw":
+        x, kwargs["dimension_numbers"] = normal(0, (2, 4, 8, 8)), ("NCHW", "HWIO", "NCHW")
+    elif case == "lhs_dilation":
+        kwargs["lhs_dilation"] = (2, 2)
+    elif case == "negative_padding":
+        padding = ((-1, 0), (0, 0))
+    elif case == "mixed_dtypes":
+        kernel = kernel.astype(jnp.bfloat16)
+        kwargs["preferred_element_type"] = jnp.float32
+    elif case == "1d":
+        x, kernel, kwargs["dimension_numbers"] = normal(0, (2, 8, 4)), normal(1, (3, 4, 6)), None
+
+    def conv(impl):
+        return lambda a, b: impl(a, b, (1,) * (x.ndim - 2), padding, **kwargs)
+
+    with conv_backend.use_conv_backend("onednn"):
+        routed = jax.jit(conv(conv_backend.conv_general_dilated))
+        assert "jaxcnn_onednn" not in routed.lower(x, kernel).as_text()
+        np.testing.assert_allclose(routed(x, kernel), conv(lax.conv_general_dilated)(x, kernel),
+                                   rtol=1e-5, atol=1e-5)  # fmt: skip
+
+
+def test_backend_names_are_validated_with_the_valid_ones(monkeypatch):
+    with pytest.raises(ValueError, match=r"conv_backend='mkl'; valid: auto, xla, onednn"):
+        conv_backend.set_conv_backend("mkl")
+    monkeypatch.setenv("JAXCNN_CONV_BACKEND", "fast")
+    with pytest.raises(ValueError, match=r"JAXCNN_CONV_BACKEND='fast'; valid: auto"):
+        conv_backend.conv_backend()
+    monkeypatch.setenv("JAXCNN_CONV_BACKEND", "XLA")
+    assert conv_backend.conv_backend() == "xla"
+    assert conv_backend.resolved_backend() == "xla"
+
+
+def test_set_and_context_restore_the_previous_choice(monkeypatch):
+    monkeypatch.delenv("JAXCNN_CONV_BACKEND", raising=False)
+    conv_backend.set_conv_backend("xla")
+    try:
+        with conv_backend.use_conv_backend("auto"):
+            assert conv_backend.conv_backend() == "auto"
+        assert conv_backend.conv_backend() == "xla"
+    finally:
+        conv_backend.set_conv_backend(None)
+    assert conv_backend.conv_backend() == "auto"
+
+
+def test_onednn_conv2d_rejects_bad_arguments_by_name():
+    x, kernel = jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 4))
+    with pytest.raises(ValueError, match=r"kernel input channels 3 != x channels 2"):
+        onednn.conv2d(x, jnp.ones((3, 3, 3, 4)), (1, 1), ((0, 0), (0, 0)))
+    with pytest.raises(ValueError, match=r"strides must be two positive ints, got \(0, 1\)"):
+        onednn.conv2d(x, kernel, (0, 1), ((0, 0), (0, 0)))
+    with pytest.raises(ValueError, match=r"padding must be two non-negative"):
+        onednn.conv2d(x, kernel, (1, 1), ((0, -1), (0, 0)))
+    with pytest.raises(ValueError, match=r"does not fit the padded input"):
+        onednn.conv2d(x, jnp.ones((7, 7, 2, 4)), (1, 1), ((0, 0), (0, 0)))
+    with pytest.raises(ValueError, match=r"share a dtype, float32 or bfloat16"):
+        onednn.conv2d(x.astype(jnp.float16), kernel.astype(jnp.float16), (1, 1), ((0, 0),) * 2)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler")
+def test_a_failed_build_says_why_and_leaves_no_library(tmp_path, monkeypatch):
+    broken = tmp_path / "onednn_conv.cc"
+    broken.write_text("#include <oneapi/dnnl/dnnl.hpp>\nint broken( {\n")
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(build, "SOURCE", broken)
+    monkeypatch.setenv("JAXCNN_CACHE_DIR", str(cache))
+    with pytest.raises(build.OnednnUnavailable, match=r"building onednn_conv.cc failed"):
+        build.library_path()
+    assert list(cache.iterdir()) == []  # neither the library nor its partial file
