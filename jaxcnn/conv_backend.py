@@ -4,7 +4,8 @@
 it instead of lax. It sends a call to oneDNN (:mod:`jaxcnn.onednn`) when the backend is
 ``"onednn"`` -- or ``"auto"`` and oneDNN measured faster on this CPU -- and the call is
 one oneDNN runs: 2-D, NHWC input, HWIO kernel, float32 or bfloat16, no input dilation,
-no groups, non-negative padding, tracing for the CPU. Anything else goes to lax.
+no groups, non-negative padding, tracing for a single CPU device (XLA cannot split a
+foreign call over several devices). Anything else goes to lax.
 
 Backends (``set_conv_backend``, the ``use_conv_backend`` context, or the environment
 variable ``JAXCNN_CONV_BACKEND``; read when a function is traced, so set it before jit):
@@ -96,7 +97,10 @@ def resolved_backend() -> str:
 def _onednn_runs(lhs, rhs, padding, lhs_dilation, dimension_numbers, feature_group_count,
                  batch_group_count, preferred_element_type) -> bool:  # fmt: skip
     """Whether oneDNN's binding takes this call exactly as lax would compute it."""
+    # One CPU device only: XLA cannot split a foreign call over several devices' shards.
     if lhs.ndim != 4 or rhs.ndim != 4 or jax.default_backend() != "cpu":
+        return False
+    if jax.device_count() != 1:
         return False
     if lhs.dtype != rhs.dtype or lhs.dtype not in (jax.numpy.float32, jax.numpy.bfloat16):
         return False

@@ -194,8 +194,9 @@ def test_blocks_materialize_their_output_unless_told_not_to(block_cls):
         variables = jax.eval_shape(block.init, RNGS, x)
         return str(jax.make_jaxpr(lambda v: block.apply(v, x))(variables))
 
-    assert "custom_vjp_call" in jaxpr(True)
-    assert "custom_vjp_call" not in jaxpr(False)
+    # Convolutions may be custom VJPs too (jaxcnn.conv_backend): look for materialize's.
+    assert "name=materialize" in jaxpr(True)
+    assert "name=materialize" not in jaxpr(False)
 
 
 @pytest.mark.parametrize("flag", [True, False])
@@ -205,7 +206,7 @@ def test_spec_residual_materialize_reaches_the_blocks(flag):
     x = jnp.ones((1, 4, 4, 4))
     variables = jax.eval_shape(lambda: model.init(RNGS, x))
     jaxpr = str(jax.make_jaxpr(lambda v: model.apply(v, x))(variables))
-    assert ("custom_vjp_call" in jaxpr) is flag
+    assert ("name=materialize" in jaxpr) is flag
 
 
 def test_get_with_config_kwargs_as_the_trainer_calls_it():

@@ -7,6 +7,7 @@ validation and fallback rules are tested everywhere.
 
 from __future__ import annotations
 
+import doctest
 import shutil
 
 import jax
@@ -16,7 +17,7 @@ import pytest
 from jax import lax
 
 from jaxcnn import conv_backend, onednn
-from jaxcnn.onednn import build
+from jaxcnn.onednn import build, ffi_conv
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -129,7 +130,7 @@ def test_train_step_of_the_mnist_net_equals_xla():
 @needs_onednn
 @pytest.mark.parametrize(
     "case",
-    ["grouped", "nchw", "lhs_dilation", "negative_padding", "mixed_dtypes", "1d"],
+    ["grouped", "nchw", "lhs_dilation", "negative_padding", "float32_result_from_bfloat16", "1d"],
 )
 def test_calls_oneDNN_cannot_take_fall_back_to_lax(case):
     x, kernel = normal(0, (2, 8, 8, 4)), normal(1, (3, 3, 4, 6))
@@ -139,15 +140,15 @@ def test_calls_oneDNN_cannot_take_fall_back_to_lax(case):
         kernel, kwargs["feature_group_count"] = normal(1, (3, 3, 2, 6)), 2
     elif case == "nchw":
         x, kwargs["dimension_numbers"] = normal(0, (2, 4, 8, 8)), ("NCHW", "HWIO", "NCHW")
-    elif case == "lhs_dilation":
-        kwargs["lhs_dilation"] = (2, 2)
+    elif case == "lhs_dilation":  # lax takes no padding string with it
+        kwargs["lhs_dilation"], padding = (2, 2), ((0, 0), (0, 0))
     elif case == "negative_padding":
         padding = ((-1, 0), (0, 0))
-    elif case == "mixed_dtypes":
-        kernel = kernel.astype(jnp.bfloat16)
+    elif case == "float32_result_from_bfloat16":
+        x, kernel = x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
         kwargs["preferred_element_type"] = jnp.float32
     elif case == "1d":
-        x, kernel, kwargs["dimension_numbers"] = normal(0, (2, 8, 4)), normal(1, (3, 4, 6)), None
+        x, kernel, kwargs["dimension_numbers"] = normal(0, (2, 4, 8)), normal(1, (6, 4, 3)), None
 
     def conv(impl):
         return lambda a, b: impl(a, b, (1,) * (x.ndim - 2), padding, **kwargs)
@@ -155,7 +156,9 @@ def test_calls_oneDNN_cannot_take_fall_back_to_lax(case):
     with conv_backend.use_conv_backend("onednn"):
         routed = jax.jit(conv(conv_backend.conv_general_dilated))
         assert "jaxcnn_onednn" not in routed.lower(x, kernel).as_text()
-        np.testing.assert_allclose(routed(x, kernel), conv(lax.conv_general_dilated)(x, kernel),
+        got, want = routed(x, kernel), conv(lax.conv_general_dilated)(x, kernel)
+        assert got.dtype == want.dtype
+        np.testing.assert_allclose(got.astype(jnp.float32), want.astype(jnp.float32),
                                    rtol=1e-5, atol=1e-5)  # fmt: skip
 
 
@@ -206,3 +209,10 @@ def test_a_failed_build_says_why_and_leaves_no_library(tmp_path, monkeypatch):
     with pytest.raises(build.OnednnUnavailable, match=r"building onednn_conv.cc failed"):
         build.library_path()
     assert list(cache.iterdir()) == []  # neither the library nor its partial file
+
+
+@needs_onednn
+@pytest.mark.parametrize("module", [ffi_conv, build, conv_backend], ids=lambda m: m.__name__)
+def test_doctests(module):
+    result = doctest.testmod(module)
+    assert result.failed == 0 and result.attempted > 0

@@ -13,10 +13,7 @@ Environment (read at first use):
 * ``CXX``: the compiler (default ``g++``, else ``c++``).
 * ``JAXCNN_CACHE_DIR``: where built libraries are kept.
 
-Examples:
-    >>> reason = unavailable_reason()  # None when the library built and loaded
-    >>> reason is None or isinstance(reason, str)
-    True
+:func:`unavailable_reason` says why the library cannot be used here (None when it can).
 """
 
 from __future__ import annotations
