@@ -3,7 +3,8 @@
 The rooms (see the README): ``jaxcnn.shapes`` (pure-Python output-size
 calculator), ``jaxcnn.layers`` and ``jaxcnn.models`` (Flax Linen modules that
 assert the calculator's shapes), ``jaxcnn.summary``, ``jaxcnn.kernels``,
-``jaxcnn.data``, ``jaxcnn.train``, ``jaxcnn.viz`` and ``jaxcnn.testing``.
+``jaxcnn.data``, ``jaxcnn.train``, ``jaxcnn.viz`` and ``jaxcnn.testing``;
+``jaxcnn.conv_backend`` and ``jaxcnn.onednn`` pick who runs the convolutions on CPU.
 
 Sub-modules are imported lazily, so ``import jaxcnn`` (and the ``shapes``
 calculator) does not import JAX.
@@ -27,6 +28,8 @@ _SUBMODULES = (
     "report",
     "testing",
     "cli",
+    "conv_backend",
+    "onednn",
 )
 
 

@@ -216,3 +216,17 @@ def test_a_failed_build_says_why_and_leaves_no_library(tmp_path, monkeypatch):
 def test_doctests(module):
     result = doctest.testmod(module)
     assert result.failed == 0 and result.attempted > 0
+
+
+@needs_onednn
+def test_forward_mode_raises_under_onednn_and_works_under_xla():
+    x, kernel = normal(0, (1, 5, 5, 2)), normal(1, (3, 3, 2, 3))
+
+    def conv(k):
+        return conv_backend.conv_general_dilated(x, k, (1, 1), "VALID", dimension_numbers=NHWC)
+
+    with conv_backend.use_conv_backend("onednn"), pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(conv, (kernel,), (kernel,))
+    with conv_backend.use_conv_backend("xla"):
+        _, tangent = jax.jvp(conv, (kernel,), (kernel,))
+    np.testing.assert_allclose(tangent, conv(kernel), rtol=1e-5, atol=1e-5)  # linear in k

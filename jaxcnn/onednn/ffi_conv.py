@@ -65,26 +65,16 @@ def _forward_rule(x, kernel, strides, padding, dilation):
 
 def _backward_rule(strides, padding, dilation, residuals, dy):
     x, kernel = residuals
+    geometry = (strides, padding, dilation)
     dy = dy.astype(x.dtype)
-    dx = _call(
-        "jaxcnn_onednn_conv_input_grad",
-        jax.ShapeDtypeStruct(x.shape, x.dtype),
-        dy,
-        kernel,
-        strides,
-        padding,
-        dilation,
-    )
-    dkernel = _call(
-        "jaxcnn_onednn_conv_kernel_grad",
-        jax.ShapeDtypeStruct(kernel.shape, kernel.dtype),
-        x,
-        dy,
-        strides,
-        padding,
-        dilation,
-    )
+    # d(loss)/dx: oneDNN's backward-data; d(loss)/dkernel: its backward-weights.
+    dx = _call("jaxcnn_onednn_conv_input_grad", _like(x), dy, kernel, *geometry)
+    dkernel = _call("jaxcnn_onednn_conv_kernel_grad", _like(kernel), x, dy, *geometry)
     return dx, dkernel
+
+
+def _like(array) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(array.shape, array.dtype)
 
 
 _conv.defvjp(_forward_rule, _backward_rule)
