@@ -11,7 +11,7 @@ Backends (``set_conv_backend``, the ``use_conv_backend`` context, or the environ
 variable ``JAXCNN_CONV_BACKEND``; read when a function is traced, so set it before jit):
 
 * ``"auto"`` (default): oneDNN on Intel CPUs when its library builds here, else XLA.
-  On the Intel Xeon of ``docs/perf_notes.md`` (session 9) oneDNN made the teaching nets'
+  On the Intel Xeon of ``docs/perf_notes.md`` (items 23-26) oneDNN made the teaching nets'
   train step faster; on AMD CPUs it is not measured, so XLA stays there.
 * ``"xla"``: always ``lax.conv_general_dilated``.
 * ``"onednn"``: oneDNN wherever the call allows; raises if the library is unavailable.

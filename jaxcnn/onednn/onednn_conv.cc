@@ -1,10 +1,10 @@
 // oneDNN's 2-D convolution as three XLA FFI handlers: forward, input gradient, weight
-// gradient. jaxcnn/onednn/conv.py builds this file on first use and calls it from jit.
+// gradient. jaxcnn/onednn/build.py compiles this file on first use; ffi_conv.py calls it.
 //
 // Why: XLA:CPU (jaxlib 0.10) runs its own convolutions and copies activations into a
 // batch-minor layout for each weight gradient; oneDNN's convolutions (the ones TensorFlow
 // and PyTorch use on CPU) read the row-major NHWC buffers as they are and run the AVX-512
-// and AMX kernels. Measurements: docs/perf_notes.md, session 9.
+// and AMX kernels. Measurements: docs/perf_notes.md, items 23-26.
 //
 // Layouts are XLA's defaults: activations NHWC, kernels HWIO, both row-major. Only the
 // small kernel is copied into oneDNN's blocked layout (and its gradient back), per call.
