@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from jaxcnn import shapes
 from jaxcnn.onednn import build
 
 Pairs = tuple[tuple[int, int], ...]
@@ -37,18 +38,16 @@ def _call(target: str, out: jax.ShapeDtypeStruct, a, b, strides, padding, dilati
 
 
 def output_shape(x_shape, kernel_shape, strides, padding, dilation) -> tuple[int, ...]:
-    """NHWC output shape: ``floor((n + lo + hi - ((k - 1) * d + 1)) / s) + 1`` per axis.
+    """NHWC output shape, by :func:`jaxcnn.shapes.conv_output_shape` on the two spatial axes.
+
+    Raises:
+      ValueError: the (dilated) kernel does not fit the padded input.
 
     Examples:
         >>> output_shape((2, 32, 32, 3), (3, 3, 3, 8), (1, 1), ((0, 0), (0, 0)), (1, 1))
         (2, 30, 30, 8)
     """
-    spatial = [
-        (n + lo + hi - ((k - 1) * d + 1)) // s + 1
-        for n, k, s, (lo, hi), d in zip(
-            x_shape[1:3], kernel_shape[:2], strides, padding, dilation, strict=True
-        )
-    ]
+    spatial = shapes.conv_output_shape(x_shape[1:3], kernel_shape[:2], strides, padding, dilation)
     return (x_shape[0], *spatial, kernel_shape[3])
 
 
@@ -124,10 +123,11 @@ def conv2d(
         raise ValueError(f"dilation must be two positive ints, got {dilation}")
     if len(padding) != 2 or min(min(p) for p in padding) < 0:
         raise ValueError(f"padding must be two non-negative (low, high) pairs, got {padding}")
-    shape = output_shape(x.shape, kernel.shape, strides, padding, dilation)
-    if min(shape[1:3]) < 1:
+    try:
+        output_shape(x.shape, kernel.shape, strides, padding, dilation)
+    except ValueError as err:
         raise ValueError(
             f"the kernel {kernel.shape[:2]} (dilation {dilation}) does not fit the padded "
-            f"input {x.shape[1:3]} + {padding}"
-        )
+            f"input {x.shape[1:3]} + {padding}: {err}"
+        ) from err
     return _conv(x, kernel, strides, padding, dilation)

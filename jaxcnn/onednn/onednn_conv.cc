@@ -13,7 +13,6 @@
 #include <omp.h>
 #include <oneapi/dnnl/dnnl.hpp>
 
-#include <array>
 #include <atomic>
 #include <cstdint>
 #include <map>
@@ -83,18 +82,24 @@ dnnl::stream& Stream() {
   return stream;
 }
 
+// XLA's row-major NHWC activations, as oneDNN sees them.
+memory::desc Nhwc(const memory::dims& dims, memory::data_type type) {
+  return memory::desc(dims, type, tag::nhwc);
+}
+
+// The kernel in whatever layout oneDNN prefers for these shapes.
+memory::desc AnyKernel(const Geometry& g) { return memory::desc(g.weights, g.type, tag::any); }
+
 dnnl::convolution_forward::primitive_desc ForwardHint(const Geometry& g) {
-  auto act = [&](const memory::dims& d) { return memory::desc(d, g.type, tag::nhwc); };
-  memory::desc any_kernel(g.weights, g.type, tag::any);
   dnnl::convolution_forward::desc desc(
-      dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, act(g.src),
-      any_kernel, act(g.dst), g.strides, g.dilates, g.pad_lo, g.pad_hi);
+      dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+      Nhwc(g.src, g.type), AnyKernel(g), Nhwc(g.dst, g.type), g.strides, g.dilates,
+      g.pad_lo, g.pad_hi);
   return dnnl::convolution_forward::primitive_desc(desc, Engine());
 }
 
 std::shared_ptr<Entry> Build(Kind kind, const Geometry& g) {
-  auto act = [&](const memory::dims& d) { return memory::desc(d, g.type, tag::nhwc); };
-  memory::desc any_kernel(g.weights, g.type, tag::any);
+  auto src = Nhwc(g.src, g.type), dst = Nhwc(g.dst, g.type), any_kernel = AnyKernel(g);
   auto hint = ForwardHint(g);
   auto entry = std::make_shared<Entry>();
   entry->plain_kernel = memory::desc(g.weights, g.type, tag::hwio);
@@ -104,18 +109,18 @@ std::shared_ptr<Entry> Build(Kind kind, const Geometry& g) {
       entry->kernel_desc = hint.weights_desc();
       break;
     case Kind::kInputGrad: {
-      dnnl::convolution_backward_data::desc desc(dnnl::algorithm::convolution_direct,
-                                                 act(g.src), any_kernel, act(g.dst), g.strides,
-                                                 g.dilates, g.pad_lo, g.pad_hi);
+      dnnl::convolution_backward_data::desc desc(dnnl::algorithm::convolution_direct, src,
+                                                 any_kernel, dst, g.strides, g.dilates,
+                                                 g.pad_lo, g.pad_hi);
       dnnl::convolution_backward_data::primitive_desc pd(desc, Engine(), hint);
       entry->conv = dnnl::convolution_backward_data(pd);
       entry->kernel_desc = pd.weights_desc();
       break;
     }
     case Kind::kKernelGrad: {
-      dnnl::convolution_backward_weights::desc desc(dnnl::algorithm::convolution_direct,
-                                                    act(g.src), any_kernel, act(g.dst),
-                                                    g.strides, g.dilates, g.pad_lo, g.pad_hi);
+      dnnl::convolution_backward_weights::desc desc(dnnl::algorithm::convolution_direct, src,
+                                                    any_kernel, dst, g.strides, g.dilates,
+                                                    g.pad_lo, g.pad_hi);
       dnnl::convolution_backward_weights::primitive_desc pd(desc, Engine(), hint);
       entry->conv = dnnl::convolution_backward_weights(pd);
       entry->kernel_desc = pd.diff_weights_desc();
@@ -188,11 +193,8 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer src, ffi::AnyBuffer kernel, ffi::AnyBuf
     auto entry = Lookup(kind, g);
     auto& engine = Engine();
     auto& stream = Stream();
-    auto act = [&](const memory::dims& d, void* data) {
-      return memory(memory::desc(d, g.type, tag::nhwc), engine, data);
-    };
-    memory src_mem = act(g.src, src.untyped_data());
-    memory dst_mem = act(g.dst, dst.untyped_data());
+    memory src_mem(Nhwc(g.src, g.type), engine, src.untyped_data());
+    memory dst_mem(Nhwc(g.dst, g.type), engine, dst.untyped_data());
     memory plain(entry->plain_kernel, engine, kernel.untyped_data());
     memory blocked = entry->needs_reorder ? memory(entry->kernel_desc, engine) : plain;
     switch (kind) {
