@@ -48,6 +48,9 @@ def get_config():
     config.schedule.name = "onecycle"
     config.schedule.pct_start = 0.2
     config.label_smoothing = 0.2
+    config.whitening.layer = "whiten"
+    config.ema_decay = 0.99
+    config.eval_tta = "flip_translate"
     config.augment.crop_padding = 2
     config.augment.flip = True
     config.log_every_steps = 20

@@ -4,6 +4,7 @@ Examples::
 
     jaxcnn evaluate --workdir runs/digits                 # best checkpoint, test split
     jaxcnn evaluate --workdir runs/digits --checkpoint latest --split validation
+    jaxcnn evaluate --workdir runs/cifar_fast --tta none  # without test-time augmentation
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--split", default="test", choices=("test", "validation", "train"))
     parser.add_argument("--batch-size", type=int, default=0, help="0: the config's eval size")
+    parser.add_argument(
+        "--tta",
+        choices=("none", "flip", "translate", "flip_translate"),
+        default=None,
+        help="test-time augmentation (default: the run's config.eval_tta)",
+    )
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON only")
     return parser
 
@@ -40,11 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"jaxcnn evaluate: error: {error}", file=sys.stderr)
         return 1
-    report = evaluate_restored(restored, args.split, args.batch_size)
+    report = evaluate_restored(restored, args.split, args.batch_size, tta=args.tta)
     if args.json:
         print(json.dumps(report.metrics))
         return 0
     print(f"checkpoint: {restored.checkpoint_path} (epoch {restored.epoch}, step {restored.step})")
+    print(f"test-time augmentation: {report.tta}")
     for name, value in report.metrics.items():
         print(f"{name}: {value:.4f}")
     print(f"confusion matrix ({args.split}, rows: true class, columns: predicted):")

@@ -147,7 +147,14 @@ def main(argv: list[str] | None = None) -> int:
         if report is not None:
             report_path = report.write_report(workdir)
     accuracy = result.test_metrics["test_accuracy"]
-    print(f"test accuracy: {accuracy:.4f}")
+    single_view = result.test_metrics.get("test_accuracy_without_tta")
+    if single_view is None:
+        print(f"test accuracy: {accuracy:.4f}")
+    else:
+        print(
+            f"test accuracy: {accuracy:.4f} (test-time augmentation {config.eval_tta}; "
+            f"{single_view:.4f} without)"
+        )
     print(f"checkpoint: {result.checkpoint_dir}")
     print(f"log: {result.metrics_path}")
     print(f"results: {result.results_path}")

@@ -16,6 +16,7 @@ from typing import Any
 import ml_collections
 
 from jaxcnn.data.augment import DEFAULTS as augment_defaults
+from jaxcnn.train.tta import TTA_MODES
 
 DTYPES = ("float32", "bfloat16")
 EARLY_STOPPING_METRICS = ("val_loss", "val_accuracy", "val_top5", "train_loss", "train_accuracy")
@@ -58,6 +59,9 @@ def base_config() -> ml_collections.ConfigDict:
                 "b1": 0.9,
                 "b2": 0.999,
                 "eps": 1e-8,
+                # Parameters kept at their initial values: layer names, paths
+                # ("conv1/kernel") or globs ("whiten/*kernel"); see jaxcnn.train.optim.
+                "frozen": [],
             },
             "schedule": {
                 "name": "constant",
@@ -70,6 +74,15 @@ def base_config() -> ml_collections.ConfigDict:
                 "final_div_factor": 1e4,
             },
             "label_smoothing": 0.0,
+            # Set the first conv from the training images' patch covariance
+            # (jaxcnn.train.whitening); layer "" = off.
+            "whitening": {"layer": "", "num_images": 5000, "eps": 5e-4, "freeze": True},
+            # Evaluate a moving average of the weights (jaxcnn.train.state); 0 = off.
+            "ema_decay": 0.0,
+            # Test-time augmentation of the final test, `jaxcnn evaluate` and `predict`
+            # (none, flip, translate, flip_translate); per-epoch validation sees each
+            # image once.
+            "eval_tta": "none",
             "augment": dict(AUGMENT_OFF),
             "dtype": "float32",  # computation dtype; parameters stay float32
             "checkpoint": {"keep": 3, "best_metric": "val_accuracy"},
@@ -164,6 +177,26 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
         "an integer >= 0 (0 = off)",
     )
     _require(stopping.min_delta >= 0, "early_stopping.min_delta", stopping.min_delta, ">= 0")
+    _require(0.0 <= config.ema_decay < 1.0, "ema_decay", config.ema_decay, "in [0, 1); 0 = off")
+    _require(config.eval_tta in TTA_MODES, "eval_tta", config.eval_tta, f"one of {TTA_MODES}")
+    whitening = config.whitening
+    _require(
+        isinstance(whitening.layer, str), "whitening.layer", whitening.layer, "a layer name or ''"
+    )
+    _require(
+        isinstance(whitening.num_images, int) and whitening.num_images > 0,
+        "whitening.num_images",
+        whitening.num_images,
+        "a positive integer",
+    )
+    _require(whitening.eps > 0, "whitening.eps", whitening.eps, "a positive number")
+    frozen = config.optimizer.frozen
+    _require(
+        isinstance(frozen, list | tuple) and all(isinstance(p, str) and p for p in frozen),
+        "optimizer.frozen",
+        frozen,
+        "a list of parameter paths or globs, e.g. ['conv1'] or ['whiten/*kernel']",
+    )
     unknown = set(config.augment) - set(AUGMENT_OFF)
     _require(not unknown, "augment", sorted(unknown), f"keys among {sorted(AUGMENT_OFF)}")
     return config

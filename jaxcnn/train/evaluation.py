@@ -43,6 +43,7 @@ class Evaluator:
       batch_size: evaluation batch size (divisible by the device count).
       top5: also compute top-5 accuracy.
       confusion_classes: > 0 to also accumulate a confusion matrix of that size.
+      tta: test-time augmentation (``jaxcnn.train.tta.TTA_MODES``).
 
     Examples:
       >>> # evaluator = Evaluator(model, mean, std, mesh=mesh, batch_size=500)
@@ -59,6 +60,7 @@ class Evaluator:
         batch_size: int,
         top5: bool = False,
         confusion_classes: int = 0,
+        tta: str = "none",
     ):
         sharding_lib.check_batch_size(batch_size, mesh, "eval_batch_size")
         self.mesh = mesh
@@ -68,7 +70,7 @@ class Evaluator:
         if confusion_classes:
             self._zeros["confusion"] = np.zeros((confusion_classes,) * 2, np.float32)
         eval_step = make_eval_step(
-            model, mean=mean, std=std, top5=top5, num_classes=confusion_classes
+            model, mean=mean, std=std, top5=top5, num_classes=confusion_classes, tta=tta
         )
         step = gathering_eval_step(eval_step, sharding_lib.batch_sharded(mesh))
         self._step = jax.jit(step, out_shardings=self._replicated, donate_argnums=1)
@@ -111,6 +113,7 @@ class EvaluationReport:
     metrics: dict[str, float]
     confusion: np.ndarray  # (C, C) int64, rows = true class, columns = predicted
     class_names: tuple[str, ...]
+    tta: str = "none"  # the test-time augmentation it was measured with
 
     def format_confusion(self) -> str:
         """The confusion matrix as an aligned text table (rows true, columns predicted).
@@ -131,13 +134,17 @@ class EvaluationReport:
         return "\n".join(lines)
 
 
-def evaluate_restored(restored: Any, split: str = "test", batch_size: int = 0) -> EvaluationReport:
+def evaluate_restored(
+    restored: Any, split: str = "test", batch_size: int = 0, tta: str | None = None
+) -> EvaluationReport:
     """Evaluate a :class:`~jaxcnn.train.restore.Restored` model on a split of its dataset.
 
     Args:
       restored: from ``jaxcnn.train.restore(workdir, which)``.
       split: ``"test"``, ``"validation"`` (the held-out part, or test when none) or ``"train"``.
       batch_size: evaluation batch size; 0 uses the config's ``eval_batch_size``.
+      tta: test-time augmentation (``jaxcnn.train.tta.TTA_MODES``); ``None`` uses the
+        run's ``config.eval_tta``, as its validation and test figures did.
 
     Returns:
       An :class:`EvaluationReport` (loss, accuracy, top-5 and the confusion matrix).
@@ -149,6 +156,7 @@ def evaluate_restored(restored: Any, split: str = "test", batch_size: int = 0) -
         raise ValueError(f"split must be 'test', 'validation' or 'train'; got {split!r}")
     training_data = load_training_data(restored.config)
     arrays = getattr(training_data, split)
+    tta = tta or str(restored.config.get("eval_tta", "none"))
     mesh = sharding_lib.make_mesh()
     batch_size = batch_size or int(restored.config.eval_batch_size)
     batch_size = -(-batch_size // mesh.size) * mesh.size  # a multiple of the device count
@@ -161,6 +169,7 @@ def evaluate_restored(restored: Any, split: str = "test", batch_size: int = 0) -
         batch_size=batch_size,
         top5=num_classes > 5,
         confusion_classes=num_classes,
+        tta=tta,
     )
     variables = sharding_lib.put_global(restored.variables, sharding_lib.replicated(mesh))
     sums = evaluator.evaluate_sums(variables, evaluator.place(arrays.images, arrays.labels))
@@ -170,4 +179,5 @@ def evaluate_restored(restored: Any, split: str = "test", batch_size: int = 0) -
         metrics=finalize_metrics(sums, f"{split}_"),
         confusion=confusion,
         class_names=restored.class_names,
+        tta=tta,
     )

@@ -320,6 +320,22 @@ def _finish(run: TrainingSession, evaluator: Evaluator, stopped: str) -> FitResu
     if stopped != "interrupted":
         test = evaluator.place(run.data.test.images, run.data.test.labels)
         test_metrics = finalize_metrics(evaluator.evaluate_sums(run.state, test), "test_")
+        tta = run.config.eval_tta
+        if tta != "none":
+            # Per-epoch validation sees each image once (the views would cost every epoch);
+            # the final test uses the views, and keeps the single-view figure beside it.
+            single_view = test_metrics["test_accuracy"]
+            augmented = Evaluator(
+                run.model,
+                run.data.mean,
+                run.data.std,
+                mesh=run.mesh,
+                batch_size=run.config.eval_batch_size,
+                top5=run.top5,
+                tta=tta,
+            )
+            test_metrics = finalize_metrics(augmented.evaluate_sums(run.state, test), "test_")
+            test_metrics["test_accuracy_without_tta"] = single_view
         run.log.rewrite(
             run.history
             + [

@@ -7,7 +7,7 @@ Config shape (both are ``ml_collections.ConfigDict`` or plain mappings)::
 
     optimizer = {"name": "sgd", "learning_rate": 0.1, "momentum": 0.9, "nesterov": True,
                  "weight_decay": 5e-4, "grad_clip_norm": 0.0, "b1": 0.9, "b2": 0.999,
-                 "eps": 1e-8}
+                 "eps": 1e-8, "frozen": ["whiten/*kernel"]}
     schedule = {"name": "warmup_cosine", "warmup_epochs": 1.0, "end_factor": 0.0,
                 "boundaries_epochs": [], "factors": [], "pct_start": 0.25,
                 "div_factor": 25.0, "final_div_factor": 1e4}
@@ -15,7 +15,8 @@ Config shape (both are ``ml_collections.ConfigDict`` or plain mappings)::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import fnmatch
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -133,6 +134,48 @@ def weight_decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map(lambda leaf: leaf.ndim > 1, params)
 
 
+def parameter_path(path: Sequence[Any]) -> str:
+    """A ``tree_flatten_with_path`` key path as ``"layer/sublayer/kernel"``."""
+    return "/".join(str(getattr(key, "key", getattr(key, "idx", key))) for key in path)
+
+
+def is_frozen(path: str, patterns: Sequence[str]) -> bool:
+    """Whether the parameter at ``path`` matches one of ``patterns``.
+
+    A pattern matches the parameter itself, everything under a layer it names, or
+    any path it matches as an ``fnmatch`` glob (``*`` also crosses ``/``).
+
+    Examples:
+      >>> is_frozen("conv1/kernel", ["conv1"]), is_frozen("conv10/kernel", ["conv1"])
+      (True, False)
+      >>> is_frozen("whiten/conv/kernel", ["whiten/*kernel"])
+      True
+    """
+    return any(
+        path == pattern or path.startswith(pattern + "/") or fnmatch.fnmatchcase(path, pattern)
+        for pattern in patterns
+    )
+
+
+def frozen_mask(patterns: Sequence[str]) -> Callable[[Any], Any]:
+    """``params -> tree of bools``: True for parameters :func:`is_frozen` by ``patterns``."""
+    patterns = tuple(patterns)
+    return lambda params: jax.tree_util.tree_map_with_path(
+        lambda path, _: is_frozen(parameter_path(path), patterns), params
+    )
+
+
+def unmatched_patterns(params: Any, patterns: Sequence[str]) -> list[str]:
+    """The patterns that match no parameter of ``params`` (most likely typos).
+
+    Examples:
+      >>> unmatched_patterns({"conv1": {"kernel": 0, "bias": 0}}, ["conv1/bias", "conv2"])
+      ['conv2']
+    """
+    paths = [parameter_path(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    return [p for p in patterns if not any(is_frozen(path, [p]) for path in paths)]
+
+
 def build_optimizer(optimizer: Mapping, schedule: optax.Schedule) -> optax.GradientTransformation:
     """An optax transformation from the config: optimiser, weight decay, clipping.
 
@@ -141,7 +184,9 @@ def build_optimizer(optimizer: Mapping, schedule: optax.Schedule) -> optax.Gradi
         "nesterov", "weight_decay", "grad_clip_norm", "b1", "b2", "eps"}``.
         ``weight_decay`` is decoupled for adamw/lamb/lion/lars and classic L2 (added to
         the gradient) for the others; it never touches biases or norm scales.
-        ``grad_clip_norm > 0`` clips the global gradient norm first.
+        ``grad_clip_norm > 0`` clips the global gradient norm first. ``frozen``: paths
+        of parameters that keep their initial values (:func:`is_frozen`; like Keras'
+        ``layer.trainable = False``), e.g. ``["conv1"]`` or ``["whiten/*kernel"]``.
       schedule: the learning rate as a function of the step.
 
     Returns:
@@ -200,4 +245,8 @@ def build_optimizer(optimizer: Mapping, schedule: optax.Schedule) -> optax.Gradi
     if name in _COUPLED and weight_decay > 0:
         parts.append(optax.add_decayed_weights(weight_decay, mask=weight_decay_mask))
     parts.append(builders[name]())
+    frozen = list(_get(optimizer, "frozen", []))
+    if frozen:
+        # Last in the chain: weight decay and momentum must not move these either.
+        parts.append(optax.freeze(frozen_mask(frozen)))
     return optax.chain(*parts)

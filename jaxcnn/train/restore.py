@@ -18,6 +18,7 @@ from jaxcnn.train.config import load_config_json
 from jaxcnn.train.losses import zeros_like_metrics
 from jaxcnn.train.state import abstract_train_state
 from jaxcnn.train.steps import preprocess
+from jaxcnn.train.tta import TTA_MODES, tta_logits
 
 
 @dataclasses.dataclass
@@ -26,7 +27,8 @@ class Restored:
 
     Attributes:
       model: the Linen module.
-      variables: ``{'params': ..., 'batch_stats': ...}`` (no batch_stats key without BN).
+      variables: ``{'params': ..., 'batch_stats': ...}`` (no batch_stats key without BN);
+        the params are the moving average when the run kept one (``config.ema_decay``).
       config: the training config (from ``WORKDIR/config.json``).
       norm_mean, norm_std: the training split's per-channel stats ([0, 1] units).
       class_names: class names in label order.
@@ -49,19 +51,32 @@ class Restored:
     checkpoint_path: Path
 
     def __post_init__(self):
-        model, mean, std = self.model, self.norm_mean, self.norm_std
-        self._apply = jax.jit(
-            lambda variables, images: model.apply(
-                variables, preprocess(images, mean, std), train=False
-            )
-        )
+        self._applies: dict[str, Any] = {}
 
-    def predict(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    def _apply_for(self, tta: str):
+        """The jitted ``(variables, uint8 images) -> logits`` with test-time augmentation."""
+        if tta not in self._applies:
+            model, mean, std = self.model, self.norm_mean, self.norm_std
+
+            def logits(variables, images):
+                def one_view(view):
+                    return model.apply(variables, preprocess(view, mean, std), train=False)
+
+                return tta_logits(one_view, images.astype(np.float32) / 255.0, tta)
+
+            self._applies[tta] = jax.jit(logits)
+        return self._applies[tta]
+
+    def predict(
+        self, images: np.ndarray, batch_size: int = 256, tta: str | None = None
+    ) -> np.ndarray:
         """Logits ``(N, num_classes)`` for uint8 images ``(N, *example_shape)``.
 
         The training preprocessing (scale to [0, 1], normalise with the training
         split's mean/std) is applied; batches are padded to ``batch_size`` so every
-        call compiles at most once.
+        call compiles at most once. ``tta`` (``jaxcnn.train.tta.TTA_MODES``) averages the
+        logits over fixed views; ``None`` uses the run's ``config.eval_tta``, so the
+        predictions are those its test accuracy measured.
 
         Examples:
           >>> # restored = restore("runs/digits")
@@ -73,12 +88,16 @@ class Restored:
                 f"images must be uint8 (N, {', '.join(map(str, self.example_shape))}) like the "
                 f"training data; got {images.dtype} {images.shape}"
             )
+        tta = tta or str(self.config.get("eval_tta", "none"))
+        if tta not in TTA_MODES:
+            raise ValueError(f"tta = {tta!r} is not a test-time augmentation; valid: {TTA_MODES}")
+        apply = self._apply_for(tta)
         outputs = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
             padded = np.zeros((batch_size, *self.example_shape), np.uint8)
             padded[: len(chunk)] = chunk
-            outputs.append(np.asarray(self._apply(self.variables, padded))[: len(chunk)])
+            outputs.append(np.asarray(apply(self.variables, padded))[: len(chunk)])
         if not outputs:
             return np.zeros((0, len(self.class_names)), np.float32)
         return np.concatenate(outputs)
@@ -134,7 +153,8 @@ def restore(workdir: str | Path, which: str = "best") -> Restored:
         tree, meta = store.restore(step, abstract)
     finally:
         store.close()
-    variables: dict[str, Any] = {"params": tree["state"]["params"]}
+    # A run that kept a moving average of its weights was evaluated with it.
+    variables: dict[str, Any] = {"params": tree["state"].get("ema_params", tree["state"]["params"])}
     if tree["state"]["batch_stats"]:
         variables["batch_stats"] = tree["state"]["batch_stats"]
     return Restored(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import jax
 import ml_collections
+import numpy as np
 
 from jaxcnn.train import sharding as sharding_lib
 from jaxcnn.train.checkpoint import CheckpointStore, tree_shapes
@@ -23,10 +24,13 @@ from jaxcnn.train.components import (
     load_training_data,
     model_description,
 )
+from jaxcnn.train.config import ConfigError
 from jaxcnn.train.early_stopping import metric_mode
 from jaxcnn.train.losses import zeros_like_metrics
+from jaxcnn.train.optim import unmatched_patterns
 from jaxcnn.train.run_log import MetricsLog, is_primary_process
-from jaxcnn.train.state import build_tx, create_train_state
+from jaxcnn.train.state import TrainState, build_tx, create_train_state, frozen_patterns
+from jaxcnn.train.whitening import whitened_params
 
 
 class InterruptFlag:
@@ -84,6 +88,14 @@ class TrainingSession:
         )
         _, self.schedule = build_tx(config, self.steps_per_epoch)
         self.replicated = sharding_lib.replicated(self.mesh)
+        if config.whitening.layer:
+            self.state = self._whitened(self.state)
+        unmatched = unmatched_patterns(self.state.params, frozen_patterns(config))
+        if unmatched:
+            raise ConfigError(
+                f"config.optimizer.frozen: {unmatched} match no parameter of this model; "
+                f"its layers: {sorted(self.state.params)}"
+            )
         self.totals = sharding_lib.put_global(zeros_like_metrics(self.top5), self.replicated)
         self.history: list[dict] = []
         self.elapsed_before = 0.0
@@ -95,6 +107,18 @@ class TrainingSession:
         )
         self.primary = is_primary_process()
         self.log = MetricsLog(workdir / "metrics.jsonl", writer=self.primary)
+
+    def _whitened(self, state: TrainState) -> TrainState:
+        """``state`` with the whitening layer set from a seeded sample of training images."""
+        settings = self.config.whitening
+        images = self.data.train.images
+        count = min(int(settings.num_images), len(images))
+        rows = np.sort(np.random.default_rng(self.config.seed).permutation(len(images))[:count])
+        sample = (images[rows].astype(np.float32) / 255.0 - self.data.mean) / self.data.std
+        params = whitened_params(
+            jax.device_get(state.params), settings.layer, sample, float(settings.eps)
+        )
+        return state.with_params(sharding_lib.put_global(params, self.replicated))
 
     # ----- checkpoints -------------------------------------------------------------
     def checkpoint_tree(self) -> dict:

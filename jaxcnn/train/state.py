@@ -24,9 +24,31 @@ from jaxcnn.train import sharding as sharding_lib
 from jaxcnn.train.optim import build_optimizer, build_schedule
 
 
+def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
+    """The averaging weight of the old average at optimiser ``step`` (0-based).
+
+    ``min(decay, (1 + step) / (10 + step))``: early on the average follows the weights
+    closely, so it is not dragged back to the random initialisation for the first
+    ``1 / (1 - decay)`` steps (as TensorFlow's ``ExponentialMovingAverage`` with
+    ``num_updates``).
+
+    Examples:
+      >>> float(ema_decay_at(0, 0.99)), float(ema_decay_at(10_000, 0.99))
+      (0.1, 0.99)
+    """
+    step = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
 @flax.struct.dataclass
 class TrainState:
-    """Parameters, batch statistics, optimiser state, step and base key."""
+    """Parameters, batch statistics, optimiser state, step and base key.
+
+    ``ema_params`` is ``None``, or an exponential moving average of ``params`` (weight
+    ``ema_decay`` on the old average, see :func:`ema_decay_at`) that evaluation uses:
+    averaging the last few hundred steps' weights smooths out the noise of the last
+    steps of SGD.
+    """
 
     step: jax.Array
     params: Any
@@ -34,31 +56,65 @@ class TrainState:
     opt_state: Any
     rng: jax.Array
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+    ema_params: Any = None
+    ema_decay: float = flax.struct.field(pytree_node=False, default=0.0)
 
     @property
     def variables(self) -> dict:
-        """``{'params': ..., 'batch_stats': ...}`` as ``model.apply`` wants them."""
+        """``{'params': ..., 'batch_stats': ...}`` of the trained weights, for ``model.apply``."""
         if self.batch_stats:
             return {"params": self.params, "batch_stats": self.batch_stats}
         return {"params": self.params}
+
+    @property
+    def eval_variables(self) -> dict:
+        """:attr:`variables` with the moving average of the weights, when one is kept.
+
+        The batch statistics are the running averages of training, which are moving
+        averages already.
+        """
+        if self.ema_params is None:
+            return self.variables
+        return {**self.variables, "params": self.ema_params}
 
     def apply_gradients(self, grads: Any, batch_stats: Any) -> TrainState:
         """One optimiser update; returns the new state with ``step + 1``."""
         updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
         params = optax.apply_updates(self.params, updates)
+        ema_params = self.ema_params
+        if ema_params is not None:
+            decay = ema_decay_at(self.step, self.ema_decay)
+            ema_params = jax.tree_util.tree_map(
+                lambda old, new: (decay * old + (1.0 - decay) * new).astype(old.dtype),
+                ema_params,
+                params,
+            )
         return self.replace(
-            step=self.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+            step=self.step + 1,
+            params=params,
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+            ema_params=ema_params,
         )
+
+    def with_params(self, params: Any) -> TrainState:
+        """This state restarted from new ``params``: optimiser state and average reset."""
+        # A copy: the step donates the state, and one buffer cannot be donated twice.
+        ema_params = None if self.ema_params is None else jax.tree_util.tree_map(jnp.copy, params)
+        return self.replace(params=params, opt_state=self.tx.init(params), ema_params=ema_params)
 
     def checkpoint_tree(self) -> dict:
         """The arrays to save (everything but the static optimiser)."""
-        return {
+        tree = {
             "step": self.step,
             "params": self.params,
             "batch_stats": self.batch_stats,
             "opt_state": self.opt_state,
             "rng": self.rng,
         }
+        if self.ema_params is not None:
+            tree["ema_params"] = self.ema_params
+        return tree
 
     def from_checkpoint_tree(self, tree: dict) -> TrainState:
         """This state with the arrays of a restored :meth:`checkpoint_tree`."""
@@ -81,7 +137,29 @@ def build_tx(config: Any, steps_per_epoch: int | None) -> tuple[optax.GradientTr
         steps_per_epoch,
         int(config.num_epochs),
     )
-    return build_optimizer(config.optimizer, schedule), schedule
+    optimizer = dict(config.optimizer)
+    optimizer["frozen"] = frozen_patterns(config)
+    return build_optimizer(optimizer, schedule), schedule
+
+
+def _ema_decay(config: Any) -> float:
+    return float(config.get("ema_decay", 0.0) or 0.0)
+
+
+def frozen_patterns(config: Any) -> list[str]:
+    """``config.optimizer.frozen``, plus the whitened layer's kernel when it is kept fixed.
+
+    Examples:
+      >>> import ml_collections
+      >>> frozen_patterns(ml_collections.ConfigDict(dict(optimizer=dict(frozen=["conv1"]),
+      ...     whitening=dict(layer="whiten", freeze=True))))
+      ['conv1', 'whiten/*kernel']
+    """
+    patterns = list(config.optimizer.get("frozen", None) or [])
+    whitening = config.get("whitening", None)
+    if whitening is not None and whitening.get("layer", "") and whitening.get("freeze", True):
+        patterns.append(f"{whitening.layer}/*kernel")
+    return patterns
 
 
 def create_train_state(
@@ -124,7 +202,8 @@ def create_train_state(
     # jit: eager init of a deep net dispatches every op one by one (slow); the
     # out_shardings put the state replicated on every device of the mesh at once.
     init = jax.jit(
-        _initializer(model, tx, sample_shape), out_shardings=sharding_lib.replicated(mesh)
+        _initializer(model, tx, sample_shape, _ema_decay(config)),
+        out_shardings=sharding_lib.replicated(mesh),
     )
     return init(*jax.random.split(rng, 3))
 
@@ -143,14 +222,19 @@ def abstract_train_state(
     """
     tx, _ = build_tx(config, steps_per_epoch)
     replicated = sharding_lib.replicated(mesh or sharding_lib.make_mesh())
-    init = _initializer(model, tx, sample_shape)
+    init = _initializer(model, tx, sample_shape, _ema_decay(config))
     shapes = jax.eval_shape(lambda: init(*jax.random.split(jax.random.PRNGKey(0), 3)))
     return jax.tree_util.tree_map(
         lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated), shapes
     )
 
 
-def _initializer(model: nn.Module, tx: optax.GradientTransformation, sample_shape: Sequence[int]):
+def _initializer(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    sample_shape: Sequence[int],
+    ema_decay: float = 0.0,
+):
     sample_shape = tuple(sample_shape)
 
     def init(init_key, dropout_key, train_key) -> TrainState:
@@ -164,6 +248,8 @@ def _initializer(model: nn.Module, tx: optax.GradientTransformation, sample_shap
             opt_state=tx.init(params),
             rng=train_key,
             tx=tx,
+            ema_params=jax.tree_util.tree_map(jnp.copy, params) if ema_decay else None,
+            ema_decay=ema_decay,
         )
 
     return init

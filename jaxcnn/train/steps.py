@@ -25,6 +25,7 @@ from jax.sharding import NamedSharding
 
 from jaxcnn import conv_backend
 from jaxcnn.train.losses import add_metrics, batch_metrics, cross_entropy
+from jaxcnn.train.tta import TTA_MODES, tta_logits
 
 Batch = Mapping[str, jax.Array]
 Augment = Callable[[jax.Array, jax.Array], jax.Array]
@@ -52,10 +53,10 @@ def preprocess(images: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
 
 
 def _variables(state: Any) -> dict:
-    """Accept a TrainState (or anything with ``params``/``batch_stats``) or a variables dict."""
+    """A variables dict, or a TrainState's evaluation variables (its EMA weights if kept)."""
     if isinstance(state, Mapping):
         return dict(state)
-    return state.variables
+    return getattr(state, "eval_variables", None) or state.variables
 
 
 def auto_batch_splits(batch_size: int, has_batch_norm: bool) -> int:
@@ -198,7 +199,13 @@ def make_train_step(
 
 
 def make_eval_step(
-    model: nn.Module, *, mean: Any, std: Any, top5: bool = False, num_classes: int = 0
+    model: nn.Module,
+    *,
+    mean: Any,
+    std: Any,
+    top5: bool = False,
+    num_classes: int = 0,
+    tta: str = "none",
 ) -> Callable[[Any, Batch], dict]:
     """The pure evaluation step: metric sums of one (possibly padded) batch.
 
@@ -208,6 +215,8 @@ def make_eval_step(
       top5: also count top-5 hits.
       num_classes: when > 0, also accumulate a ``confusion`` matrix
         ``(num_classes, num_classes)`` (rows: true class, columns: predicted).
+      tta: test-time augmentation, one of ``jaxcnn.train.tta.TTA_MODES``: the metrics
+        are those of the mean logits over the views (:func:`jaxcnn.train.tta.tta_logits`).
 
     Returns:
       ``eval_step(state_or_variables, batch) -> metric_sums``; ``batch`` has
@@ -216,11 +225,21 @@ def make_eval_step(
     Examples:
       >>> # sums = jax.jit(make_eval_step(model, mean=m, std=s))(state, batch)
     """
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta = {tta!r} is not a test-time augmentation; valid: {TTA_MODES}")
     mean = jnp.asarray(mean, jnp.float32)
     std = jnp.asarray(std, jnp.float32)
 
     def eval_step(state, batch: Batch):
-        logits = model.apply(_variables(state), preprocess(batch["image"], mean, std), train=False)
+        variables = _variables(state)
+        images = batch["image"]
+        if images.dtype == jnp.uint8:
+            images = images.astype(jnp.float32) / 255.0
+
+        def logits_of(view):
+            return model.apply(variables, preprocess(view, mean, std), train=False)
+
+        logits = tta_logits(logits_of, images, tta)
         labels = batch["label"]
         mask = batch.get("mask")
         sums = batch_metrics(logits, labels, cross_entropy(logits, labels), mask, top5=top5)
