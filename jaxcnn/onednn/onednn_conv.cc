@@ -13,11 +13,14 @@
 #include <omp.h>
 #include <oneapi/dnnl/dnnl.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -63,12 +66,45 @@ struct Geometry {
 // A compiled primitive and the kernel layout it wants (oneDNN's choice, usually blocked).
 struct Entry {
   dnnl::primitive conv;
-  memory::desc kernel_desc;   // what the primitive reads / writes
-  memory::desc plain_kernel;  // HWIO, XLA's layout
+  memory::desc conv_scratchpad;  // its temporary buffer, allocated per call
+  memory::desc kernel_desc;      // what the primitive reads / writes
+  memory::desc plain_kernel;     // HWIO, XLA's layout
   bool needs_reorder;
   dnnl::reorder to_kernel_layout;  // plain -> kernel_desc (forward, input gradient)
   dnnl::reorder to_plain_layout;   // kernel_desc -> plain (kernel gradient)
+  memory::desc reorder_scratchpad;
 };
+
+// Every primitive gets its scratchpad from the caller. With oneDNN's default
+// ("library") scratchpad, Debian's build (DNNL_ENABLE_CONCURRENT_EXEC off) shares one
+// buffer per thread, sized when a primitive is created, so a cached primitive run on
+// another of XLA's threads, or two runs at once, may write past it or over each other:
+// the six concurrent forward passes of test-time augmentation gave logits of 1e31.
+// A buffer of at least `bytes` that belongs to the calling thread, grown when needed
+// and kept for its next call (allocating per call cost page faults on large ones).
+void* ThreadScratchpad(size_t bytes) {
+  struct Buffer {
+    void* data = nullptr;
+    size_t size = 0;
+    ~Buffer() { std::free(data); }
+  };
+  thread_local Buffer buffer;
+  if (bytes > buffer.size || buffer.data == nullptr) {
+    size_t size = std::max<size_t>((bytes + 63) / 64 * 64, 64);  // aligned_alloc: multiple
+    void* data = std::aligned_alloc(64, size);
+    if (data == nullptr) throw std::bad_alloc();
+    std::free(buffer.data);
+    buffer.data = data;
+    buffer.size = size;
+  }
+  return buffer.data;
+}
+
+dnnl::primitive_attr UserScratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
 
 dnnl::engine& Engine() {
   static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
@@ -95,7 +131,7 @@ dnnl::convolution_forward::primitive_desc ForwardHint(const Geometry& g) {
       dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
       Nhwc(g.src, g.type), AnyKernel(g), Nhwc(g.dst, g.type), g.strides, g.dilates,
       g.pad_lo, g.pad_hi);
-  return dnnl::convolution_forward::primitive_desc(desc, Engine());
+  return dnnl::convolution_forward::primitive_desc(desc, UserScratchpad(), Engine());
 }
 
 std::shared_ptr<Entry> Build(Kind kind, const Geometry& g) {
@@ -107,37 +143,39 @@ std::shared_ptr<Entry> Build(Kind kind, const Geometry& g) {
     case Kind::kForward:
       entry->conv = dnnl::convolution_forward(hint);
       entry->kernel_desc = hint.weights_desc();
+      entry->conv_scratchpad = hint.scratchpad_desc();
       break;
     case Kind::kInputGrad: {
       dnnl::convolution_backward_data::desc desc(dnnl::algorithm::convolution_direct, src,
                                                  any_kernel, dst, g.strides, g.dilates,
                                                  g.pad_lo, g.pad_hi);
-      dnnl::convolution_backward_data::primitive_desc pd(desc, Engine(), hint);
+      dnnl::convolution_backward_data::primitive_desc pd(desc, UserScratchpad(), Engine(),
+                                                         hint);
       entry->conv = dnnl::convolution_backward_data(pd);
       entry->kernel_desc = pd.weights_desc();
+      entry->conv_scratchpad = pd.scratchpad_desc();
       break;
     }
     case Kind::kKernelGrad: {
       dnnl::convolution_backward_weights::desc desc(dnnl::algorithm::convolution_direct, src,
                                                     any_kernel, dst, g.strides, g.dilates,
                                                     g.pad_lo, g.pad_hi);
-      dnnl::convolution_backward_weights::primitive_desc pd(desc, Engine(), hint);
+      dnnl::convolution_backward_weights::primitive_desc pd(desc, UserScratchpad(), Engine(),
+                                                            hint);
       entry->conv = dnnl::convolution_backward_weights(pd);
       entry->kernel_desc = pd.diff_weights_desc();
+      entry->conv_scratchpad = pd.scratchpad_desc();
       break;
     }
   }
   entry->needs_reorder = entry->kernel_desc != entry->plain_kernel;
   if (entry->needs_reorder) {
-    if (kind == Kind::kKernelGrad) {
-      entry->to_plain_layout = dnnl::reorder(
-          dnnl::reorder::primitive_desc(Engine(), entry->kernel_desc, Engine(),
-                                        entry->plain_kernel));
-    } else {
-      entry->to_kernel_layout = dnnl::reorder(
-          dnnl::reorder::primitive_desc(Engine(), entry->plain_kernel, Engine(),
-                                        entry->kernel_desc));
-    }
+    bool to_plain = kind == Kind::kKernelGrad;
+    dnnl::reorder::primitive_desc pd(
+        Engine(), to_plain ? entry->kernel_desc : entry->plain_kernel, Engine(),
+        to_plain ? entry->plain_kernel : entry->kernel_desc, UserScratchpad());
+    (to_plain ? entry->to_plain_layout : entry->to_kernel_layout) = dnnl::reorder(pd);
+    entry->reorder_scratchpad = pd.scratchpad_desc();
   }
   return entry;
 }
@@ -197,29 +235,45 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer src, ffi::AnyBuffer kernel, ffi::AnyBuf
     memory dst_mem(Nhwc(g.dst, g.type), engine, dst.untyped_data());
     memory plain(entry->plain_kernel, engine, kernel.untyped_data());
     memory blocked = entry->needs_reorder ? memory(entry->kernel_desc, engine) : plain;
+    // The calling thread's scratchpad: one call at a time per thread, so it is this
+    // call's alone; the reorders and the convolution run one after the other on it.
+    void* scratch = ThreadScratchpad(std::max(entry->conv_scratchpad.get_size(),
+                                              entry->reorder_scratchpad.get_size()));
+    memory conv_scratch(entry->conv_scratchpad, engine, scratch);
+    memory reorder_scratch(entry->reorder_scratchpad, engine, scratch);
+    auto reorder = [&](dnnl::reorder& primitive, memory& from, memory& to) {
+      primitive.execute(stream, {{DNNL_ARG_FROM, from},
+                                 {DNNL_ARG_TO, to},
+                                 {DNNL_ARG_SCRATCHPAD, reorder_scratch}});
+    };
     switch (kind) {
       case Kind::kForward:
-        if (entry->needs_reorder) entry->to_kernel_layout.execute(stream, plain, blocked);
+        if (entry->needs_reorder) reorder(entry->to_kernel_layout, plain, blocked);
         entry->conv.execute(stream, {{DNNL_ARG_SRC, src_mem},
                                      {DNNL_ARG_WEIGHTS, blocked},
-                                     {DNNL_ARG_DST, dst_mem}});
+                                     {DNNL_ARG_DST, dst_mem},
+                                     {DNNL_ARG_SCRATCHPAD, conv_scratch}});
         break;
       case Kind::kInputGrad:
-        if (entry->needs_reorder) entry->to_kernel_layout.execute(stream, plain, blocked);
+        if (entry->needs_reorder) reorder(entry->to_kernel_layout, plain, blocked);
         entry->conv.execute(stream, {{DNNL_ARG_DIFF_SRC, src_mem},
                                      {DNNL_ARG_WEIGHTS, blocked},
-                                     {DNNL_ARG_DIFF_DST, dst_mem}});
+                                     {DNNL_ARG_DIFF_DST, dst_mem},
+                                     {DNNL_ARG_SCRATCHPAD, conv_scratch}});
         break;
       case Kind::kKernelGrad:
         entry->conv.execute(stream, {{DNNL_ARG_SRC, src_mem},
                                      {DNNL_ARG_DIFF_WEIGHTS, blocked},
-                                     {DNNL_ARG_DIFF_DST, dst_mem}});
-        if (entry->needs_reorder) entry->to_plain_layout.execute(stream, blocked, plain);
+                                     {DNNL_ARG_DIFF_DST, dst_mem},
+                                     {DNNL_ARG_SCRATCHPAD, conv_scratch}});
+        if (entry->needs_reorder) reorder(entry->to_plain_layout, blocked, plain);
         break;
     }
     stream.wait();
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("jaxcnn oneDNN conv: ") + e.what());
+  } catch (const std::bad_alloc&) {
+    return ffi::Error::Internal("jaxcnn oneDNN conv: out of memory for the scratchpad");
   }
   return ffi::Error::Success();
 }
