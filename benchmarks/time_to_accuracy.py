@@ -1,17 +1,25 @@
-"""Time to accuracy: MNIST to 99.0 % test accuracy with jaxcnn.train.fit on real data.
+"""Time to accuracy: MNIST to 99.0 % (or CIFAR-10 to 94 %) with jaxcnn.train.fit on real data.
 
 Reported separately, as issue 7 asks:
 
 * ``decode_s``: one ``jaxcnn.data.load`` of the dataset in a fresh process (reading and
-  decoding the IDX files: a one-time cost, excluded from the training time);
+  decoding the IDX files or JPEGs: a one-time cost, excluded from the training time);
 * ``time_to_target_s``: ``elapsed_s`` of the first epoch whose evaluation accuracy reaches
-  the target, as ``jaxcnn.train.fit`` logs it (compilation included, data decoding not);
+  the target, as ``jaxcnn.train.fit`` logs it (compilation included, data decoding not).
+  A recipe with test-time augmentation (``eval_tta``, as ``configs/cifar10_fast.py``)
+  is judged as airbench is: if no epoch's single-view validation reached the target but
+  the final test with the views did, the time is the last epoch's ``elapsed_s`` plus
+  the final test's (``reached_by`` says which);
 * ``fit_wall_s``: the whole ``fit`` call (its own data load, compilation, every epoch,
   checkpoints and the final test).
 
     python scripts/benchmark.py --time-to-accuracy       # configs/mnist_fast.py, seeds 0-2
     python benchmarks/time_to_accuracy.py --seeds 0,1,2,3  # the same, your seeds
     python benchmarks/time_to_accuracy.py --config configs/mnist.py --target 0.99
+    # CIFAR-10 on a GPU, from the JPEG tar in ../shared/data:
+    tar xzf ../shared/data/cifar10_jpg/cifar10_jpg.tar.gz -C /tmp
+    python benchmarks/time_to_accuracy.py --config configs/cifar10_fast.py --target 0.94 \
+        --dataset folder:/tmp/cifar10_jpg --seeds 0,1,2
 """
 
 from __future__ import annotations
@@ -40,7 +48,12 @@ def _load_config(path: Path):
 
 
 def measure(
-    config_path: Path, data_dir: Path, target: float, epochs: int | None, seed: int | None = None
+    config_path: Path,
+    data_dir: Path,
+    target: float,
+    epochs: int | None,
+    seed: int | None = None,
+    overrides: dict | None = None,
 ) -> dict:
     """Decodes the data once, then runs ``fit`` and finds when it first reached ``target``.
 
@@ -50,6 +63,7 @@ def measure(
       target: test (or validation) accuracy to reach, e.g. 0.99.
       epochs: override ``num_epochs`` (None keeps the config's).
       seed: override the config's ``seed`` (None keeps it).
+      overrides: flattened config fields to set, e.g. ``{"dataset": "folder:/tmp/c"}``.
 
     Returns:
       A dict with ``decode_s``, ``time_to_target_s`` (None if never reached),
@@ -66,6 +80,8 @@ def measure(
         config.num_epochs = epochs
     if seed is not None:
         config.seed = seed
+    config.update_from_flattened_dict(overrides or {})
+    config.progress_bar = False
     start = time.perf_counter()
     data.load(config.dataset, str(data_dir))
     decode_s = time.perf_counter() - start
@@ -73,7 +89,10 @@ def measure(
         start = time.perf_counter()
         result = train.fit(config, workdir)
         fit_wall_s = time.perf_counter() - start
-    reached = [h for h in result.history if h.get("val_accuracy", 0.0) >= target]
+    final = result.test_metrics.get("test_accuracy")
+    time_to_target, epoch_reached, reached_by = when_reached(
+        result.history, final, result.test_seconds, target, config.eval_tta
+    )
     return {
         "config": str(config_path),
         "dataset": config.dataset,
@@ -83,16 +102,54 @@ def measure(
         "batch_size": config.batch_size,
         "target": target,
         "decode_s": decode_s,
-        "time_to_target_s": reached[0]["elapsed_s"] if reached else None,
-        "epoch_reached": reached[0]["epoch"] if reached else None,
+        "time_to_target_s": time_to_target,
+        "epoch_reached": epoch_reached,
+        "reached_by": reached_by,
         "fit_wall_s": fit_wall_s,
-        "final_test_accuracy": result.test_metrics.get("test_accuracy"),
+        "test_eval_s": result.test_seconds,
+        "final_test_accuracy": final,
+        "final_test_accuracy_without_tta": result.test_metrics.get("test_accuracy_without_tta"),
+        "dtype": config.dtype,
+        "device": jax_device(),
         "history": [
             {k: h.get(k) for k in ("epoch", "val_accuracy", "elapsed_s", "images_per_sec")}
             for h in result.history
         ],
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
+
+
+def when_reached(
+    history: list[dict], final_accuracy: float | None, test_seconds: float, target: float, tta: str
+) -> tuple[float | None, int | None, str | None]:
+    """``(seconds, epoch, how)`` the run first reached ``target``, or three Nones.
+
+    The first epoch whose validation reached it counts; failing that, the final test
+    (with the recipe's test-time augmentation), timed from the start of ``fit``'s loop
+    to the end of that test.
+
+    Examples:
+      >>> history = [{"epoch": 1, "val_accuracy": 0.93, "elapsed_s": 5.0}]
+      >>> when_reached(history, 0.941, 0.5, 0.94, "flip_translate")
+      (5.5, 1, 'final test (test-time augmentation flip_translate)')
+      >>> when_reached(history, 0.93, 0.5, 0.94, "none")
+      (None, None, None)
+    """
+    for record in history:
+        if record.get("val_accuracy", 0.0) >= target:
+            return record["elapsed_s"], record["epoch"], f"epoch {record['epoch']} validation"
+    if final_accuracy is not None and final_accuracy >= target and history:
+        how = "final test" + (f" (test-time augmentation {tta})" if tta != "none" else "")
+        return history[-1]["elapsed_s"] + test_seconds, history[-1]["epoch"], how
+    return None, None, None
+
+
+def jax_device() -> str:
+    """What trained: ``"cpu"`` or the accelerator's name (e.g. ``"NVIDIA H200"``)."""
+    import jax
+
+    device = jax.devices()[0]
+    return device.platform if device.platform == "cpu" else device.device_kind
 
 
 def main_from_harness(interpreters) -> int:
@@ -121,14 +178,15 @@ def main_from_harness(interpreters) -> int:
 def format_result(r: dict) -> str:
     """One paragraph for people (and docs/benchmarks.md)."""
     reached = (
-        f"reached {100 * r['target']:.1f} % after epoch {r['epoch_reached']} in "
-        f"{r['time_to_target_s']:.1f} s (compile included, decoding excluded)"
+        f"reached {100 * r['target']:.1f} % at the {r.get('reached_by') or 'evaluation'} "
+        f"in {r['time_to_target_s']:.1f} s (compile included, decoding excluded)"
         if r["time_to_target_s"] is not None
         else f"did NOT reach {100 * r['target']:.1f} % in {r['epochs']} epochs"
     )
     return (
         f"{r['dataset']} / {r['model']} (batch {r['batch_size']}, {r['epochs']} epochs, "
-        f"{r['config']}, seed {r.get('seed')}): {reached}; final test accuracy "
+        f"{r.get('dtype', 'float32')} on {r.get('device', 'cpu')}, {r['config']}, seed "
+        f"{r.get('seed')}): {reached}; final test accuracy "
         f"{100 * (r['final_test_accuracy'] or 0):.2f} %; whole fit {r['fit_wall_s']:.1f} s; "
         f"one-time data decoding {r['decode_s']:.1f} s."
     )
@@ -141,11 +199,15 @@ def main(argv=None) -> int:
     p.add_argument("--target", type=float, default=0.99)
     p.add_argument("--epochs", type=int)
     p.add_argument("--seeds", default="", help="comma-separated seeds, one fit each")
+    p.add_argument("--dataset", help="override config.dataset, e.g. folder:/tmp/cifar10_jpg")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), help="override config.dtype")
     p.add_argument("--json", action="store_true", help="print the raw JSON result")
     args = p.parse_args(argv)
     seeds = [int(t) for t in args.seeds.split(",") if t.strip()] or [None]
+    overrides = {"dataset": args.dataset, "dtype": args.dtype}
+    overrides = {key: value for key, value in overrides.items() if value is not None}
     for seed in seeds:
-        result = measure(args.config, args.data_dir, args.target, args.epochs, seed)
+        result = measure(args.config, args.data_dir, args.target, args.epochs, seed, overrides)
         print(json.dumps(result) if args.json else format_result(result), flush=True)
     return 0
 

@@ -190,8 +190,26 @@ def test_time_to_accuracy_reports_the_seed_and_a_miss_plainly():
     text = time_to_accuracy.format_result(result)
     assert "seed 1" in text and "did NOT reach 99.0 % in 3 epochs" in text
     assert "98.96 %" in text
-    reached = dict(result, time_to_target_s=21.0, epoch_reached=3)
-    assert "reached 99.0 % after epoch 3 in 21.0 s" in time_to_accuracy.format_result(reached)
+    reached = dict(result, time_to_target_s=21.0, epoch_reached=3, reached_by="epoch 3 validation")
+    assert "reached 99.0 % at the epoch 3 validation in 21.0 s" in time_to_accuracy.format_result(
+        reached
+    )
+
+
+def test_time_to_accuracy_counts_the_first_epoch_else_the_final_augmented_test():
+    from benchmarks.time_to_accuracy import when_reached
+
+    history = [
+        {"epoch": 1, "val_accuracy": 0.90, "elapsed_s": 10.0},
+        {"epoch": 2, "val_accuracy": 0.95, "elapsed_s": 20.0},
+        {"epoch": 3, "val_accuracy": 0.96, "elapsed_s": 30.0},
+    ]
+    assert when_reached(history, 0.97, 2.0, 0.95, "flip") == (20.0, 2, "epoch 2 validation")
+    # No epoch reached 0.965, the final test with the views did: the loop plus the test.
+    assert when_reached(history, 0.97, 2.0, 0.965, "flip") == (
+        32.0, 3, "final test (test-time augmentation flip)")  # fmt: skip
+    assert when_reached(history, 0.96, 2.0, 0.965, "flip") == (None, None, None)
+    assert when_reached([], 0.99, 1.0, 0.9, "none") == (None, None, None)
 
 
 def test_jaxcnn_runner_variants_rewrite_the_zoo_spec():

@@ -326,8 +326,10 @@ def fast_cifar(
     """A small VGG-like CIFAR-10 net in the spirit of airbench94 (Jordan 2024).
 
     ``whiten``: a 2x2 VALID conv with 24 channels (2 * 3 channels * 2 * 2 pixels) named
-    ``"whiten"``, GELU — airbench initialises it from the eigenvectors of the training
-    images' 2x2 patch covariance; here it is learned unless the trainer sets it. Then
+    ``"whiten"``, GELU. airbench initialises it from the eigenvectors of the training
+    images' 2x2 patch covariance and keeps it fixed; the trainer does the same with
+    ``config.whitening.layer = "whiten"`` (:mod:`jaxcnn.train.whitening`), else it is
+    learned from its random start. Then
     three groups, each Conv 3x3 SAME - BN - GELU - MaxPool 2 - Conv 3x3 SAME - BN -
     GELU (no conv biases: BN shifts). Global max pooling - Dense ``num_classes``.
     1,972,802 parameters with the defaults.

@@ -54,6 +54,8 @@ class FitResult:
         (empty when interrupted).
       diagnosis: the over/underfitting verdict.
       stopped: ``"completed"``, ``"early_stopping"`` or ``"interrupted"`` (Ctrl-C).
+      test_seconds: wall time of the final test evaluation (its compilation and any
+        test-time augmentation included; 0 when interrupted).
       workdir, checkpoint_dir, metrics_path, config_path, results_path: where things are.
       best_step, latest_step: checkpoint steps.
     """
@@ -63,6 +65,7 @@ class FitResult:
     test_metrics: dict[str, float]
     diagnosis: Diagnosis
     stopped: str
+    test_seconds: float
     workdir: Path
     checkpoint_dir: Path
     metrics_path: Path
@@ -317,6 +320,7 @@ def _finish(run: TrainingSession, evaluator: Evaluator, stopped: str) -> FitResu
     workdir = run.workdir
     diagnosis = diagnose(run.history)
     test_metrics: dict[str, float] = {}
+    test_start = time.perf_counter()
     if stopped != "interrupted":
         test = evaluator.place(run.data.test.images, run.data.test.labels)
         test_metrics = finalize_metrics(evaluator.evaluate_sums(run.state, test), "test_")
@@ -348,6 +352,7 @@ def _finish(run: TrainingSession, evaluator: Evaluator, stopped: str) -> FitResu
             ]
         )
         _print(f"diagnosis: {diagnosis}")
+    test_seconds = time.perf_counter() - test_start if test_metrics else 0.0
     results = {
         "stopped": stopped,
         "epochs": len(run.history),
@@ -361,6 +366,7 @@ def _finish(run: TrainingSession, evaluator: Evaluator, stopped: str) -> FitResu
         "metrics": str(run.log.path),
         "config": str(workdir / "config.json"),
         "elapsed_s": run.history[-1]["elapsed_s"] if run.history else 0.0,
+        "test_eval_s": test_seconds,
     }
     if run.primary:
         write_atomic(workdir / "results.json", json.dumps(results, indent=2) + "\n")
@@ -375,6 +381,7 @@ def _finish(run: TrainingSession, evaluator: Evaluator, stopped: str) -> FitResu
         metrics_path=run.log.path,
         config_path=workdir / "config.json",
         results_path=workdir / "results.json",
+        test_seconds=test_seconds,
         best_step=results["best_step"],
         latest_step=results["latest_step"],
     )
