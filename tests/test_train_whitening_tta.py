@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from test_train_fit import TINY_SPEC
 
 from jaxcnn.train import base_config, fit, restore
 from jaxcnn.train.config import ConfigError, validate_config
@@ -169,17 +170,10 @@ def test_eval_step_with_tta_scores_the_mean_logits():
 
 
 WHITENED_SPEC = {
+    # A 2x2 whitening conv (8 = 2 * 2*2*1 channels) before test_train_fit's tiny conv.
     "stages": [
         {"type": "conv", "features": 8, "kernel": 2, "activation": "gelu", "name": "whiten"},
-        {
-            "type": "conv",
-            "features": 8,
-            "kernel": 3,
-            "padding": "SAME",
-            "norm": "batch",
-            "pool": "max",
-            "name": "conv1",
-        },  # fmt: skip
+        TINY_SPEC["stages"][0],
     ],
     "head": [{"type": "flatten"}],
 }
