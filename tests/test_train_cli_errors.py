@@ -23,3 +23,14 @@ def test_misspelt_override_names_the_field_and_the_fix(capsys):
     assert "unknown config field" in err
     assert 'Did you mean "num_epochs"' in err
     assert "\\n" not in err and "\\'" not in err  # no escaped repr leaking through
+
+
+def test_a_schedule_longer_than_the_run_fails_cleanly(tmp_path, capsys):
+    # configs/default.py warms up for one epoch: a one-epoch run has no steps left.
+    workdir = tmp_path / "run"
+    status = train_command.main(["--config.num_epochs=1", f"--workdir={workdir}"])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "config.schedule.warmup_epochs must give fewer warm-up steps" in err
+    assert "Traceback" not in err
+    assert not workdir.exists()

@@ -78,6 +78,10 @@ class TrainingSession:
             )
         self.top5 = self.data.num_classes > 5
         self.model = build_model(config, self.data.num_classes, self.data.example_shape[-1])
+        try:  # the schedule's lengths are only known now (steps per epoch): check them here
+            _, self.schedule = build_tx(config, self.steps_per_epoch)
+        except ValueError as error:
+            raise ConfigError(f"config.{error}") from None
         self.state = create_train_state(
             self.model,
             config,
@@ -86,7 +90,6 @@ class TrainingSession:
             steps_per_epoch=self.steps_per_epoch,
             mesh=self.mesh,
         )
-        _, self.schedule = build_tx(config, self.steps_per_epoch)
         self.replicated = sharding_lib.replicated(self.mesh)
         if config.whitening.layer:
             self.state = self._whitened(self.state)
