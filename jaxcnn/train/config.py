@@ -61,7 +61,8 @@ def base_config() -> ml_collections.ConfigDict:
                 "eps": 1e-8,
                 # Parameters kept at their initial values: layer names, paths
                 # ("conv1/kernel") or globs ("whiten/*kernel"); see jaxcnn.train.optim.
-                "frozen": [],
+                # A tuple, so the command line can set it: --config.optimizer.frozen="('conv1',)"
+                "frozen": (),
             },
             "schedule": {
                 "name": "constant",
