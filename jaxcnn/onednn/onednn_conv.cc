@@ -66,7 +66,7 @@ struct Geometry {
 // A compiled primitive and the kernel layout it wants (oneDNN's choice, usually blocked).
 struct Entry {
   dnnl::primitive conv;
-  memory::desc conv_scratchpad;  // its temporary buffer, allocated per call
+  memory::desc conv_scratchpad;  // its temporary buffer (the calling thread's, see Run)
   memory::desc kernel_desc;      // what the primitive reads / writes
   memory::desc plain_kernel;     // HWIO, XLA's layout
   bool needs_reorder;

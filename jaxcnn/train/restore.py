@@ -17,8 +17,8 @@ from jaxcnn.train.components import build_model, model_description
 from jaxcnn.train.config import load_config_json
 from jaxcnn.train.losses import zeros_like_metrics
 from jaxcnn.train.state import abstract_train_state
-from jaxcnn.train.steps import preprocess
-from jaxcnn.train.tta import TTA_MODES, tta_logits
+from jaxcnn.train.steps import eval_logits
+from jaxcnn.train.tta import check_tta_mode
 
 
 @dataclasses.dataclass
@@ -57,14 +57,9 @@ class Restored:
         """The jitted ``(variables, uint8 images) -> logits`` with test-time augmentation."""
         if tta not in self._applies:
             model, mean, std = self.model, self.norm_mean, self.norm_std
-
-            def logits(variables, images):
-                def one_view(view):
-                    return model.apply(variables, preprocess(view, mean, std), train=False)
-
-                return tta_logits(one_view, images.astype(np.float32) / 255.0, tta)
-
-            self._applies[tta] = jax.jit(logits)
+            self._applies[tta] = jax.jit(
+                lambda variables, images: eval_logits(model, variables, images, mean, std, tta)
+            )
         return self._applies[tta]
 
     def predict(
@@ -88,9 +83,7 @@ class Restored:
                 f"images must be uint8 (N, {', '.join(map(str, self.example_shape))}) like the "
                 f"training data; got {images.dtype} {images.shape}"
             )
-        tta = tta or str(self.config.get("eval_tta", "none"))
-        if tta not in TTA_MODES:
-            raise ValueError(f"tta = {tta!r} is not a test-time augmentation; valid: {TTA_MODES}")
+        tta = check_tta_mode(tta or str(self.config.get("eval_tta", "none")))
         apply = self._apply_for(tta)
         outputs = []
         for start in range(0, len(images), batch_size):

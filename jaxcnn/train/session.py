@@ -30,6 +30,7 @@ from jaxcnn.train.losses import zeros_like_metrics
 from jaxcnn.train.optim import unmatched_patterns
 from jaxcnn.train.run_log import MetricsLog, is_primary_process
 from jaxcnn.train.state import TrainState, build_tx, create_train_state, frozen_patterns
+from jaxcnn.train.steps import preprocess
 from jaxcnn.train.whitening import whitened_params
 
 
@@ -117,7 +118,7 @@ class TrainingSession:
         images = self.data.train.images
         count = min(int(settings.num_images), len(images))
         rows = np.sort(np.random.default_rng(self.config.seed).permutation(len(images))[:count])
-        sample = (images[rows].astype(np.float32) / 255.0 - self.data.mean) / self.data.std
+        sample = np.asarray(preprocess(images[rows], self.data.mean, self.data.std))
         params = whitened_params(
             jax.device_get(state.params), settings.layer, sample, float(settings.eps)
         )

@@ -25,7 +25,7 @@ from jax.sharding import NamedSharding
 
 from jaxcnn import conv_backend
 from jaxcnn.train.losses import add_metrics, batch_metrics, cross_entropy
-from jaxcnn.train.tta import TTA_MODES, tta_logits
+from jaxcnn.train.tta import check_tta_mode, tta_logits
 
 Batch = Mapping[str, jax.Array]
 Augment = Callable[[jax.Array, jax.Array], jax.Array]
@@ -50,6 +50,23 @@ def preprocess(images: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
     mean = jnp.asarray(mean, jnp.float32).reshape(shape)
     std = jnp.asarray(std, jnp.float32).reshape(shape)
     return (x - mean) / std
+
+
+def eval_logits(
+    model: nn.Module, variables: Any, images: jax.Array, mean: Any, std: Any, tta: str = "none"
+) -> jax.Array:
+    """Evaluation-mode logits of uint8 (or [0, 1] float) images, averaged over ``tta``'s views.
+
+    The views are taken before normalisation, so their zero fill is black, as in the
+    training crops (:func:`jaxcnn.train.tta.tta_logits`).
+    """
+    if images.dtype == jnp.uint8:
+        images = images.astype(jnp.float32) / 255.0
+
+    def one_view(view):
+        return model.apply(variables, preprocess(view, mean, std), train=False)
+
+    return tta_logits(one_view, images, tta)
 
 
 def _variables(state: Any) -> dict:
@@ -225,21 +242,12 @@ def make_eval_step(
     Examples:
       >>> # sums = jax.jit(make_eval_step(model, mean=m, std=s))(state, batch)
     """
-    if tta not in TTA_MODES:
-        raise ValueError(f"tta = {tta!r} is not a test-time augmentation; valid: {TTA_MODES}")
+    check_tta_mode(tta)
     mean = jnp.asarray(mean, jnp.float32)
     std = jnp.asarray(std, jnp.float32)
 
     def eval_step(state, batch: Batch):
-        variables = _variables(state)
-        images = batch["image"]
-        if images.dtype == jnp.uint8:
-            images = images.astype(jnp.float32) / 255.0
-
-        def logits_of(view):
-            return model.apply(variables, preprocess(view, mean, std), train=False)
-
-        logits = tta_logits(logits_of, images, tta)
+        logits = eval_logits(model, _variables(state), batch["image"], mean, std, tta)
         labels = batch["label"]
         mask = batch.get("mask")
         sums = batch_metrics(logits, labels, cross_entropy(logits, labels), mask, top5=top5)

@@ -26,6 +26,18 @@ import jax.numpy as jnp
 TTA_MODES = ("none", "flip", "translate", "flip_translate")
 
 
+def check_tta_mode(mode: str, name: str = "tta") -> str:
+    """``mode`` if it is one of :data:`TTA_MODES`, else a ValueError naming ``name``.
+
+    Examples:
+      >>> check_tta_mode("flip")
+      'flip'
+    """
+    if mode not in TTA_MODES:
+        raise ValueError(f"{name} = {mode!r} is not a test-time augmentation; valid: {TTA_MODES}")
+    return mode
+
+
 def _shift(images: jax.Array, offset: int) -> jax.Array:
     """Move content by ``offset`` pixels down and right (negative: up and left), zero fill."""
     pad = abs(offset)
@@ -45,8 +57,7 @@ def tta_views(images: jax.Array, mode: str) -> list[jax.Array]:
       >>> len(tta_views(x, "translate")), len(tta_views(x, "flip_translate"))
       (3, 6)
     """
-    if mode not in TTA_MODES:
-        raise ValueError(f"eval_tta = {mode!r} is not a test-time augmentation; valid: {TTA_MODES}")
+    check_tta_mode(mode, "eval_tta")
     if mode == "none":
         return [images]
     if images.ndim != 4:
