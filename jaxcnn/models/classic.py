@@ -320,6 +320,9 @@ def fast_cifar(
     *,
     widths: tuple[int, int, int] = (64, 256, 256),
     whiten: bool = True,
+    norm_momentum: float = 0.9,
+    logit_scale: float = 1.0,
+    kernel_init: str = "he_normal",
     dtype: Any = None,
     param_dtype: Any = jnp.float32,
 ) -> CNN:
@@ -340,6 +343,11 @@ def fast_cifar(
       widths: channels of the three groups.
       whiten: start with the 2x2 patch-whitening conv (else a 3x3 SAME conv of
         ``widths[0]`` channels).
+      norm_momentum: batch norm's running-average momentum (airbench: 0.4, i.e.
+        PyTorch's 0.6).
+      logit_scale: multiplies the logits (airbench: 1/9).
+      kernel_init: a ``jaxcnn.models.spec.KERNEL_INITS`` name (airbench keeps
+        PyTorch's default, ``"torch_default"``).
       dtype: computation dtype; param_dtype: parameter dtype.
 
     Returns:
@@ -364,6 +372,7 @@ def fast_cifar(
             "kernel": 3,
             "padding": "SAME",
             "norm": "batch",
+            "norm_momentum": norm_momentum,
             "activation": "gelu",
             "name": "stem",
         }
@@ -375,13 +384,15 @@ def fast_cifar(
             "kernel": 3,
             "padding": "SAME",
             "norm": "batch",
+            "norm_momentum": norm_momentum,
             "activation": "gelu",
         }
         stages.append({**conv, "pool": "max", "name": f"group{i + 1}_conv1"})
         stages.append({**conv, "name": f"group{i + 1}_conv2"})
     spec = {
-        "kernel_init": "he_normal",
+        "kernel_init": kernel_init,
         "stages": stages,
         "head": [{"type": "global_pool", "kind": "max"}],
+        "logit_scale": logit_scale,
     }
     return build(spec, num_classes, in_channels, dtype, param_dtype)

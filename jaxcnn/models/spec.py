@@ -19,14 +19,18 @@ with a ``"type"``; every other key is optional (defaults below)::
             {"type": "dense", "features": 64, "activation": "relu"},
             {"type": "dropout", "rate": 0.5},
         ],
+        "logit_scale": 1.0,                    # logits are multiplied by this (default 1)
     }
 
 The classifier ``Dense(num_classes)`` (named ``"classifier"``) is appended after
-the head; logits come out in float32 whatever the computation dtype.
+the head; logits come out in float32 whatever the computation dtype. A
+``logit_scale`` below 1 (airbench uses 1/9) tempers the softmax early in training,
+when a fresh classifier is overconfident.
 
 Item keys (defaults):
   conv: features (required), kernel 3, stride 1, padding "VALID", dilation 1,
-    groups 1 (or "depthwise"), norm None, activation "relu", pool None,
+    groups 1 (or "depthwise"), norm None, norm_momentum 0.9 (BatchNorm's running
+    average keeps this much of the old value: 0.9 is PyTorch's 0.1), activation "relu", pool None,
     pool_window 2, pool_stride None, pool_padding "VALID", use_bias None,
     space_to_depth None (conv + max pool as one space-to-depth convolution: None
     automatic, True, False; see ``jaxcnn.layers.ConvBlock``), repeat 1 (stride on
@@ -62,7 +66,42 @@ KERNEL_INITS = {
     "he_normal": nn.initializers.he_normal(),
     # torchvision's ResNet / VGG conv init (kaiming_normal_, mode="fan_out").
     "he_normal_fan_out": nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+    # PyTorch's nn.Conv2d / nn.Linear default (kaiming_uniform_ with a=sqrt(5)):
+    # U(+-1/sqrt(fan_in)), variance 1 / (3 fan_in). Under batch norm the weight's scale
+    # sets the effective learning rate (lr / |w|^2), so recipes tuned in PyTorch need
+    # its init to transfer.
+    "torch_default": nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
 }
+
+
+def identity_first(base: nn.initializers.Initializer) -> nn.initializers.Initializer:
+    """``base``, with the first ``min(in, out)`` filters of a conv kernel set to the identity.
+
+    Filter ``i`` passes input channel ``i`` through unchanged (a 1 at the kernel's centre,
+    0 elsewhere): airbench's "implicit residual" (PyTorch's ``dirac_`` on those filters),
+    so a fresh deep stack starts close to a shallower one.
+
+    Examples:
+      >>> import jax
+      >>> k = identity_first(nn.initializers.normal())(jax.random.PRNGKey(0), (3, 3, 2, 4))
+      >>> k[1, 1, :, :2].tolist(), k[0, 0, :, :2].tolist()
+      ([[1.0, 0.0], [0.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]])
+    """
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+        kernel = base(key, shape, dtype)
+        *spatial, fan_in, fan_out = shape
+        n = min(fan_in, fan_out)
+        channel = jnp.arange(n)
+        centre = tuple(size // 2 for size in spatial)
+        identity = jnp.zeros((*spatial, fan_in, n), dtype).at[(*centre, channel, channel)].set(1)
+        return kernel.at[..., :n].set(identity)
+
+    return init
+
+
+# PyTorch's default init with airbench's identity filters.
+KERNEL_INITS["torch_default_dirac"] = identity_first(KERNEL_INITS["torch_default"])
 
 _ITEM_DEFAULTS: dict[str, dict[str, Any]] = {
     "conv": {
@@ -73,6 +112,7 @@ _ITEM_DEFAULTS: dict[str, dict[str, Any]] = {
         "dilation": 1,
         "groups": 1,
         "norm": None,
+        "norm_momentum": 0.9,
         "activation": "relu",
         "pool": None,
         "pool_window": 2,
@@ -102,7 +142,7 @@ _ITEM_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 STAGE_TYPES = ("conv", "pool", "residual", "dropout")
 HEAD_TYPES = ("flatten", "global_pool", "dense", "dropout")
-_TOP_KEYS = ("spatial_dims", "kernel_init", "stages", "head")
+_TOP_KEYS = ("spatial_dims", "kernel_init", "stages", "head", "logit_scale")
 
 
 def _plain(value: Any) -> Any:
@@ -173,7 +213,7 @@ def normalize_spec(spec: Any) -> dict[str, Any]:
 
     Returns:
       A plain dict with keys ``spatial_dims``, ``kernel_init``, ``stages`` and ``head``
-      (tuples of complete item dicts).
+      (tuples of complete item dicts) and ``logit_scale``.
 
     Examples:
       >>> normalize_spec({"stages": [{"type": "conv", "features": 8}]})["head"]
@@ -206,11 +246,23 @@ def normalize_spec(spec: Any) -> dict[str, Any]:
             f"spec.head[0].type={head[0]['type']!r}: the head must start with 'flatten' or "
             "'global_pool' to leave the spatial axes"
         )
+    logit_scale = spec.get("logit_scale", 1.0)
+    if (
+        isinstance(logit_scale, bool)
+        or not isinstance(logit_scale, int | float)
+        or not (logit_scale > 0)
+    ):
+        raise ValueError(f"spec.logit_scale={logit_scale!r}; valid: a number > 0")
+    for i, item in enumerate(stages):
+        momentum = item.get("norm_momentum", 0.9)
+        if item["type"] == "conv" and not 0.0 <= momentum < 1.0:
+            raise ValueError(f"spec.stages[{i}].norm_momentum={momentum!r}; valid: 0 <= m < 1")
     return {
         "spatial_dims": spatial_dims,
         "kernel_init": kernel_init,
         "stages": stages,
         "head": head,
+        "logit_scale": float(logit_scale),
     }
 
 
@@ -282,6 +334,7 @@ class CNN(nn.Module):
                         feature_group_count=item["groups"],
                         in_channels=self.in_channels if first_conv else None,
                         norm=item["norm"],
+                        norm_momentum=item["norm_momentum"],
                         activation=item["activation"],
                         pool=item["pool"] if last else None,
                         pool_window=item["pool_window"],
@@ -331,6 +384,8 @@ class CNN(nn.Module):
             else:  # dropout
                 x = nn.Dropout(item["rate"], deterministic=not train)(x)
         logits = nn.Dense(self.num_classes, name="classifier", **common)(x)
+        if spec["logit_scale"] != 1.0:
+            logits = logits * spec["logit_scale"]
         return logits.astype(jnp.float32)
 
 

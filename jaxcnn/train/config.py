@@ -16,6 +16,7 @@ from typing import Any
 import ml_collections
 
 from jaxcnn.data.augment import DEFAULTS as augment_defaults
+from jaxcnn.train.optim import WEIGHT_DECAY_ON, lr_multiplier_pairs
 from jaxcnn.train.tta import TTA_MODES
 
 DTYPES = ("float32", "bfloat16")
@@ -63,6 +64,12 @@ def base_config() -> ml_collections.ConfigDict:
                 # ("conv1/kernel") or globs ("whiten/*kernel"); see jaxcnn.train.optim.
                 # A tuple, so the command line can set it: --config.optimizer.frozen="('conv1',)"
                 "frozen": (),
+                # "kernels": biases and norm scales never decay; "all": every parameter.
+                "weight_decay_on": "kernels",
+                # (pattern, factor) pairs: these parameters take factor x the learning
+                # rate, with the same weight decay per step (airbench: BN biases x64),
+                # e.g. --config.optimizer.lr_multipliers="(('*/norm/bias', 64.0),)"
+                "lr_multipliers": (),
             },
             "schedule": {
                 "name": "constant",
@@ -191,6 +198,16 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
         "a positive integer",
     )
     _require(whitening.eps > 0, "whitening.eps", whitening.eps, "a positive number")
+    _require(
+        config.optimizer.weight_decay_on in WEIGHT_DECAY_ON,
+        "optimizer.weight_decay_on",
+        config.optimizer.weight_decay_on,
+        f"one of {WEIGHT_DECAY_ON}",
+    )
+    try:
+        lr_multiplier_pairs(config.optimizer)
+    except ValueError as error:
+        raise ConfigError(f"config.{error}") from None
     frozen = config.optimizer.frozen
     _require(
         isinstance(frozen, list | tuple) and all(isinstance(p, str) and p for p in frozen),

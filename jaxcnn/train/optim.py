@@ -7,8 +7,10 @@ Config shape (both are ``ml_collections.ConfigDict`` or plain mappings)::
 
     optimizer = {"name": "sgd", "learning_rate": 0.1, "momentum": 0.9, "nesterov": True,
                  "weight_decay": 5e-4, "grad_clip_norm": 0.0, "b1": 0.9, "b2": 0.999,
-                 "eps": 1e-8, "frozen": ["whiten/*kernel"]}
+                 "eps": 1e-8, "frozen": ["whiten/*kernel"], "weight_decay_on": "kernels",
+                 "lr_multipliers": [("*/norm/bias", 64.0)]}
     schedule = {"name": "warmup_cosine", "warmup_epochs": 1.0, "end_factor": 0.0,
+                # pct_start and div_factor also shape linear_onecycle
                 "boundaries_epochs": [], "factors": [], "pct_start": 0.25,
                 "div_factor": 25.0, "final_div_factor": 1e4}
 """
@@ -22,12 +24,21 @@ from typing import Any
 import jax
 import optax
 
-SCHEDULES = ("constant", "cosine", "warmup_cosine", "onecycle", "piecewise", "linear")
+SCHEDULES = (
+    "constant",
+    "cosine",
+    "warmup_cosine",
+    "onecycle",
+    "linear_onecycle",
+    "piecewise",
+    "linear",
+)
 # Optimisers whose weight decay is decoupled (applied to the weights, not the gradient).
 _DECOUPLED = ("adamw", "lamb", "lion", "lars")
 # Optimisers that take the classic L2 weight decay added to the gradient.
 _COUPLED = ("sgd", "adam", "nadam", "radam", "rmsprop", "adagrad", "adabelief")
 OPTIMIZERS = _COUPLED + _DECOUPLED
+WEIGHT_DECAY_ON = ("kernels", "all")
 
 
 def _get(mapping: Mapping, key: str, default: Any) -> Any:
@@ -46,6 +57,9 @@ def build_schedule(
         cosine, warmup_cosine and linear), ``boundaries_epochs`` and ``factors``
         (piecewise: lr is multiplied by ``factors[i]`` at ``boundaries_epochs[i]``),
         ``pct_start``, ``div_factor``, ``final_div_factor`` (onecycle, as in PyTorch).
+        ``linear_onecycle`` (airbench's triangle): linear from ``base_lr / div_factor``
+        up to ``base_lr`` over the first ``pct_start`` of the steps, then linear down
+        to ``base_lr * end_factor``.
       base_lr: the peak learning rate.
       steps_per_epoch: optimiser steps per epoch (> 0).
       num_epochs: length of training (> 0).
@@ -100,6 +114,22 @@ def build_schedule(
             pct_start=pct_start,
             div_factor=float(_get(schedule, "div_factor", 25.0)),
             final_div_factor=float(_get(schedule, "final_div_factor", 1e4)),
+        )
+    if name == "linear_onecycle":
+        pct_start = float(_get(schedule, "pct_start", 0.25))
+        warmup = int(round(pct_start * total))
+        if not 0 < warmup < total:
+            raise ValueError(
+                f"schedule.pct_start={pct_start!r} must give between 1 and {total - 1} warm-up "
+                f"steps of the {total}; got {warmup}"
+            )
+        start = base_lr / float(_get(schedule, "div_factor", 25.0))
+        return optax.join_schedules(
+            [
+                optax.linear_schedule(start, base_lr, warmup),
+                optax.linear_schedule(base_lr, base_lr * end_factor, total - warmup),
+            ],
+            [warmup],
         )
     # piecewise
     boundaries = list(_get(schedule, "boundaries_epochs", []))
@@ -176,6 +206,50 @@ def unmatched_patterns(params: Any, patterns: Sequence[str]) -> list[str]:
     return [p for p in patterns if not any(is_frozen(path, [p]) for path in paths)]
 
 
+def lr_multiplier_pairs(optimizer: Mapping) -> list[tuple[str, float]]:
+    """``optimizer.lr_multipliers`` as checked ``(pattern, factor)`` pairs.
+
+    Examples:
+      >>> lr_multiplier_pairs({"lr_multipliers": [["*/norm/bias", 64]]})
+      [('*/norm/bias', 64.0)]
+    """
+    pairs = []
+    for entry in _get(optimizer, "lr_multipliers", ()):
+        ok = isinstance(entry, Sequence) and not isinstance(entry, str) and len(entry) == 2
+        if ok:
+            pattern, factor = entry
+            ok = isinstance(pattern, str) and bool(pattern)
+            ok = ok and isinstance(factor, int | float) and not isinstance(factor, bool)
+            ok = ok and factor > 0
+        if not ok:
+            raise ValueError(
+                f"optimizer.lr_multipliers entry {entry!r} is invalid: each entry is a "
+                "(parameter path or glob, factor > 0) pair, e.g. ('*/norm/bias', 64.0)"
+            )
+        pairs.append((pattern, float(factor)))
+    return pairs
+
+
+def multiplier_labels(pairs: Sequence[tuple[str, float]]) -> Callable[[Any], Any]:
+    """``params -> tree of labels``: ``"x{i}"`` for the first of ``pairs`` that matches, else
+    ``"base"`` (the labels :func:`build_optimizer` hands to ``optax.multi_transform``).
+
+    Examples:
+      >>> multiplier_labels([("conv1/bias", 2.0)])({"conv1": {"bias": 0, "kernel": 0}})
+      {'conv1': {'bias': 'x0', 'kernel': 'base'}}
+    """
+    patterns = [pattern for pattern, _ in pairs]
+
+    def label(path: Any, _: Any) -> str:
+        name = parameter_path(path)
+        for i, pattern in enumerate(patterns):
+            if is_frozen(name, [pattern]):
+                return f"x{i}"
+        return "base"
+
+    return lambda params: jax.tree_util.tree_map_with_path(label, params)
+
+
 def build_optimizer(optimizer: Mapping, schedule: optax.Schedule) -> optax.GradientTransformation:
     """An optax transformation from the config: optimiser, weight decay, clipping.
 
@@ -183,10 +257,16 @@ def build_optimizer(optimizer: Mapping, schedule: optax.Schedule) -> optax.Gradi
       optimizer: ``{"name": one of OPTIMIZERS, "learning_rate", "momentum",
         "nesterov", "weight_decay", "grad_clip_norm", "b1", "b2", "eps"}``.
         ``weight_decay`` is decoupled for adamw/lamb/lion/lars and classic L2 (added to
-        the gradient) for the others; it never touches biases or norm scales.
+        the gradient) for the others. ``weight_decay_on``: ``"kernels"`` (the default:
+        biases and norm scales never decay, :func:`weight_decay_mask`) or ``"all"``.
         ``grad_clip_norm > 0`` clips the global gradient norm first. ``frozen``: paths
         of parameters that keep their initial values (:func:`is_frozen`; like Keras'
         ``layer.trainable = False``), e.g. ``["conv1"]`` or ``["whiten/*kernel"]``.
+        ``lr_multipliers``: ``(pattern, factor)`` pairs; the parameters a pattern
+        matches (first match wins, same matching as ``frozen``) take ``factor`` times
+        the learning rate, while their weight decay per step stays what it was (the
+        decay coefficient is divided by ``factor``), as airbench's 64x rate for the
+        batch-norm biases.
       schedule: the learning rate as a function of the step.
 
     Returns:
@@ -196,6 +276,12 @@ def build_optimizer(optimizer: Mapping, schedule: optax.Schedule) -> optax.Gradi
       >>> tx = build_optimizer({"name": "adamw", "weight_decay": 1e-4}, lambda step: 1e-3)
       >>> isinstance(tx, optax.GradientTransformation)
       True
+      >>> tx = build_optimizer({"lr_multipliers": [("*bias", 64.0)]}, lambda step: 0.1)
+      >>> import jax.numpy as jnp
+      >>> params = {"kernel": jnp.ones(2), "bias": jnp.ones(2)}
+      >>> updates, _ = tx.update(params, tx.init(params), params)
+      >>> round(float(updates["kernel"][0]), 6), round(float(updates["bias"][0]), 6)
+      (-0.1, -6.4)
     """
     name = _get(optimizer, "name", "sgd")
     if name not in OPTIMIZERS:
@@ -207,6 +293,44 @@ def build_optimizer(optimizer: Mapping, schedule: optax.Schedule) -> optax.Gradi
             "optimizer.weight_decay and optimizer.grad_clip_norm must be >= 0; got "
             f"{weight_decay!r}, {clip!r}"
         )
+    decay_on = _get(optimizer, "weight_decay_on", "kernels")
+    if decay_on not in WEIGHT_DECAY_ON:
+        raise ValueError(
+            f"optimizer.weight_decay_on must be one of {WEIGHT_DECAY_ON}; got {decay_on!r}"
+        )
+    mask = weight_decay_mask if decay_on == "kernels" else None
+    pairs = lr_multiplier_pairs(optimizer)
+    parts = []
+    if clip > 0:
+        parts.append(optax.clip_by_global_norm(clip))
+    if pairs:
+        transforms = {"base": _core(name, optimizer, schedule, weight_decay, mask)}
+        for i, (_, factor) in enumerate(pairs):
+            transforms[f"x{i}"] = _core(
+                name, optimizer, _scaled(schedule, factor), weight_decay / factor, mask
+            )
+        parts.append(optax.multi_transform(transforms, multiplier_labels(pairs)))
+    else:
+        parts.append(_core(name, optimizer, schedule, weight_decay, mask))
+    frozen = list(_get(optimizer, "frozen", []))
+    if frozen:
+        # Last in the chain: weight decay and momentum must not move these either.
+        parts.append(optax.freeze(frozen_mask(frozen)))
+    return optax.chain(*parts)
+
+
+def _scaled(schedule: optax.Schedule, factor: float) -> optax.Schedule:
+    return lambda step: factor * schedule(step)
+
+
+def _core(
+    name: str,
+    optimizer: Mapping,
+    schedule: optax.Schedule,
+    weight_decay: float,
+    mask: Callable[[Any], Any] | None,
+) -> optax.GradientTransformation:
+    """The optimiser ``name`` with its weight decay (coupled or decoupled) at this rate."""
     momentum = float(_get(optimizer, "momentum", 0.9))
     nesterov = bool(_get(optimizer, "nesterov", False))
     b1 = float(_get(optimizer, "b1", 0.9))
@@ -221,32 +345,22 @@ def build_optimizer(optimizer: Mapping, schedule: optax.Schedule) -> optax.Gradi
         "rmsprop": lambda: optax.rmsprop(schedule, momentum=momentum, nesterov=nesterov),
         "adagrad": lambda: optax.adagrad(schedule, eps=eps),
         "adamw": lambda: optax.adamw(
-            schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=weight_decay_mask
+            schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask
         ),
         "lamb": lambda: optax.lamb(
-            schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=weight_decay_mask
+            schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask
         ),
         # Lion's authors use b2=0.99; set it in the config (the shared default is Adam's).
-        "lion": lambda: optax.lion(
-            schedule, b1=b1, b2=b2, weight_decay=weight_decay, mask=weight_decay_mask
-        ),
+        "lion": lambda: optax.lion(schedule, b1=b1, b2=b2, weight_decay=weight_decay, mask=mask),
         "lars": lambda: optax.lars(
             schedule,
             weight_decay=weight_decay,
-            weight_decay_mask=weight_decay_mask,
+            weight_decay_mask=mask if mask is not None else True,
             trust_ratio_mask=weight_decay_mask,
             momentum=momentum,
             nesterov=nesterov,
         ),
     }
-    parts = []
-    if clip > 0:
-        parts.append(optax.clip_by_global_norm(clip))
     if name in _COUPLED and weight_decay > 0:
-        parts.append(optax.add_decayed_weights(weight_decay, mask=weight_decay_mask))
-    parts.append(builders[name]())
-    frozen = list(_get(optimizer, "frozen", []))
-    if frozen:
-        # Last in the chain: weight decay and momentum must not move these either.
-        parts.append(optax.freeze(frozen_mask(frozen)))
-    return optax.chain(*parts)
+        return optax.chain(optax.add_decayed_weights(weight_decay, mask=mask), builders[name]())
+    return builders[name]()

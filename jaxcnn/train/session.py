@@ -27,7 +27,7 @@ from jaxcnn.train.components import (
 from jaxcnn.train.config import ConfigError
 from jaxcnn.train.early_stopping import metric_mode
 from jaxcnn.train.losses import zeros_like_metrics
-from jaxcnn.train.optim import unmatched_patterns
+from jaxcnn.train.optim import lr_multiplier_pairs, unmatched_patterns
 from jaxcnn.train.run_log import MetricsLog, is_primary_process
 from jaxcnn.train.state import TrainState, build_tx, create_train_state, frozen_patterns
 from jaxcnn.train.steps import preprocess
@@ -94,12 +94,16 @@ class TrainingSession:
         self.replicated = sharding_lib.replicated(self.mesh)
         if config.whitening.layer:
             self.state = self._whitened(self.state)
-        unmatched = unmatched_patterns(self.state.params, frozen_patterns(config))
-        if unmatched:
-            raise ConfigError(
-                f"config.optimizer.frozen: {unmatched} match no parameter of this model; "
-                f"its layers: {sorted(self.state.params)}"
-            )
+        for field, patterns in (
+            ("frozen", frozen_patterns(config)),
+            ("lr_multipliers", [pattern for pattern, _ in lr_multiplier_pairs(config.optimizer)]),
+        ):
+            unmatched = unmatched_patterns(self.state.params, patterns)
+            if unmatched:
+                raise ConfigError(
+                    f"config.optimizer.{field}: {unmatched} match no parameter of this model; "
+                    f"its layers: {sorted(self.state.params)}"
+                )
         self.totals = sharding_lib.put_global(zeros_like_metrics(self.top5), self.replicated)
         self.history: list[dict] = []
         self.elapsed_before = 0.0
