@@ -390,6 +390,10 @@ class ConvBlock(nn.Module):
       pool: ``None`` or a pooling kind (``"max"``, ``"avg"``, ``"sum"``) after the
         activation; ``pool_window``, ``pool_stride``, ``pool_padding`` and
         ``pool_method`` are passed to :class:`Pool`.
+      pool_first: pool right after the convolution, before the norm and the
+        activation (airbench's order: the norm's statistics are those of the pooled
+        map, and norm and activation touch ``prod(pool_window)`` times fewer
+        elements). Same output shape and parameters.
       use_bias: conv bias; ``None`` means "only without a norm" (a norm's own shift
         makes it redundant).
       kernel_init: conv kernel initialiser; ``None`` keeps flax's default.
@@ -440,6 +444,7 @@ class ConvBlock(nn.Module):
     pool_stride: int | Sequence[int] | None = None
     pool_padding: Any = "VALID"
     pool_method: str = "auto"
+    pool_first: bool = False
     use_bias: bool | None = None
     kernel_init: Any = None
     dtype: Any = None
@@ -681,6 +686,8 @@ class ConvBlock(nn.Module):
             )
         y = conv(x)
         chex.assert_shape(y, conv_shape)
+        if self.pool_first and pool is not None:
+            return get_activation(self.activation)(self._norm(pool(y), train))
         y = get_activation(self.activation)(self._norm(y, train))
         return y if pool is None else pool(y)
 

@@ -95,6 +95,16 @@ def test_flip_probability_one_mirrors_and_crop_shifts_content():
     assert len(crops) > 3  # several offsets are drawn
 
 
+def test_reflect_crop_never_brings_in_black_pixels():
+    ones = jnp.ones((6, 6, 1))
+    keys = jax.random.split(jax.random.key(3), 16)
+    zeros_mode = jax.vmap(lambda k: augment.random_crop(k, ones, 2))(keys)
+    reflect = jax.vmap(lambda k: augment.random_crop(k, ones, 2, "reflect"))(keys)
+    assert float(zeros_mode.min()) == 0.0 and float(reflect.min()) == 1.0
+    with pytest.raises(ValueError, match=r"augment crop_mode='edge': must be one of"):
+        augment.build({"crop_padding": 2, "crop_mode": "edge"})
+
+
 def test_cutout_zeroes_at_most_a_square():
     out = augment.cutout(jax.random.key(2), jnp.ones((10, 10, 3)), 4)
     zeroed = np.asarray(out[..., 0] == 0)

@@ -157,3 +157,23 @@ def test_torch_default_dirac_starts_square_convs_as_the_identity():
     features = model.apply(variables, x, capture_intermediates=True)[1]["intermediates"]
     np.testing.assert_allclose(features["ConvBlock_0"]["__call__"][0], x, atol=1e-6)
     assert conv["kernel"].shape == (3, 3, 4, 4)
+
+
+def test_pool_first_pools_the_conv_output_before_norm_and_activation():
+    from jaxcnn.layers import ConvBlock
+
+    x = jax.random.normal(jax.random.PRNGKey(2), (2, 6, 6, 3))
+    kwargs = dict(padding="SAME", norm="batch", activation="gelu", pool="max")
+    first = ConvBlock(4, (3, 3), pool_first=True, **kwargs)
+    variables = first.init(jax.random.PRNGKey(0), x)
+    out, state = first.apply(variables, x, capture_intermediates=True)
+    conv = state["intermediates"]["conv"]["__call__"][0]
+    pooled = conv.reshape(2, 3, 2, 3, 2, 4).max(axis=(2, 4))
+    # Fresh running statistics (mean 0, var 1): eval-mode BN divides by sqrt(1 + eps).
+    np.testing.assert_allclose(out, jax.nn.gelu(pooled / np.sqrt(1 + 1e-5)), rtol=1e-5, atol=1e-6)
+    # In training the batch statistics are those of the pooled map, so the orders differ.
+    last, _ = ConvBlock(4, (3, 3), **kwargs).apply(
+        variables, x, train=True, mutable=["batch_stats"]
+    )
+    out, _ = first.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert last.shape == out.shape and not np.allclose(last, out)

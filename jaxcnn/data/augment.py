@@ -23,7 +23,8 @@ from jax import lax
 from jax.scipy.ndimage import map_coordinates
 
 DEFAULTS: Mapping[str, object] = {
-    "crop_padding": 0,  # pixels of zero padding before a random crop back to size
+    "crop_padding": 0,  # pixels of padding before a random crop back to size
+    "crop_mode": "zeros",  # how the crop pads: "zeros" or "reflect" (CROP_MODES)
     "flip": False,  # random horizontal flip; True = probability 0.5, or a probability
     "rotation": 0.0,  # maximum angle, degrees; the angle is uniform in [-r, r]
     "translate": 0.0,  # maximum shift as a fraction of height / width
@@ -33,17 +34,30 @@ DEFAULTS: Mapping[str, object] = {
 }
 
 
-def random_crop(key, image, padding: int):
-    """Pad ``padding`` zeros on each side, then crop a random window of the original size.
+CROP_MODES = ("zeros", "reflect")
+
+
+def random_crop(key, image, padding: int, mode: str = "zeros"):
+    """Pad ``padding`` pixels on each side, then crop a random window of the original size.
+
+    ``mode`` ``"zeros"`` pads black (torchvision's ``RandomCrop(padding=...)``);
+    ``"reflect"`` mirrors the border without repeating the edge pixel (airbench's), so
+    a shifted image has no black frame the net must learn to ignore.
 
     Examples:
         >>> random_crop(jax.random.key(0), jnp.ones((4, 4, 1)), 0).shape
         (4, 4, 1)
+        >>> row = jnp.arange(3.0).reshape(1, 3, 1)
+        >>> jnp.pad(row, ((0, 0), (1, 1), (0, 0)), mode="reflect").ravel().tolist()
+        [1.0, 0.0, 1.0, 2.0, 1.0]
     """
+    if mode not in CROP_MODES:
+        raise ValueError(f"augment crop_mode={mode!r}: must be one of {CROP_MODES}")
     if padding == 0:
         return image
     height, width, channels = image.shape
-    padded = jnp.pad(image, ((padding, padding), (padding, padding), (0, 0)))
+    pad_mode = "reflect" if mode == "reflect" else "constant"
+    padded = jnp.pad(image, ((padding, padding), (padding, padding), (0, 0)), mode=pad_mode)
     top, left = jax.random.randint(key, (2,), 0, 2 * padding + 1)
     return lax.dynamic_slice(padded, (top, left, 0), (height, width, channels))
 
@@ -179,8 +193,11 @@ def _validated(spec) -> dict:
         flip = 0.5 if flip else 0.0
     elif not isinstance(flip, (int, float)) or not 0 <= flip <= 1:
         raise ValueError(f"augment flip={flip!r}: must be True/False or a probability in [0, 1]")
+    if merged["crop_mode"] not in CROP_MODES:
+        raise ValueError(f"augment crop_mode={merged['crop_mode']!r}: must be one of {CROP_MODES}")
     return {
         "crop_padding": _number(merged, "crop_padding", 0, 1024, integer=True),
+        "crop_mode": merged["crop_mode"],
         "flip": float(flip),
         "rotation": _number(merged, "rotation", 0, 180),
         "translate": _number(merged, "translate", 0, 1),
@@ -216,7 +233,9 @@ def build(spec: Mapping | None = None) -> Callable:
     settings = _validated(spec)
     steps = []
     if settings["crop_padding"]:
-        steps.append(lambda k, x: random_crop(k, x, settings["crop_padding"]))
+        steps.append(
+            lambda k, x: random_crop(k, x, settings["crop_padding"], settings["crop_mode"])
+        )
     if settings["flip"]:
         steps.append(lambda k, x: horizontal_flip(k, x, settings["flip"]))
     if settings["rotation"]:
@@ -250,6 +269,7 @@ def build(spec: Mapping | None = None) -> Callable:
 
 
 __all__ = [
+    "CROP_MODES",
     "DEFAULTS",
     "brightness_contrast",
     "build",

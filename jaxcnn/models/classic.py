@@ -323,6 +323,7 @@ def fast_cifar(
     norm_momentum: float = 0.9,
     logit_scale: float = 1.0,
     kernel_init: str = "he_normal",
+    pool_first: bool = False,
     dtype: Any = None,
     param_dtype: Any = jnp.float32,
 ) -> CNN:
@@ -333,7 +334,8 @@ def fast_cifar(
     images' 2x2 patch covariance and keeps it fixed; the trainer does the same with
     ``config.whitening.layer = "whiten"`` (:mod:`jaxcnn.train.whitening`), else it is
     learned from its random start. Then
-    three groups, each Conv 3x3 SAME - BN - GELU - MaxPool 2 - Conv 3x3 SAME - BN -
+    three groups, each Conv 3x3 SAME - BN - GELU - MaxPool 2 (``pool_first``: MaxPool
+    right after the conv) - Conv 3x3 SAME - BN -
     GELU (no conv biases: BN shifts). Global max pooling - Dense ``num_classes``.
     1,972,802 parameters with the defaults.
 
@@ -346,8 +348,10 @@ def fast_cifar(
       norm_momentum: batch norm's running-average momentum (airbench: 0.4, i.e.
         PyTorch's 0.6).
       logit_scale: multiplies the logits (airbench: 1/9).
-      kernel_init: a ``jaxcnn.models.spec.KERNEL_INITS`` name (airbench keeps
-        PyTorch's default, ``"torch_default"``).
+      kernel_init: a ``jaxcnn.models.spec.KERNEL_INITS`` name (airbench: PyTorch's
+        default with identity first filters, ``"torch_default_dirac"``).
+      pool_first: each group's first conv pools before its norm and activation
+        (airbench's order).
       dtype: computation dtype; param_dtype: parameter dtype.
 
     Returns:
@@ -387,7 +391,9 @@ def fast_cifar(
             "norm_momentum": norm_momentum,
             "activation": "gelu",
         }
-        stages.append({**conv, "pool": "max", "name": f"group{i + 1}_conv1"})
+        stages.append(
+            {**conv, "pool": "max", "pool_first": pool_first, "name": f"group{i + 1}_conv1"}
+        )
         stages.append({**conv, "name": f"group{i + 1}_conv2"})
     spec = {
         "kernel_init": kernel_init,

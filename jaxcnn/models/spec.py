@@ -31,7 +31,8 @@ Item keys (defaults):
   conv: features (required), kernel 3, stride 1, padding "VALID", dilation 1,
     groups 1 (or "depthwise"), norm None, norm_momentum 0.9 (BatchNorm's running
     average keeps this much of the old value: 0.9 is PyTorch's 0.1), activation "relu", pool None,
-    pool_window 2, pool_stride None, pool_padding "VALID", use_bias None,
+    pool_window 2, pool_stride None, pool_padding "VALID", pool_first False (pool
+    before the norm and activation), use_bias None,
     space_to_depth None (conv + max pool as one space-to-depth convolution: None
     automatic, True, False; see ``jaxcnn.layers.ConvBlock``), repeat 1 (stride on
     the first repeat, pool after the last), name None.
@@ -118,6 +119,7 @@ _ITEM_DEFAULTS: dict[str, dict[str, Any]] = {
         "pool_window": 2,
         "pool_stride": None,
         "pool_padding": "VALID",
+        "pool_first": False,
         "use_bias": None,
         "space_to_depth": None,
         "repeat": 1,
@@ -194,6 +196,8 @@ def _normalize_item(item: Any, where: str, allowed: tuple[str, ...]) -> dict[str
             raise ValueError(f"{where}.shortcut={out['shortcut']!r}; valid: 'A', 'B'")
         if not isinstance(out["materialize"], bool):
             raise ValueError(f"{where}.materialize={out['materialize']!r}; valid: True, False")
+    if kind == "conv" and not isinstance(out["pool_first"], bool):
+        raise ValueError(f"{where}.pool_first={out['pool_first']!r}; valid: True, False")
     if kind == "conv" and not (
         out["space_to_depth"] is None or isinstance(out["space_to_depth"], bool)
     ):
@@ -340,6 +344,7 @@ class CNN(nn.Module):
                         pool_window=item["pool_window"],
                         pool_stride=item["pool_stride"],
                         pool_padding=item["pool_padding"],
+                        pool_first=item["pool_first"],
                         use_bias=item["use_bias"],
                         space_to_depth=item["space_to_depth"] if last else None,
                         kernel_init=init,
