@@ -30,8 +30,8 @@ when a fresh classifier is overconfident.
 Item keys (defaults):
   conv: features (required), kernel 3, stride 1, padding "VALID", dilation 1,
     groups 1 (or "depthwise"), norm None, norm_momentum 0.9 (BatchNorm's running
-    average keeps this much of the old value: 0.9 is PyTorch's 0.1), activation "relu", pool None,
-    pool_window 2, pool_stride None, pool_padding "VALID", pool_first False (pool
+    average keeps this much of the old value: 0.9 is PyTorch's 0.1), activation
+    "relu", pool None, pool_window 2, pool_stride None, pool_padding "VALID", pool_first False (pool
     before the norm and activation), use_bias None,
     space_to_depth None (conv + max pool as one space-to-depth convolution: None
     automatic, True, False; see ``jaxcnn.layers.ConvBlock``), repeat 1 (stride on
@@ -258,9 +258,10 @@ def normalize_spec(spec: Any) -> dict[str, Any]:
     ):
         raise ValueError(f"spec.logit_scale={logit_scale!r}; valid: a number > 0")
     for i, item in enumerate(stages):
-        momentum = item.get("norm_momentum", 0.9)
-        if item["type"] == "conv" and not 0.0 <= momentum < 1.0:
-            raise ValueError(f"spec.stages[{i}].norm_momentum={momentum!r}; valid: 0 <= m < 1")
+        if item["type"] == "conv" and not 0.0 <= item["norm_momentum"] < 1.0:
+            raise ValueError(
+                f"spec.stages[{i}].norm_momentum={item['norm_momentum']!r}; valid: 0 <= m < 1"
+            )
     return {
         "spatial_dims": spatial_dims,
         "kernel_init": kernel_init,
