@@ -2,7 +2,10 @@
 # One call on a lent GPU (the device tool), after benchmarks/device_prepare.sh here:
 #   run(command="bash benchmarks/device_check.sh", carry=[".whl", ".device"], timeout_s=600)
 # 1. the GPU's name and jax's devices; 2. a short test subset on the GPU; 3. CIFAR-10 to
-# 94 % with configs/cifar10_fast.py (bfloat16, seeds from $SEEDS); 4. the harness --quick.
+# 94 % with configs/cifar10_fast.py (bfloat16, seeds from $SEEDS, target from $TARGET);
+# 4. the harness --quick. On the JPEG copy of CIFAR-10 even airbench94 stops near 91 %
+# (docs/benchmarks.md), so 94 % may not be reached: the run still records the final
+# accuracy and the time; TARGET=0.90 times a reachable mark.
 # Everything lands in $OUT (logs, JSON); the last lines printed are the summary.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -22,7 +25,7 @@ timeout 150 python3 -m pytest -q -x -p no:cacheprovider -o addopts="" \
   tests/test_train_whitening_tta.py 2>&1 | tee "$OUT/pytest.log" | tail -3
 
 timeout 300 python3 benchmarks/time_to_accuracy.py --config configs/cifar10_fast.py \
-  --dataset folder:/tmp/cifar10_jpg --data-dir /tmp/jaxcnn-data --target 0.94 \
+  --dataset folder:/tmp/cifar10_jpg --data-dir /tmp/jaxcnn-data --target "${TARGET:-0.94}" \
   --seeds "${SEEDS:-0,1,2}" --json \
   2>"$OUT/cifar94.err" | tee "$OUT/cifar94.jsonl"
 
