@@ -247,9 +247,11 @@ def test_fit_whitens_keeps_an_average_and_evaluates_it_with_tta(tmp_path):
         ({"eval_tta": "mirror"}, "config.eval_tta = 'mirror' is invalid"),
         ({"whitening.num_images": 0}, "config.whitening.num_images = 0 is invalid"),
         ({"ema_decay": 1.0}, r"config.ema_decay = 1.0 is invalid: in \[0, 1\)"),
+        ({"augment.crop_mode": "edge"}, r"config.augment crop_mode='edge': must be one of"),
+        ({"optimizer.lr_multipliers": (("conv9", 2.0),)}, r"lr_multipliers: \['conv9'\] match no"),
     ],
 )
-def test_bad_whitening_frozen_and_tta_settings_fail_before_training(tmp_path, overrides, message):
+def test_bad_recipe_settings_fail_before_training(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
         fit(_whitened_config(**overrides), tmp_path / "run")
     assert not (tmp_path / "run").exists()

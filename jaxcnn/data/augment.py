@@ -177,7 +177,13 @@ def _number(spec, key, low, high, integer=False):
     return value
 
 
-def _validated(spec) -> dict:
+def validate(spec) -> dict:
+    """``spec`` with every key filled in and checked; ``ValueError`` names a bad key or value.
+
+    Examples:
+        >>> validate({"flip": True})["flip"], validate({})["crop_mode"]
+        (0.5, 'zeros')
+    """
     if spec is None:
         spec = {}
     if not isinstance(spec, Mapping) and hasattr(spec, "items"):  # ml_collections.ConfigDict
@@ -230,7 +236,7 @@ def build(spec: Mapping | None = None) -> Callable:
         >>> identity(jax.random.key(0), x) is x
         True
     """
-    settings = _validated(spec)
+    settings = validate(spec)
     steps = []
     if settings["crop_padding"]:
         steps.append(
@@ -274,6 +280,7 @@ __all__ = [
     "brightness_contrast",
     "build",
     "cutout",
+    "validate",
     "horizontal_flip",
     "random_crop",
     "rotate",

@@ -16,6 +16,7 @@ from typing import Any
 import ml_collections
 
 from jaxcnn.data.augment import DEFAULTS as augment_defaults
+from jaxcnn.data.augment import validate as validate_augment
 from jaxcnn.train.optim import WEIGHT_DECAY_ON, lr_multiplier_pairs
 from jaxcnn.train.tta import TTA_MODES
 
@@ -217,6 +218,11 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     )
     unknown = set(config.augment) - set(AUGMENT_OFF)
     _require(not unknown, "augment", sorted(unknown), f"keys among {sorted(AUGMENT_OFF)}")
+    try:
+        # Values too, before any data is loaded (augment's message names key and range).
+        validate_augment(config.augment)
+    except ValueError as error:
+        raise ConfigError(f"config.{error}") from None
     return config
 
 
