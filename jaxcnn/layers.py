@@ -687,7 +687,7 @@ class ConvBlock(nn.Module):
         y = conv(x)
         chex.assert_shape(y, conv_shape)
         if self.pool_first and pool is not None:
-            return get_activation(self.activation)(self._norm(pool(y), train))
+            y, pool = pool(y), None  # pooled already: norm and activation follow
         y = get_activation(self.activation)(self._norm(y, train))
         return y if pool is None else pool(y)
 

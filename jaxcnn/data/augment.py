@@ -280,11 +280,11 @@ __all__ = [
     "brightness_contrast",
     "build",
     "cutout",
-    "validate",
     "horizontal_flip",
     "random_crop",
     "rotate",
     "rotate_by",
     "shift_by",
     "translate",
+    "validate",
 ]

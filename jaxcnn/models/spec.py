@@ -196,6 +196,8 @@ def _normalize_item(item: Any, where: str, allowed: tuple[str, ...]) -> dict[str
             raise ValueError(f"{where}.shortcut={out['shortcut']!r}; valid: 'A', 'B'")
         if not isinstance(out["materialize"], bool):
             raise ValueError(f"{where}.materialize={out['materialize']!r}; valid: True, False")
+    if kind == "conv" and not 0.0 <= out["norm_momentum"] < 1.0:
+        raise ValueError(f"{where}.norm_momentum={out['norm_momentum']!r}; valid: 0 <= m < 1")
     if kind == "conv" and not isinstance(out["pool_first"], bool):
         raise ValueError(f"{where}.pool_first={out['pool_first']!r}; valid: True, False")
     if kind == "conv" and not (
@@ -257,11 +259,6 @@ def normalize_spec(spec: Any) -> dict[str, Any]:
         or not (logit_scale > 0)
     ):
         raise ValueError(f"spec.logit_scale={logit_scale!r}; valid: a number > 0")
-    for i, item in enumerate(stages):
-        if item["type"] == "conv" and not 0.0 <= item["norm_momentum"] < 1.0:
-            raise ValueError(
-                f"spec.stages[{i}].norm_momentum={item['norm_momentum']!r}; valid: 0 <= m < 1"
-            )
     return {
         "spatial_dims": spatial_dims,
         "kernel_init": kernel_init,
