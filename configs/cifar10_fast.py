@@ -53,10 +53,14 @@ def get_config():
     config.dataset = "cifar10"
     config.model = "fast_cifar"
     config.model_kwargs = {
-        "norm_momentum": 0.4,  # PyTorch's 0.6: running statistics follow the last batches
+        # airbench's 0.6 (PyTorch's momentum=0.4): Flax's weight on the old running statistics.
+        "norm_momentum": 0.6,
         "logit_scale": 1 / 9,
         "kernel_init": "torch_default_dirac",
         "pool_first": True,
+        "activation": "gelu_exact",
+        "norm_epsilon": 1e-12,
+        "classifier_bias": False,
     }
     config.batch_size = 1024
     config.eval_batch_size = 1000
@@ -73,6 +77,7 @@ def get_config():
     config.optimizer.weight_decay_on = "all"
     config.optimizer.lr_multipliers = (("*/norm/bias", 64.0),)
     config.optimizer.frozen = ("*/norm/scale",)
+    config.optimizer.freeze_after = (("whiten/*bias", 3),)
     config.schedule.name = "linear_onecycle"
     config.schedule.pct_start = 0.23
     config.schedule.div_factor = 5.0  # starts at 0.2 x the peak
@@ -83,5 +88,8 @@ def get_config():
     config.augment.crop_padding = 2
     config.augment.crop_mode = "reflect"
     config.augment.flip = True
+    config.augment.flip_mode = "alternate"
+    config.lookahead.every_steps = 5
+    config.lookahead.start_epochs = 3.0
     config.log_every_steps = 10
     return config

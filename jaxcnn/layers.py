@@ -18,6 +18,7 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -37,7 +38,8 @@ Activation = str | Callable[[jax.Array], jax.Array] | None
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
     "relu6": nn.relu6,
-    "gelu": nn.gelu,
+    "gelu": nn.gelu,  # flax's default: the tanh approximation
+    "gelu_exact": functools.partial(nn.gelu, approximate=False),  # the erf form (PyTorch's)
     "silu": nn.silu,
     "swish": nn.swish,
     "elu": nn.elu,
@@ -386,6 +388,8 @@ class ConvBlock(nn.Module):
         over channels, as in ConvNeXt).
       norm_groups: groups for ``"group"``; ``None`` takes ``gcd(32, features)``.
       norm_momentum: ``BatchNorm`` running-average momentum (0.9 = PyTorch's 0.1).
+      norm_epsilon: the norm's epsilon; ``None`` keeps each norm's default (1e-5 for
+        batch and group norm, 1e-6 for layer norm). airbench uses 1e-12.
       activation: name, callable, or ``None`` (identity).
       pool: ``None`` or a pooling kind (``"max"``, ``"avg"``, ``"sum"``) after the
         activation; ``pool_window``, ``pool_stride``, ``pool_padding`` and
@@ -438,6 +442,7 @@ class ConvBlock(nn.Module):
     norm: str | None = None
     norm_groups: int | None = None
     norm_momentum: float = 0.9
+    norm_epsilon: float | None = None
     activation: Activation = "relu"
     pool: str | None = None
     pool_window: int | Sequence[int] = 2
@@ -521,6 +526,9 @@ class ConvBlock(nn.Module):
             )
         return groups
 
+    def _epsilon(self, default: float) -> float:
+        return default if self.norm_epsilon is None else self.norm_epsilon
+
     def _norm(self, x: jax.Array, train: bool) -> jax.Array:
         if self.norm is None:
             return x
@@ -528,7 +536,7 @@ class ConvBlock(nn.Module):
             return nn.BatchNorm(
                 use_running_average=not train,
                 momentum=self.norm_momentum,
-                epsilon=1e-5,
+                epsilon=self._epsilon(1e-5),
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 name="norm",
@@ -541,14 +549,17 @@ class ConvBlock(nn.Module):
                 )
             return nn.GroupNorm(
                 num_groups=groups,
-                epsilon=1e-5,
+                epsilon=self._epsilon(1e-5),
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 name="norm",
             )(x)
         if self.norm == "layer":
             return nn.LayerNorm(
-                epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype, name="norm"
+                epsilon=self._epsilon(1e-6),
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="norm",
             )(x)
         raise ValueError(f"{_describe(self)}: norm={self.norm!r}; valid: None or one of {NORMS}")
 

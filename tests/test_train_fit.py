@@ -52,7 +52,9 @@ STEPS_PER_EPOCH = 1438 // 32  # digits train split / batch size
 
 
 def tiny_config(**overrides):
-    """2 epochs of a 1-conv CNN with batch norm, dropout and augmentation (every rng path)."""
+    """2 epochs of a 1-conv CNN with batch norm, dropout and augmentation (every rng path),
+    lookahead from mid-epoch 1 and a bias frozen after epoch 1 (every piece of state that
+    must survive a resume). No flips: digits are not mirror-symmetric."""
     config = base_config()
     config.dataset = "digits"
     config.model = "spec"
@@ -63,6 +65,9 @@ def tiny_config(**overrides):
     config.optimizer.name = "adam"
     config.optimizer.learning_rate = 3e-3
     config.augment.rotation = 5.0
+    config.lookahead.every_steps = 5
+    config.lookahead.start_epochs = 0.5
+    config.optimizer.freeze_after = (("classifier/bias", 1),)
     config.log_every_steps = 10
     config.progress_bar = False
     config.tensorboard = False

@@ -177,3 +177,28 @@ def test_pool_first_pools_the_conv_output_before_norm_and_activation():
     )
     out, _ = first.apply(variables, x, train=True, mutable=["batch_stats"])
     assert last.shape == out.shape and not np.allclose(last, out)
+
+
+def test_airbench_net_details_epsilon_exact_gelu_and_no_classifier_bias():
+    from jaxcnn.layers import ConvBlock
+
+    x = jax.random.normal(jax.random.PRNGKey(3), (2, 4, 4, 2))
+    kwargs = dict(padding="SAME", norm="batch", activation="gelu_exact")
+    block = ConvBlock(3, (3, 3), norm_epsilon=1e-12, **kwargs)
+    variables = block.init(jax.random.PRNGKey(0), x)
+    out, state = block.apply(variables, x, capture_intermediates=True)
+    conv = state["intermediates"]["conv"]["__call__"][0]
+    # Fresh running statistics (mean 0, var 1): eval-mode BN divides by sqrt(1 + eps),
+    # and the exact GELU is x * Phi(x), not flax's tanh approximation.
+    exact = jax.nn.gelu(conv / np.sqrt(1 + 1e-12), approximate=False)
+    np.testing.assert_allclose(out, exact, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(exact, jax.nn.gelu(conv), rtol=1e-6, atol=1e-7)
+    net = models.get("fast_cifar", widths=(4, 8, 8), classifier_bias=False, norm_epsilon=1e-12)
+    params = jax.eval_shape(net.init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
+    assert set(params["params"]["classifier"]) == {"kernel"}
+    with pytest.raises(ValueError, match=r"norm_epsilon=0; valid: None or a number > 0"):
+        from_spec({"stages": [{"type": "conv", "features": 2, "norm_epsilon": 0}]}).init(
+            jax.random.PRNGKey(0), x
+        )
+    with pytest.raises(ValueError, match="spec.classifier_bias='no'; valid: True, False"):
+        from_spec({"stages": [], "classifier_bias": "no"}).init(jax.random.PRNGKey(0), x)

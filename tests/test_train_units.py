@@ -450,8 +450,8 @@ def test_every_config_file_validates_and_names_a_zoo_model():
 
 
 def test_cifar10_fast_patterns_match_its_model():
-    # The recipe's frozen and lr_multipliers globs must name real parameters of the net
-    # its model_kwargs build; eval_shape initialises nothing, so this costs no compile.
+    # The recipe's frozen, lr_multipliers and freeze_after globs must name real parameters
+    # of the net its model_kwargs build; eval_shape initialises nothing: no compile.
     from pathlib import Path
 
     from jaxcnn import models
@@ -462,6 +462,7 @@ def test_cifar10_fast_patterns_match_its_model():
     model = models.get(config.model, **config.model_kwargs)
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
     patterns = frozen_patterns(config) + [p for p, _ in optim.lr_multiplier_pairs(config.optimizer)]
+    patterns += [p for p, _ in optim.freeze_after_pairs(config.optimizer)]
     assert optim.unmatched_patterns(shapes["params"], patterns) == []
     labels = optim.multiplier_labels(optim.lr_multiplier_pairs(config.optimizer))(shapes["params"])
     assert labels["group3_conv2"]["norm"] == {"bias": "x0", "scale": "base"}

@@ -249,6 +249,7 @@ def test_fit_whitens_keeps_an_average_and_evaluates_it_with_tta(tmp_path):
         ({"ema_decay": 1.0}, r"config.ema_decay = 1.0 is invalid: in \[0, 1\)"),
         ({"augment.crop_mode": "edge"}, r"config.augment crop_mode='edge': must be one of"),
         ({"optimizer.lr_multipliers": (("conv9", 2.0),)}, r"lr_multipliers: \['conv9'\] match no"),
+        ({"optimizer.freeze_after": (("conv9", 1),)}, r"freeze_after: \['conv9'\] match no"),
     ],
 )
 def test_bad_recipe_settings_fail_before_training(tmp_path, overrides, message):

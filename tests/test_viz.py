@@ -145,6 +145,18 @@ def test_augmentation_preview_png(tmp_path):
     assert any(not np.allclose(v, images[0][..., 0] / 255.0) for v in varied)
 
 
+def test_augmentation_preview_shows_alternating_flips_epoch_by_epoch():
+    images = data.load("digits").train.images[:2]
+    spec = {"flip": True, "flip_mode": "alternate"}
+    figure = viz.plot_augmentation_preview(images, spec, num_variants=4, seed=0)
+    for row in range(2):
+        original = images[row][..., 0] / 255.0
+        columns = [figure.axes[row * 5 + i].get_images()[0].get_array() for i in range(1, 5)]
+        mirrored = [not np.allclose(column, original) for column in columns]
+        assert mirrored in ([True, False, True, False], [False, True, False, True])
+        np.testing.assert_allclose(columns[int(not mirrored[0])], original[:, ::-1])
+
+
 def test_image_grid_layout_and_errors(tmp_path):
     figure = viz.image_grid(
         [np.zeros((5, 5, 3), np.uint8), None, np.ones((4, 4))],

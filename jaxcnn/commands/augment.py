@@ -25,7 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--columns", type=int, default=7, help="augmented copies per image")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--crop-padding", type=int, default=0)
+    parser.add_argument("--crop-mode", choices=("zeros", "reflect"), default=None)
     parser.add_argument("--flip", action="store_true")
+    parser.add_argument(
+        "--flip-mode",
+        choices=("random", "alternate"),
+        default=None,
+        help="alternate: column k shows epoch k-1 (each image mirrored every other epoch)",
+    )
     parser.add_argument("--rotation", type=float, default=0.0, help="max degrees")
     parser.add_argument("--translate", type=float, default=0.0, help="max fraction of size")
     parser.add_argument("--cutout", type=int, default=0, help="square side, pixels")
@@ -54,6 +61,10 @@ def main(argv: list[str]) -> int:
         "brightness": args.brightness,
         "contrast": args.contrast,
     }
+    # Only when given, so the figure's title lists just what was switched on.
+    for key in ("crop_mode", "flip_mode"):
+        if getattr(args, key) is not None:
+            spec[key] = getattr(args, key)
     try:
         dataset = load(args.dataset, args.data_dir)
     except DataError as error:

@@ -324,6 +324,9 @@ def fast_cifar(
     logit_scale: float = 1.0,
     kernel_init: str = "he_normal",
     pool_first: bool = False,
+    activation: str = "gelu",
+    norm_epsilon: float | None = None,
+    classifier_bias: bool = True,
     dtype: Any = None,
     param_dtype: Any = jnp.float32,
 ) -> CNN:
@@ -345,13 +348,16 @@ def fast_cifar(
       widths: channels of the three groups.
       whiten: start with the 2x2 patch-whitening conv (else a 3x3 SAME conv of
         ``widths[0]`` channels).
-      norm_momentum: batch norm's running-average momentum (airbench: 0.4, i.e.
-        PyTorch's 0.6).
+      norm_momentum: batch norm's running-average momentum, Flax's weight on the old
+        value (airbench: 0.6, i.e. PyTorch's ``momentum=0.4``).
       logit_scale: multiplies the logits (airbench: 1/9).
       kernel_init: a ``jaxcnn.models.spec.KERNEL_INITS`` name (airbench: PyTorch's
         default with identity first filters, ``"torch_default_dirac"``).
       pool_first: each group's first conv pools before its norm and activation
         (airbench's order).
+      activation: of every conv (airbench: the exact GELU, ``"gelu_exact"``).
+      norm_epsilon: batch norm's epsilon; ``None`` is Flax's 1e-5 (airbench: 1e-12).
+      classifier_bias: whether the classifier has a bias (airbench: no).
       dtype: computation dtype; param_dtype: parameter dtype.
 
     Returns:
@@ -366,7 +372,7 @@ def fast_cifar(
             "type": "conv",
             "features": 2 * in_channels * 4,
             "kernel": 2,
-            "activation": "gelu",
+            "activation": activation,
             "name": "whiten",
         }
     else:
@@ -377,7 +383,8 @@ def fast_cifar(
             "padding": "SAME",
             "norm": "batch",
             "norm_momentum": norm_momentum,
-            "activation": "gelu",
+            "norm_epsilon": norm_epsilon,
+            "activation": activation,
             "name": "stem",
         }
     stages = [stem]
@@ -389,7 +396,8 @@ def fast_cifar(
             "padding": "SAME",
             "norm": "batch",
             "norm_momentum": norm_momentum,
-            "activation": "gelu",
+            "norm_epsilon": norm_epsilon,
+            "activation": activation,
         }
         stages.append(
             {**conv, "pool": "max", "pool_first": pool_first, "name": f"group{i + 1}_conv1"}
@@ -400,5 +408,6 @@ def fast_cifar(
         "stages": stages,
         "head": [{"type": "global_pool", "kind": "max"}],
         "logit_scale": logit_scale,
+        "classifier_bias": classifier_bias,
     }
     return build(spec, num_classes, in_channels, dtype, param_dtype)

@@ -20,6 +20,7 @@ with a ``"type"``; every other key is optional (defaults below)::
             {"type": "dropout", "rate": 0.5},
         ],
         "logit_scale": 1.0,                    # logits are multiplied by this (default 1)
+        "classifier_bias": True,               # False: the classifier has no bias (airbench)
     }
 
 The classifier ``Dense(num_classes)`` (named ``"classifier"``) is appended after
@@ -30,7 +31,8 @@ when a fresh classifier is overconfident.
 Item keys (defaults):
   conv: features (required), kernel 3, stride 1, padding "VALID", dilation 1,
     groups 1 (or "depthwise"), norm None, norm_momentum 0.9 (BatchNorm's running
-    average keeps this much of the old value: 0.9 is PyTorch's 0.1), activation
+    average keeps this much of the old value: 0.9 is PyTorch's 0.1), norm_epsilon
+    None (each norm's default), activation
     "relu", pool None, pool_window 2, pool_stride None, pool_padding "VALID", pool_first False (pool
     before the norm and activation), use_bias None,
     space_to_depth None (conv + max pool as one space-to-depth convolution: None
@@ -114,6 +116,7 @@ _ITEM_DEFAULTS: dict[str, dict[str, Any]] = {
         "groups": 1,
         "norm": None,
         "norm_momentum": 0.9,
+        "norm_epsilon": None,
         "activation": "relu",
         "pool": None,
         "pool_window": 2,
@@ -144,7 +147,14 @@ _ITEM_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 STAGE_TYPES = ("conv", "pool", "residual", "dropout")
 HEAD_TYPES = ("flatten", "global_pool", "dense", "dropout")
-_TOP_KEYS = ("spatial_dims", "kernel_init", "stages", "head", "logit_scale")
+_TOP_KEYS = (
+    "spatial_dims",
+    "kernel_init",
+    "stages",
+    "head",
+    "logit_scale",
+    "classifier_bias",
+)
 
 
 def _plain(value: Any) -> Any:
@@ -198,6 +208,11 @@ def _normalize_item(item: Any, where: str, allowed: tuple[str, ...]) -> dict[str
             raise ValueError(f"{where}.materialize={out['materialize']!r}; valid: True, False")
     if kind == "conv" and not 0.0 <= out["norm_momentum"] < 1.0:
         raise ValueError(f"{where}.norm_momentum={out['norm_momentum']!r}; valid: 0 <= m < 1")
+    epsilon = out.get("norm_epsilon") if kind == "conv" else None
+    if epsilon is not None and (
+        isinstance(epsilon, bool) or not isinstance(epsilon, int | float) or not epsilon > 0
+    ):
+        raise ValueError(f"{where}.norm_epsilon={epsilon!r}; valid: None or a number > 0")
     if kind == "conv" and not isinstance(out["pool_first"], bool):
         raise ValueError(f"{where}.pool_first={out['pool_first']!r}; valid: True, False")
     if kind == "conv" and not (
@@ -259,12 +274,16 @@ def normalize_spec(spec: Any) -> dict[str, Any]:
         or not (logit_scale > 0)
     ):
         raise ValueError(f"spec.logit_scale={logit_scale!r}; valid: a number > 0")
+    classifier_bias = spec.get("classifier_bias", True)
+    if not isinstance(classifier_bias, bool):
+        raise ValueError(f"spec.classifier_bias={classifier_bias!r}; valid: True, False")
     return {
         "spatial_dims": spatial_dims,
         "kernel_init": kernel_init,
         "stages": stages,
         "head": head,
         "logit_scale": float(logit_scale),
+        "classifier_bias": classifier_bias,
     }
 
 
@@ -337,6 +356,7 @@ class CNN(nn.Module):
                         in_channels=self.in_channels if first_conv else None,
                         norm=item["norm"],
                         norm_momentum=item["norm_momentum"],
+                        norm_epsilon=item["norm_epsilon"],
                         activation=item["activation"],
                         pool=item["pool"] if last else None,
                         pool_window=item["pool_window"],
@@ -386,7 +406,9 @@ class CNN(nn.Module):
                 x = get_activation(item["activation"])(x)
             else:  # dropout
                 x = nn.Dropout(item["rate"], deterministic=not train)(x)
-        logits = nn.Dense(self.num_classes, name="classifier", **common)(x)
+        logits = nn.Dense(
+            self.num_classes, use_bias=spec["classifier_bias"], name="classifier", **common
+        )(x)
         if spec["logit_scale"] != 1.0:
             logits = logits * spec["logit_scale"]
         return logits.astype(jnp.float32)

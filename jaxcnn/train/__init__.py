@@ -5,7 +5,7 @@ Public API (see ``docs/training.md``)::
     fit(config, workdir) -> FitResult         train, evaluate, checkpoint, resume
     restore(workdir, which="best") -> Restored  the trained model and its preprocessing
     diagnose(history) -> Diagnosis            over/underfitting verdict with evidence
-    create_train_state, make_train_step, make_eval_step, TrainState
+    create_train_state, make_train_step, make_eval_step, TrainState, Lookahead
     build_optimizer, build_schedule, weight_decay_mask, cross_entropy
     CheckpointStore, CheckpointMismatchError, NonFiniteLossError
     base_config, validate_config, ConfigError
@@ -15,6 +15,7 @@ from jaxcnn.train.checkpoint import CheckpointMismatchError, CheckpointStore
 from jaxcnn.train.config import ConfigError, base_config, load_config_json, validate_config
 from jaxcnn.train.diagnosis import Diagnosis, diagnose
 from jaxcnn.train.evaluation import Evaluator
+from jaxcnn.train.lookahead import Lookahead
 from jaxcnn.train.loop import FitResult, NonFiniteLossError, fit
 from jaxcnn.train.losses import batch_metrics, cross_entropy, finalize_metrics
 from jaxcnn.train.optim import build_optimizer, build_schedule, weight_decay_mask
@@ -29,6 +30,7 @@ __all__ = [
     "Diagnosis",
     "Evaluator",
     "FitResult",
+    "Lookahead",
     "NonFiniteLossError",
     "Restored",
     "TrainState",

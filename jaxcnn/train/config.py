@@ -17,7 +17,7 @@ import ml_collections
 
 from jaxcnn.data.augment import DEFAULTS as augment_defaults
 from jaxcnn.data.augment import validate as validate_augment
-from jaxcnn.train.optim import WEIGHT_DECAY_ON, lr_multiplier_pairs
+from jaxcnn.train.optim import WEIGHT_DECAY_ON, freeze_after_pairs, lr_multiplier_pairs
 from jaxcnn.train.tta import TTA_MODES
 
 DTYPES = ("float32", "bfloat16")
@@ -71,6 +71,10 @@ def base_config() -> ml_collections.ConfigDict:
                 # rate, with the same weight decay per step (airbench: BN biases x64),
                 # e.g. --config.optimizer.lr_multipliers="(('*/norm/bias', 64.0),)"
                 "lr_multipliers": (),
+                # (pattern, epochs) pairs: these parameters stop changing after that many
+                # epochs (airbench: the whitening bias after 3),
+                # e.g. --config.optimizer.freeze_after="(('whiten/bias', 3),)"
+                "freeze_after": (),
             },
             "schedule": {
                 "name": "constant",
@@ -88,6 +92,16 @@ def base_config() -> ml_collections.ConfigDict:
             "whitening": {"layer": "", "num_images": 5000, "eps": 5e-4, "freeze": True},
             # Evaluate a moving average of the weights (jaxcnn.train.state); 0 = off.
             "ema_decay": 0.0,
+            # airbench's lookahead (jaxcnn.train.lookahead): from start_epochs on, every
+            # every_steps steps a slow copy moves toward the weights with weight
+            # decay_base ** every_steps * progress ** decay_power on itself, and the
+            # weights restart from it (also at each epoch's end). every_steps 0 = off.
+            "lookahead": {
+                "every_steps": 0,
+                "start_epochs": 3.0,
+                "decay_base": 0.95,
+                "decay_power": 3.0,
+            },
             # Test-time augmentation of the final test, `jaxcnn evaluate` and `predict`
             # (none, flip, translate, flip_translate); per-epoch validation sees each
             # image once.
@@ -207,8 +221,10 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     )
     try:
         lr_multiplier_pairs(config.optimizer)
+        freeze_after_pairs(config.optimizer)
     except ValueError as error:
         raise ConfigError(f"config.{error}") from None
+    _check_lookahead(config)
     frozen = config.optimizer.frozen
     _require(
         isinstance(frozen, list | tuple) and all(isinstance(p, str) and p for p in frozen),
@@ -224,6 +240,30 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     except ValueError as error:
         raise ConfigError(f"config.{error}") from None
     return config
+
+
+def _check_lookahead(config: ml_collections.ConfigDict) -> None:
+    lookahead = config.lookahead
+    every = lookahead.every_steps
+    _require(
+        isinstance(every, int) and not isinstance(every, bool) and every >= 0,
+        "lookahead.every_steps",
+        every,
+        "an integer >= 0 (0 = off; airbench: 5)",
+    )
+    if not every:
+        return
+    start = lookahead.start_epochs
+    _require(
+        0 <= start < config.num_epochs,
+        "lookahead.start_epochs",
+        start,
+        f"in [0, num_epochs={config.num_epochs})",
+    )
+    base = lookahead.decay_base
+    _require(0 < base <= 1, "lookahead.decay_base", base, "in (0, 1]; airbench: 0.95")
+    power = lookahead.decay_power
+    _require(power >= 0, "lookahead.decay_power", power, ">= 0; airbench: 3")
 
 
 def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:

@@ -157,7 +157,7 @@ def _train(run: TrainingSession, interrupt: InterruptFlag, step_callback) -> Fit
 
     augment = None
     if any(bool(value) for value in config.augment.values()):
-        augment = data_lib.augment.build(config.augment.to_dict())
+        augment = data_lib.augment.build(config.augment.to_dict(), seed=config.seed)
     train_step = make_train_step(
         run.model,
         mean=data.mean,

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 SCHEDULES = (
@@ -206,6 +207,27 @@ def unmatched_patterns(params: Any, patterns: Sequence[str]) -> list[str]:
     return [p for p in patterns if not any(is_frozen(path, [p]) for path in paths)]
 
 
+def _pattern_pairs(
+    optimizer: Mapping, field: str, number: str, example: str, *, zero_ok: bool
+) -> list[tuple[str, float]]:
+    """``optimizer[field]`` as checked ``(pattern, number)`` pairs, numbers > 0 (or >= 0)."""
+    pairs = []
+    for entry in _get(optimizer, field, ()):
+        ok = isinstance(entry, Sequence) and not isinstance(entry, str) and len(entry) == 2
+        if ok:
+            pattern, value = entry
+            ok = isinstance(pattern, str) and bool(pattern)
+            ok = ok and isinstance(value, int | float) and not isinstance(value, bool)
+            ok = ok and (value >= 0 if zero_ok else value > 0)
+        if not ok:
+            raise ValueError(
+                f"optimizer.{field} entry {entry!r} is invalid: each entry is a "
+                f"(parameter path or glob, {number}) pair, e.g. {example}"
+            )
+        pairs.append((pattern, float(value)))
+    return pairs
+
+
 def lr_multiplier_pairs(optimizer: Mapping) -> list[tuple[str, float]]:
     """``optimizer.lr_multipliers`` as checked ``(pattern, factor)`` pairs.
 
@@ -213,21 +235,21 @@ def lr_multiplier_pairs(optimizer: Mapping) -> list[tuple[str, float]]:
       >>> lr_multiplier_pairs({"lr_multipliers": [["*/norm/bias", 64]]})
       [('*/norm/bias', 64.0)]
     """
-    pairs = []
-    for entry in _get(optimizer, "lr_multipliers", ()):
-        ok = isinstance(entry, Sequence) and not isinstance(entry, str) and len(entry) == 2
-        if ok:
-            pattern, factor = entry
-            ok = isinstance(pattern, str) and bool(pattern)
-            ok = ok and isinstance(factor, int | float) and not isinstance(factor, bool)
-            ok = ok and factor > 0
-        if not ok:
-            raise ValueError(
-                f"optimizer.lr_multipliers entry {entry!r} is invalid: each entry is a "
-                "(parameter path or glob, factor > 0) pair, e.g. ('*/norm/bias', 64.0)"
-            )
-        pairs.append((pattern, float(factor)))
-    return pairs
+    return _pattern_pairs(
+        optimizer, "lr_multipliers", "factor > 0", "('*/norm/bias', 64.0)", zero_ok=False
+    )
+
+
+def freeze_after_pairs(optimizer: Mapping) -> list[tuple[str, float]]:
+    """``optimizer.freeze_after`` as checked ``(pattern, epochs)`` pairs.
+
+    Examples:
+      >>> freeze_after_pairs({"freeze_after": [("whiten/bias", 3)]})
+      [('whiten/bias', 3.0)]
+    """
+    return _pattern_pairs(
+        optimizer, "freeze_after", "epochs >= 0", "('whiten/bias', 3)", zero_ok=True
+    )
 
 
 def multiplier_labels(pairs: Sequence[tuple[str, float]]) -> Callable[[Any], Any]:
@@ -250,7 +272,9 @@ def multiplier_labels(pairs: Sequence[tuple[str, float]]) -> Callable[[Any], Any
     return lambda params: jax.tree_util.tree_map_with_path(label, params)
 
 
-def build_optimizer(optimizer: Mapping, schedule: optax.Schedule) -> optax.GradientTransformation:
+def build_optimizer(
+    optimizer: Mapping, schedule: optax.Schedule, steps_per_epoch: int | None = None
+) -> optax.GradientTransformation:
     """An optax transformation from the config: optimiser, weight decay, clipping.
 
     Args:
@@ -266,8 +290,11 @@ def build_optimizer(optimizer: Mapping, schedule: optax.Schedule) -> optax.Gradi
         matches (first match wins, same matching as ``frozen``) take ``factor`` times
         the learning rate, while their weight decay per step stays what it was (the
         decay coefficient is divided by ``factor``), as airbench's 64x rate for the
-        batch-norm biases.
+        batch-norm biases. ``freeze_after``: ``(pattern, epochs)`` pairs; the matched
+        parameters stop changing after that many epochs (airbench trains its
+        whitening bias for 3 epochs only).
       schedule: the learning rate as a function of the step.
+      steps_per_epoch: optimiser steps per epoch; needed by ``freeze_after``.
 
     Returns:
       The composed ``optax.GradientTransformation``.
@@ -316,7 +343,22 @@ def build_optimizer(optimizer: Mapping, schedule: optax.Schedule) -> optax.Gradi
     if frozen:
         # Last in the chain: weight decay and momentum must not move these either.
         parts.append(optax.freeze(frozen_mask(frozen)))
+    freeze_after = freeze_after_pairs(optimizer)
+    if freeze_after and not steps_per_epoch:
+        raise ValueError(
+            f"optimizer.freeze_after={freeze_after!r} counts epochs: build_optimizer needs "
+            f"steps_per_epoch (got {steps_per_epoch!r})"
+        )
+    for pattern, epochs in freeze_after:
+        parts.append(
+            optax.masked(_zero_from(round(epochs * steps_per_epoch)), frozen_mask([pattern]))
+        )
     return optax.chain(*parts)
+
+
+def _zero_from(step: int) -> optax.GradientTransformation:
+    """Pass updates through for the first ``step`` optimiser steps, then zero them."""
+    return optax.scale_by_schedule(lambda count: (count < step).astype(jnp.float32))
 
 
 def _scaled(schedule: optax.Schedule, factor: float) -> optax.Schedule:

@@ -27,7 +27,7 @@ from jaxcnn.train.components import (
 from jaxcnn.train.config import ConfigError
 from jaxcnn.train.early_stopping import metric_mode
 from jaxcnn.train.losses import zeros_like_metrics
-from jaxcnn.train.optim import lr_multiplier_pairs, unmatched_patterns
+from jaxcnn.train.optim import freeze_after_pairs, lr_multiplier_pairs, unmatched_patterns
 from jaxcnn.train.run_log import MetricsLog, is_primary_process
 from jaxcnn.train.state import TrainState, build_tx, create_train_state, frozen_patterns
 from jaxcnn.train.steps import preprocess
@@ -97,6 +97,7 @@ class TrainingSession:
         for field, patterns in (
             ("frozen", frozen_patterns(config)),
             ("lr_multipliers", [pattern for pattern, _ in lr_multiplier_pairs(config.optimizer)]),
+            ("freeze_after", [pattern for pattern, _ in freeze_after_pairs(config.optimizer)]),
         ):
             unmatched = unmatched_patterns(self.state.params, patterns)
             if unmatched:

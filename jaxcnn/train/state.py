@@ -21,6 +21,8 @@ import optax
 from jax.sharding import Mesh
 
 from jaxcnn.train import sharding as sharding_lib
+from jaxcnn.train.lookahead import Lookahead
+from jaxcnn.train.lookahead import from_config as lookahead_from_config
 from jaxcnn.train.optim import build_optimizer, build_schedule
 
 
@@ -48,6 +50,10 @@ class TrainState:
     ``ema_decay`` on the old average, see :func:`ema_decay_at`) that evaluation uses:
     averaging the last few hundred steps' weights smooths out the noise of the last
     steps of SGD.
+
+    ``lookahead_slow`` is ``None``, or the slow copy ``{"params", "batch_stats"}`` of
+    :mod:`jaxcnn.train.lookahead`, which ``lookahead`` (static) syncs with the weights
+    every few steps.
     """
 
     step: jax.Array
@@ -58,6 +64,8 @@ class TrainState:
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
     ema_params: Any = None
     ema_decay: float = flax.struct.field(pytree_node=False, default=0.0)
+    lookahead_slow: Any = None
+    lookahead: Lookahead | None = flax.struct.field(pytree_node=False, default=None)
 
     @property
     def variables(self) -> dict:
@@ -81,6 +89,12 @@ class TrainState:
         """One optimiser update; returns the new state with ``step + 1``."""
         updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
         params = optax.apply_updates(self.params, updates)
+        slow = self.lookahead_slow
+        if self.lookahead is not None:
+            slow, fast = self.lookahead.apply(
+                self.step + 1, slow, {"params": params, "batch_stats": batch_stats}
+            )
+            params, batch_stats = fast["params"], fast["batch_stats"]
         ema_params = self.ema_params
         if ema_params is not None:
             decay = ema_decay_at(self.step, self.ema_decay)
@@ -95,13 +109,22 @@ class TrainState:
             batch_stats=batch_stats,
             opt_state=opt_state,
             ema_params=ema_params,
+            lookahead_slow=slow,
         )
 
     def with_params(self, params: Any) -> TrainState:
-        """This state restarted from new ``params``: optimiser state and average reset."""
-        # A copy: the step donates the state, and one buffer cannot be donated twice.
+        """This state restarted from new ``params``: optimiser state and averages reset."""
+        # Copies: the step donates the state, and one buffer cannot be donated twice.
         ema_params = None if self.ema_params is None else jax.tree_util.tree_map(jnp.copy, params)
-        return self.replace(params=params, opt_state=self.tx.init(params), ema_params=ema_params)
+        slow = self.lookahead_slow
+        if slow is not None:
+            slow = _slow_copy(params, self.batch_stats)
+        return self.replace(
+            params=params,
+            opt_state=self.tx.init(params),
+            ema_params=ema_params,
+            lookahead_slow=slow,
+        )
 
     def checkpoint_tree(self) -> dict:
         """The arrays to save (everything but the static optimiser)."""
@@ -114,6 +137,8 @@ class TrainState:
         }
         if self.ema_params is not None:
             tree["ema_params"] = self.ema_params
+        if self.lookahead_slow is not None:
+            tree["lookahead_slow"] = self.lookahead_slow
         return tree
 
     def from_checkpoint_tree(self, tree: dict) -> TrainState:
@@ -124,6 +149,7 @@ class TrainState:
 def build_tx(config: Any, steps_per_epoch: int | None) -> tuple[optax.GradientTransformation, Any]:
     """The optimiser and schedule that ``config.optimizer`` / ``config.schedule`` describe."""
     schedule_name = config.schedule.get("name", "constant")
+    given_steps_per_epoch = steps_per_epoch
     if steps_per_epoch is None:
         if schedule_name != "constant":
             raise ValueError(
@@ -139,7 +165,12 @@ def build_tx(config: Any, steps_per_epoch: int | None) -> tuple[optax.GradientTr
     )
     optimizer = dict(config.optimizer)
     optimizer["frozen"] = frozen_patterns(config)
-    return build_optimizer(optimizer, schedule), schedule
+    return build_optimizer(optimizer, schedule, given_steps_per_epoch), schedule
+
+
+def _slow_copy(params: Any, batch_stats: Any) -> dict:
+    """A fresh lookahead slow copy (its values matter only from the first sync on)."""
+    return jax.tree_util.tree_map(jnp.copy, {"params": params, "batch_stats": batch_stats})
 
 
 def _ema_decay(config: Any) -> float:
@@ -202,7 +233,13 @@ def create_train_state(
     # jit: eager init of a deep net dispatches every op one by one (slow); the
     # out_shardings put the state replicated on every device of the mesh at once.
     init = jax.jit(
-        _initializer(model, tx, sample_shape, _ema_decay(config)),
+        _initializer(
+            model,
+            tx,
+            sample_shape,
+            _ema_decay(config),
+            lookahead_from_config(config, steps_per_epoch),
+        ),
         out_shardings=sharding_lib.replicated(mesh),
     )
     return init(*jax.random.split(rng, 3))
@@ -222,7 +259,9 @@ def abstract_train_state(
     """
     tx, _ = build_tx(config, steps_per_epoch)
     replicated = sharding_lib.replicated(mesh or sharding_lib.make_mesh())
-    init = _initializer(model, tx, sample_shape, _ema_decay(config))
+    init = _initializer(
+        model, tx, sample_shape, _ema_decay(config), lookahead_from_config(config, steps_per_epoch)
+    )
     shapes = jax.eval_shape(lambda: init(*jax.random.split(jax.random.PRNGKey(0), 3)))
     return jax.tree_util.tree_map(
         lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated), shapes
@@ -234,6 +273,7 @@ def _initializer(
     tx: optax.GradientTransformation,
     sample_shape: Sequence[int],
     ema_decay: float = 0.0,
+    lookahead: Lookahead | None = None,
 ):
     sample_shape = tuple(sample_shape)
 
@@ -241,15 +281,18 @@ def _initializer(
         sample = jnp.zeros(sample_shape, jnp.float32)
         variables = model.init({"params": init_key, "dropout": dropout_key}, sample, train=False)
         params = variables["params"]
+        batch_stats = variables.get("batch_stats", {})
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
-            batch_stats=variables.get("batch_stats", {}),
+            batch_stats=batch_stats,
             opt_state=tx.init(params),
             rng=train_key,
             tx=tx,
             ema_params=jax.tree_util.tree_map(jnp.copy, params) if ema_decay else None,
             ema_decay=ema_decay,
+            lookahead_slow=_slow_copy(params, batch_stats) if lookahead else None,
+            lookahead=lookahead,
         )
 
     return init

@@ -120,6 +120,19 @@ def _slices(total: int, parts: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
+def _example_ids(augment: Augment, batch: Batch) -> dict:
+    """The ``example_ids`` and ``epoch`` an augmentation asks for (alternating flips)."""
+    if not getattr(augment, "needs_example_ids", False):
+        return {}
+    if "index" not in batch or "epoch" not in batch:
+        raise ValueError(
+            "this augmentation (flip_mode='alternate') needs the batch's 'index' (each "
+            "image's row in the training split) and 'epoch'; gathering_train_step adds "
+            f"them, this batch has only {sorted(batch)}"
+        )
+    return {"example_ids": batch["index"], "epoch": batch["epoch"]}
+
+
 def make_train_step(
     model: nn.Module,
     *,
@@ -156,7 +169,9 @@ def make_train_step(
 
     Returns:
       ``train_step(state, batch) -> (new_state, metric_sums)`` where ``batch`` has
-      ``"image"`` (uint8) and ``"label"`` (int32). Pure: jit it, donating ``state``.
+      ``"image"`` (uint8) and ``"label"`` (int32), and for an augmentation with
+      ``needs_example_ids`` also ``"index"`` (each image's row in the training split)
+      and ``"epoch"``. Pure: jit it, donating ``state``.
 
     Examples:
       >>> # step = jax.jit(make_train_step(model, mean=m, std=s), donate_argnums=0)
@@ -171,7 +186,7 @@ def make_train_step(
         augment_key, dropout_key = jax.random.split(step_key)
         images = batch["image"].astype(jnp.float32) / 255.0
         if augment is not None:
-            images = augment(augment_key, images)
+            images = augment(augment_key, images, **_example_ids(augment, batch))
         inputs = preprocess(images, mean, std)
         labels = batch["label"]
         splits = _checked_splits(batch_splits, state, labels.shape[0])
@@ -268,15 +283,17 @@ def gathering_train_step(
 
     The row of ``epoch_indices`` (``(steps_per_epoch, batch)`` int32) is chosen by
     ``state.step % steps_per_epoch`` on the device, so the host sends nothing per
-    step and a run resumed mid-epoch continues with the right batch.
+    step and a run resumed mid-epoch continues with the right batch. The batch also
+    carries the rows it gathered (``"index"``) and the 0-based ``"epoch"``.
     """
 
     def step(state, totals, images, labels, epoch_indices):
         row = jax.lax.rem(state.step, steps_per_epoch)
         indices = jax.lax.dynamic_index_in_dim(epoch_indices, row, keepdims=False)
-        batch = {"image": images[indices], "label": labels[indices]}
+        batch = {"image": images[indices], "label": labels[indices], "index": indices}
         if batch_sharding is not None:
             batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+        batch["epoch"] = jax.lax.div(state.step, steps_per_epoch)
         state, sums = train_step(state, batch)
         return state, add_metrics(totals, sums)
 

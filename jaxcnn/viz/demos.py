@@ -118,10 +118,17 @@ def plot_augmentation_preview(
         raise ValueError(f"images must be uint8 (N, H, W, C), got {pixels.dtype} {pixels.shape}")
     if not isinstance(num_variants, int) or num_variants < 1:
         raise ValueError(f"num_variants must be a positive int, got {num_variants!r}")
-    transform = jax.jit(augment.build(spec))  # compiled once, run once per variant
+    augmenter = augment.build(spec, seed=seed)
+    transform = jax.jit(augmenter)  # compiled once, run once per variant
     floats = jnp.asarray(pixels, jnp.float32) / 255.0
     keys = jax.random.split(jax.random.key(seed), num_variants)
-    variants = [np.asarray(transform(key, floats)) for key in keys]  # each (N, H, W, C)
+    # Alternating flips depend on the image and the epoch: variant k shows epoch k - 1.
+    extra = (
+        (lambda k: {"example_ids": jnp.arange(pixels.shape[0]), "epoch": k})
+        if augmenter.needs_example_ids
+        else (lambda k: {})
+    )
+    variants = [np.asarray(transform(key, floats, **extra(k))) for k, key in enumerate(keys)]
     cells, titles = [], []
     for index in range(pixels.shape[0]):
         cells.append(pixels[index])
