@@ -137,6 +137,16 @@ def test_tta_views_flip_and_shift_with_zero_fill():
         tta_views(jnp.zeros((1, 2, 2, 2, 1)), "flip")
 
 
+def test_tta_views_with_reflect_fill_mirror_the_border():
+    x = jnp.arange(9.0).reshape(1, 3, 3, 1)
+    views = [np.asarray(v[0, :, :, 0]) for v in tta_views(x, "translate", "reflect")]
+    # Shifted up-left by one pixel: the row and column before the border come back.
+    np.testing.assert_array_equal(views[1], [[4, 5, 4], [7, 8, 7], [4, 5, 4]])
+    np.testing.assert_array_equal(views[2], [[4, 3, 4], [1, 0, 1], [4, 3, 4]])
+    with pytest.raises(ValueError, match=r"tta fill = 'edge' is not a border fill"):
+        tta_views(x, "translate", "edge")
+
+
 def test_eval_step_with_tta_scores_the_mean_logits():
     class Asymmetric(nn.Module):
         @nn.compact
@@ -192,6 +202,9 @@ def _whitened_config(**overrides):
             "optimizer.learning_rate": 3e-3,
             "whitening.layer": "whiten",
             "eval_tta": "translate",  # digits are not mirror-symmetric: no flips
+            # The shifted test views must fill as the crops did, in fit and in restore.
+            "augment.crop_padding": 1,
+            "augment.crop_mode": "reflect",
             "ema_decay": 0.9,
             "progress_bar": False,
             "tensorboard": False,
@@ -228,7 +241,7 @@ def test_fit_whitens_keeps_an_average_and_evaluates_it_with_tta(tmp_path):
 
     report = evaluate_restored(restored, "test")
     accuracy = result.test_metrics["test_accuracy"]
-    assert report.tta == "translate"
+    assert report.tta == "translate" and restored.tta_fill == "reflect"
     assert 0.5 < result.test_metrics["test_accuracy_without_tta"] != accuracy
     assert report.metrics["test_accuracy"] == pytest.approx(accuracy, abs=1e-6)
     predicted = restored.predict(data.test.images).argmax(-1)

@@ -44,6 +44,7 @@ class Evaluator:
       top5: also compute top-5 accuracy.
       confusion_classes: > 0 to also accumulate a confusion matrix of that size.
       tta: test-time augmentation (``jaxcnn.train.tta.TTA_MODES``).
+      tta_fill: border fill of shifted views, the training crops' ``crop_mode``.
 
     Examples:
       >>> # evaluator = Evaluator(model, mean, std, mesh=mesh, batch_size=500)
@@ -61,6 +62,7 @@ class Evaluator:
         top5: bool = False,
         confusion_classes: int = 0,
         tta: str = "none",
+        tta_fill: str = "zeros",
     ):
         sharding_lib.check_batch_size(batch_size, mesh, "eval_batch_size")
         self.mesh = mesh
@@ -70,7 +72,13 @@ class Evaluator:
         if confusion_classes:
             self._zeros["confusion"] = np.zeros((confusion_classes,) * 2, np.float32)
         eval_step = make_eval_step(
-            model, mean=mean, std=std, top5=top5, num_classes=confusion_classes, tta=tta
+            model,
+            mean=mean,
+            std=std,
+            top5=top5,
+            num_classes=confusion_classes,
+            tta=tta,
+            tta_fill=tta_fill,
         )
         step = gathering_eval_step(eval_step, sharding_lib.batch_sharded(mesh))
         self._step = jax.jit(step, out_shardings=self._replicated, donate_argnums=1)
@@ -170,6 +178,7 @@ def evaluate_restored(
         top5=num_classes > 5,
         confusion_classes=num_classes,
         tta=tta,
+        tta_fill=restored.tta_fill,
     )
     variables = sharding_lib.put_global(restored.variables, sharding_lib.replicated(mesh))
     sums = evaluator.evaluate_sums(variables, evaluator.place(arrays.images, arrays.labels))

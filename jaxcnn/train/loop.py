@@ -337,6 +337,7 @@ def _finish(run: TrainingSession, evaluator: Evaluator, stopped: str) -> FitResu
                 batch_size=run.config.eval_batch_size,
                 top5=run.top5,
                 tta=tta,
+                tta_fill=run.config.augment.crop_mode,
             )
             test_metrics = finalize_metrics(augmented.evaluate_sums(run.state, test), "test_")
             test_metrics["test_accuracy_without_tta"] = single_view

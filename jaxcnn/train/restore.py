@@ -53,12 +53,19 @@ class Restored:
     def __post_init__(self):
         self._applies: dict[str, Any] = {}
 
+    @property
+    def tta_fill(self) -> str:
+        """How shifted test-time views fill their border: as the run's training crops."""
+        return self.config.augment.get("crop_mode", "zeros")
+
     def _apply_for(self, tta: str):
         """The jitted ``(variables, uint8 images) -> logits`` with test-time augmentation."""
         if tta not in self._applies:
-            model, mean, std = self.model, self.norm_mean, self.norm_std
+            model, mean, std, fill = self.model, self.norm_mean, self.norm_std, self.tta_fill
             self._applies[tta] = jax.jit(
-                lambda variables, images: eval_logits(model, variables, images, mean, std, tta)
+                lambda variables, images: eval_logits(
+                    model, variables, images, mean, std, tta, fill
+                )
             )
         return self._applies[tta]
 

@@ -25,7 +25,7 @@ from jax.sharding import NamedSharding
 
 from jaxcnn import conv_backend
 from jaxcnn.train.losses import add_metrics, batch_metrics, cross_entropy
-from jaxcnn.train.tta import check_tta_mode, tta_logits
+from jaxcnn.train.tta import check_fill, check_tta_mode, tta_logits
 
 Batch = Mapping[str, jax.Array]
 Augment = Callable[[jax.Array, jax.Array], jax.Array]
@@ -53,12 +53,18 @@ def preprocess(images: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
 
 
 def eval_logits(
-    model: nn.Module, variables: Any, images: jax.Array, mean: Any, std: Any, tta: str = "none"
+    model: nn.Module,
+    variables: Any,
+    images: jax.Array,
+    mean: Any,
+    std: Any,
+    tta: str = "none",
+    tta_fill: str = "zeros",
 ) -> jax.Array:
     """Evaluation-mode logits of uint8 (or [0, 1] float) images, averaged over ``tta``'s views.
 
-    The views are taken before normalisation, so their zero fill is black, as in the
-    training crops (:func:`jaxcnn.train.tta.tta_logits`).
+    The views are taken before normalisation, so a zero fill is black; ``tta_fill``
+    should be the training crops' ``crop_mode`` (:func:`jaxcnn.train.tta.tta_logits`).
     """
     if images.dtype == jnp.uint8:
         images = images.astype(jnp.float32) / 255.0
@@ -66,7 +72,7 @@ def eval_logits(
     def one_view(view):
         return model.apply(variables, preprocess(view, mean, std), train=False)
 
-    return tta_logits(one_view, images, tta)
+    return tta_logits(one_view, images, tta, tta_fill)
 
 
 def _variables(state: Any) -> dict:
@@ -238,6 +244,7 @@ def make_eval_step(
     top5: bool = False,
     num_classes: int = 0,
     tta: str = "none",
+    tta_fill: str = "zeros",
 ) -> Callable[[Any, Batch], dict]:
     """The pure evaluation step: metric sums of one (possibly padded) batch.
 
@@ -249,6 +256,8 @@ def make_eval_step(
         ``(num_classes, num_classes)`` (rows: true class, columns: predicted).
       tta: test-time augmentation, one of ``jaxcnn.train.tta.TTA_MODES``: the metrics
         are those of the mean logits over the views (:func:`jaxcnn.train.tta.tta_logits`).
+      tta_fill: how shifted views fill their border, ``"zeros"`` or ``"reflect"`` (as
+        the training crops: ``config.augment.crop_mode``).
 
     Returns:
       ``eval_step(state_or_variables, batch) -> metric_sums``; ``batch`` has
@@ -258,11 +267,12 @@ def make_eval_step(
       >>> # sums = jax.jit(make_eval_step(model, mean=m, std=s))(state, batch)
     """
     check_tta_mode(tta)
+    check_fill(tta_fill)
     mean = jnp.asarray(mean, jnp.float32)
     std = jnp.asarray(std, jnp.float32)
 
     def eval_step(state, batch: Batch):
-        logits = eval_logits(model, _variables(state), batch["image"], mean, std, tta)
+        logits = eval_logits(model, _variables(state), batch["image"], mean, std, tta, tta_fill)
         labels = batch["label"]
         mask = batch.get("mask")
         sums = batch_metrics(logits, labels, cross_entropy(logits, labels), mask, top5=top5)
