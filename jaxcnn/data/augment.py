@@ -85,8 +85,7 @@ def alternating_flip(key, images, example_ids, epoch, probability: float = 0.5):
     Image ``i`` is mirrored in epoch ``e`` when its own coin (``probability`` of heads,
     drawn once for the run from ``key`` and ``i``) differs from ``e``'s parity. Over
     any two consecutive epochs each image is seen once each way, where independent
-    coins would show a quarter of them the same way twice (airbench's scheme, about
-    as good as 1.4x the epochs of random flips at small budgets).
+    coins would show half of them the same way twice (airbench's scheme).
 
     Args:
         key: the run's flip key (the same every step).
@@ -96,9 +95,8 @@ def alternating_flip(key, images, example_ids, epoch, probability: float = 0.5):
         probability: chance that an image's coin is heads (mirrored in even epochs).
 
     Examples:
-        >>> x = jnp.arange(2.0).reshape(1, 1, 2, 1)
-        >>> ids = jnp.array([0])
-        >>> [alternating_flip(jax.random.key(0), x, ids, e).ravel().tolist() for e in range(3)]
+        >>> x, ids, key = jnp.arange(2.0).reshape(1, 1, 2, 1), jnp.array([0]), jax.random.key(0)
+        >>> [alternating_flip(key, x, ids, e, 1.0).ravel().tolist() for e in range(3)]
         [[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]
     """
     example_ids = jnp.asarray(example_ids)

@@ -35,7 +35,7 @@ def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
     ``num_updates``).
 
     Examples:
-      >>> float(ema_decay_at(0, 0.99)), float(ema_decay_at(10_000, 0.99))
+      >>> round(float(ema_decay_at(0, 0.99)), 6), round(float(ema_decay_at(10_000, 0.99)), 6)
       (0.1, 0.99)
     """
     step = jnp.asarray(step, jnp.float32)
