@@ -53,3 +53,11 @@ def test_augment_command_writes_a_png(tmp_path, capsys):
         assert image.format == "PNG" and image.size[0] > 200
     assert "3 images x (4 augmented copies + original)" in capsys.readouterr().out
     assert augment_command.main(["--out", str(out), "--rotation", "400"]) == 2
+
+
+def test_augment_command_mode_choices_are_the_modules_modes():
+    from jaxcnn.data import augment
+
+    actions = {a.dest: a for a in augment_command.build_parser()._actions}
+    assert tuple(actions["crop_mode"].choices) == augment.CROP_MODES
+    assert tuple(actions["flip_mode"].choices) == augment.FLIP_MODES

@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--columns", type=int, default=7, help="augmented copies per image")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--crop-padding", type=int, default=0)
+    # augment.CROP_MODES and FLIP_MODES, spelled out: importing them loads jax, which
+    # would slow --help (tests/test_data_commands.py holds them equal).
     parser.add_argument("--crop-mode", choices=("zeros", "reflect"), default=None)
     parser.add_argument("--flip", action="store_true")
     parser.add_argument(

@@ -32,9 +32,9 @@ Item keys (defaults):
   conv: features (required), kernel 3, stride 1, padding "VALID", dilation 1,
     groups 1 (or "depthwise"), norm None, norm_momentum 0.9 (BatchNorm's running
     average keeps this much of the old value: 0.9 is PyTorch's 0.1), norm_epsilon
-    None (each norm's default), activation
-    "relu", pool None, pool_window 2, pool_stride None, pool_padding "VALID", pool_first False (pool
-    before the norm and activation), use_bias None,
+    None (each norm's default), activation "relu", pool None, pool_window 2,
+    pool_stride None, pool_padding "VALID", pool_first False (pool before the norm
+    and activation), use_bias None,
     space_to_depth None (conv + max pool as one space-to-depth convolution: None
     automatic, True, False; see ``jaxcnn.layers.ConvBlock``), repeat 1 (stride on
     the first repeat, pool after the last), name None.

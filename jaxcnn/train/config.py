@@ -73,7 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
                 "lr_multipliers": (),
                 # (pattern, epochs) pairs: these parameters stop changing after that many
                 # epochs (airbench: the whitening bias after 3),
-                # e.g. --config.optimizer.freeze_after="(('whiten/bias', 3),)"
+                # e.g. --config.optimizer.freeze_after="(('whiten/*bias', 3),)"
                 "freeze_after": (),
             },
             "schedule": {

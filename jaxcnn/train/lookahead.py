@@ -96,15 +96,11 @@ class Lookahead:
         restart = started & (sync | (step % self.steps_per_epoch == 0))
         rho = jnp.where(first, 0.0, self.decay_at(step))
 
-        def one(slow_leaf, fast_leaf):
-            moved = slow_leaf + (1.0 - rho) * (fast_leaf - slow_leaf)
-            new_slow = jnp.where(sync, moved.astype(slow_leaf.dtype), slow_leaf)
-            return new_slow, jnp.where(restart, new_slow, fast_leaf)
+        def moved(s, f):
+            return jnp.where(sync, (s + (1.0 - rho) * (f - s)).astype(s.dtype), s)
 
-        pairs = jax.tree.map(one, slow, fast)
-        is_pair = lambda node: isinstance(node, tuple)  # noqa: E731
-        new_slow = jax.tree.map(lambda pair: pair[0], pairs, is_leaf=is_pair)
-        new_fast = jax.tree.map(lambda pair: pair[1], pairs, is_leaf=is_pair)
+        new_slow = jax.tree.map(moved, slow, fast)
+        new_fast = jax.tree.map(lambda s, f: jnp.where(restart, s, f), new_slow, fast)
         return new_slow, new_fast
 
 

@@ -244,11 +244,11 @@ def freeze_after_pairs(optimizer: Mapping) -> list[tuple[str, float]]:
     """``optimizer.freeze_after`` as checked ``(pattern, epochs)`` pairs.
 
     Examples:
-      >>> freeze_after_pairs({"freeze_after": [("whiten/bias", 3)]})
-      [('whiten/bias', 3.0)]
+      >>> freeze_after_pairs({"freeze_after": [("whiten/*bias", 3)]})
+      [('whiten/*bias', 3.0)]
     """
     return _pattern_pairs(
-        optimizer, "freeze_after", "epochs >= 0", "('whiten/bias', 3)", zero_ok=True
+        optimizer, "freeze_after", "epochs >= 0", "('whiten/*bias', 3)", zero_ok=True
     )
 
 

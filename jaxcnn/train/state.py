@@ -149,23 +149,20 @@ class TrainState:
 def build_tx(config: Any, steps_per_epoch: int | None) -> tuple[optax.GradientTransformation, Any]:
     """The optimiser and schedule that ``config.optimizer`` / ``config.schedule`` describe."""
     schedule_name = config.schedule.get("name", "constant")
-    given_steps_per_epoch = steps_per_epoch
-    if steps_per_epoch is None:
-        if schedule_name != "constant":
-            raise ValueError(
-                f"steps_per_epoch is needed for schedule {schedule_name!r} (its length "
-                "is counted in optimiser steps); pass steps_per_epoch="
-            )
-        steps_per_epoch = 1
+    if steps_per_epoch is None and schedule_name != "constant":
+        raise ValueError(
+            f"steps_per_epoch is needed for schedule {schedule_name!r} (its length "
+            "is counted in optimiser steps); pass steps_per_epoch="
+        )
     schedule = build_schedule(
         config.schedule,
         float(config.optimizer.learning_rate),
-        steps_per_epoch,
+        steps_per_epoch or 1,  # a constant schedule has no length
         int(config.num_epochs),
     )
     optimizer = dict(config.optimizer)
     optimizer["frozen"] = frozen_patterns(config)
-    return build_optimizer(optimizer, schedule, given_steps_per_epoch), schedule
+    return build_optimizer(optimizer, schedule, steps_per_epoch), schedule
 
 
 def _slow_copy(params: Any, batch_stats: Any) -> dict:
