@@ -191,11 +191,11 @@ def max_pool_relu(
       >>> max_pool_relu(jnp.array([[[-1.0], [-2.0], [3.0], [0.5]]]), 2)[0, :, 0]
       Array([0., 3.], dtype=float32)
     """
+    if bias is not None and bias.shape != (x.shape[-1],):
+        raise ValueError(f"bias must have shape ({x.shape[-1]},), got {bias.shape}")
     y = max_pool(x, window, strides)
     if bias is not None:
-        if bias.shape != (x.shape[-1],):
-            raise ValueError(f"bias must have shape ({x.shape[-1]},), got {bias.shape}")
-        y = y + bias.reshape((1,) * (y.ndim - 1) + (-1,))  # explicit: no rank promotion
+        y = add_channel_bias(y, bias)
     return jax.nn.relu(y)
 
 
@@ -252,3 +252,53 @@ def _materialize_bwd(_, g: jax.Array):
 
 
 materialize.defvjp(_materialize_fwd, _materialize_bwd)
+
+
+@jax.custom_vjp
+def add_channel_bias(x: jax.Array, bias: jax.Array) -> jax.Array:
+    """``x + bias`` over the last axis, with the bias gradient summed in float32.
+
+    Why: with ``x`` in bfloat16, autodiff's bias gradient is a bfloat16 ``reduce_sum``
+    over every axis but the channels. XLA:CPU splits a low-precision reduction into a
+    ``reduce-window`` tree and runs it on one thread through its loop emitter: 1.8 ms of
+    an 18 ms CIFAR-net step for conv1's bias (``docs/perf_notes.md``, item 28). Summing
+    the float32 conversion instead is the reduction a float32 net has, which XLA hands to
+    its fast (YNNPACK) reduce, and it also keeps the gradient's float32 digits instead of
+    rounding it to bfloat16 first. In float32 it is exactly ``x + bias``'s gradient.
+
+    Args:
+      x: (..., C) activations, any float dtype.
+      bias: (C,) per-channel bias, typically the float32 parameter; it is cast to
+        ``x.dtype`` for the add.
+
+    Returns:
+      ``x + bias.astype(x.dtype)``, dtype of ``x``; the gradient with respect to ``bias``
+      has ``bias.dtype``.
+
+    Raises:
+      ValueError: if ``bias`` is not ``(C,)`` for ``x``'s last axis ``C``.
+
+    Examples:
+      >>> x = jnp.ones((2, 3), jnp.bfloat16)
+      >>> add_channel_bias(x, jnp.array([0.0, 1.0, 2.0])).tolist()
+      [[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]]
+      >>> jax.grad(lambda b: add_channel_bias(x, b).astype(jnp.float32).sum())(
+      ...     jnp.zeros(3)).tolist()
+      [2.0, 2.0, 2.0]
+    """
+    if bias.shape != (x.shape[-1],):
+        raise ValueError(f"bias must have shape ({x.shape[-1]},) for x {x.shape}, got {bias.shape}")
+    return x + bias.astype(x.dtype).reshape((1,) * (x.ndim - 1) + (-1,))
+
+
+def _add_channel_bias_fwd(x: jax.Array, bias: jax.Array):
+    # The bias itself is the residual only for its dtype; it is one small vector.
+    return add_channel_bias(x, bias), bias
+
+
+def _add_channel_bias_bwd(bias: jax.Array, g: jax.Array):
+    axes = tuple(range(g.ndim - 1))
+    return g, jnp.sum(g, axis=axes, dtype=jnp.float32).astype(bias.dtype)
+
+
+add_channel_bias.defvjp(_add_channel_bias_fwd, _add_channel_bias_bwd)

@@ -84,6 +84,41 @@ def get_activation(activation: Activation) -> Callable[[jax.Array], jax.Array]:
     )
 
 
+# One comparison or select each: their bfloat16 result is already exact, so they skip
+# activate()'s float32 round trip.
+_EXACT_IN_ANY_DTYPE = (nn.relu, ACTIVATIONS["identity"])
+
+
+def activate(activation: Activation, x: jax.Array) -> jax.Array:
+    """Applies ``activation`` to ``x``; below float32 it computes in float32, rounding once.
+
+    Why: XLA:CPU has no bfloat16 arithmetic, so a bfloat16 GELU or SiLU becomes a float32
+    computation rounded back to bfloat16 after every one of its ops, forward and in the
+    gradient. That loop does not vectorise: fast_cifar's GELU gradient took 74 ms of a
+    457 ms bfloat16 step against 15 ms in float32 (``docs/perf_notes.md``, item 28).
+    Converting once, computing in float32 and rounding the result once is what PyTorch's
+    bfloat16 kernels do too, and it is the more accurate of the two. ReLU and identity,
+    exact in any dtype, are applied as they are.
+
+    Args:
+      activation: as for :func:`get_activation`.
+      x: the pre-activation, any float dtype.
+
+    Returns:
+      ``get_activation(activation)(x)`` with ``x``'s dtype.
+
+    Examples:
+      >>> y = activate("gelu", jnp.array([1.0], jnp.bfloat16))
+      >>> y.dtype, float(y[0])
+      (dtype(bfloat16), 0.83984375)
+    """
+    fn = get_activation(activation)
+    low_precision = jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32
+    if fn in _EXACT_IN_ANY_DTYPE or not low_precision:
+        return fn(x)
+    return fn(x.astype(jnp.float32)).astype(x.dtype)
+
+
 def _describe(module: nn.Module) -> str:
     path = "/".join(module.path) if module.scope is not None and module.path else module.name
     return f"{type(module).__name__} {path!r}" if path else type(module).__name__
@@ -349,7 +384,7 @@ class DenseStack(nn.Module):
             raise ValueError(
                 f"{_describe(self)}: dropout_rate={self.dropout_rate}; valid: 0 <= rate < 1"
             )
-        act = get_activation(self.activation)
+        get_activation(self.activation)  # raises on an unknown name before any layer
         sizes = [*self.features] + ([self.out_features] if self.out_features else [])
         in_shape = x.shape
         for i, size in enumerate(sizes):
@@ -361,7 +396,7 @@ class DenseStack(nn.Module):
                 name=f"Dense_{i}",
             )(x)
             if i < len(self.features):
-                x = act(x)
+                x = activate(self.activation, x)
                 if self.dropout_rate > 0:
                     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         chex.assert_shape(x, (*in_shape[:-1], sizes[-1] if sizes else in_shape[-1]))
@@ -635,7 +670,10 @@ class ConvBlock(nn.Module):
         extra = {} if self.kernel_init is None else {"kernel_init": self.kernel_init}
         use_bias = self.norm is None if self.use_bias is None else self.use_bias
         fused_window = self._fusable_pool_window(rank, out_spatial, use_bias)
-        tap = None if fused_window is None else _ConvOutputTap()
+        # With a bias the conv's bias-free output is taken from a tap and the bias added
+        # by fast_ops.add_channel_bias (its gradient summed in float32: in bfloat16 this is
+        # 1.2x the CIFAR net's step); under jit XLA drops nn.Conv's own, unused bias add.
+        tap = _ConvOutputTap() if use_bias else None
         conv = nn.Conv(
             self.features,
             kernel_size=spec.kernel,
@@ -673,7 +711,7 @@ class ConvBlock(nn.Module):
             conv(x)
             y = tap.output
             chex.assert_shape(y, conv_shape)
-            bias = conv.variables["params"]["bias"].astype(y.dtype)
+            bias = conv.variables["params"]["bias"]  # cast to y.dtype by the add
             if self._use_space_to_depth(tap.call, in_channels):
                 # The same conv + pool from the conv's own (padded, cast) operands; under
                 # jit XLA drops the then unused plain conv.
@@ -684,7 +722,7 @@ class ConvBlock(nn.Module):
                     tap.call["padding"],
                     tap.call["precision"],
                 )
-                y = jax.nn.relu(pooled + bias.reshape((1,) * (pooled.ndim - 1) + (-1,)))
+                y = jax.nn.relu(fast_ops.add_channel_bias(pooled, bias))
             else:
                 y = fast_ops.max_pool_relu(y, fused_window, bias=bias)
             chex.assert_shape(y, expected)
@@ -696,10 +734,12 @@ class ConvBlock(nn.Module):
                 "activation 'relu', a conv bias, no norm and fused_pool=True"
             )
         y = conv(x)
+        if tap is not None:
+            y = fast_ops.add_channel_bias(tap.output, conv.variables["params"]["bias"])
         chex.assert_shape(y, conv_shape)
         if self.pool_first and pool is not None:
             y, pool = pool(y), None  # pooled already: norm and activation follow
-        y = get_activation(self.activation)(self._norm(y, train))
+        y = activate(self.activation, self._norm(y, train))
         return y if pool is None else pool(y)
 
 

@@ -133,3 +133,37 @@ def test_materialize_keeps_its_fusion_boundary_on_cpu():
 
     compiled = jax.jit(block_output_then_transpose).lower(jnp.ones((4, 3, 3, 2))).compile()
     assert "conditional" in compiled.as_text()
+
+
+def _bias_gradient(add, x, bias, cotangent):
+    return jax.jit(jax.grad(lambda b: jnp.sum((add(x, b) * cotangent).astype(jnp.float32))))(bias)
+
+
+def test_add_channel_bias_is_the_plain_add_in_float32():
+    x = jax.random.normal(jax.random.key(4), (2, 5, 5, 3))
+    bias = jnp.array([0.5, -0.25, 2.0])
+    assert_same_value_and_grad(
+        fast_ops.add_channel_bias, lambda x, b: x + b.reshape(1, 1, 1, 3), x, bias, atol=0
+    )
+
+
+def test_add_channel_bias_sums_a_bfloat16_gradient_in_float32():
+    x = jnp.zeros((8, 6, 6, 2), jnp.bfloat16)
+    bias = jnp.zeros(2, jnp.float32)
+    # 288 terms of 1 + 2^-7 each: exact in float32, not representable in bfloat16.
+    cotangent = jnp.full(x.shape, 1 + 2**-7, jnp.bfloat16)
+    got = _bias_gradient(fast_ops.add_channel_bias, x, bias, cotangent)
+    assert got.dtype == jnp.float32
+    np.testing.assert_array_equal(got, [288 * (1 + 2**-7)] * 2)
+    plain = _bias_gradient(lambda x, b: x + b.astype(x.dtype)[None, None, None], x, bias, cotangent)
+    assert not np.array_equal(plain, got)  # autodiff's bfloat16 sum rounds: why this exists
+    jaxpr = jax.make_jaxpr(jax.grad(lambda b: fast_ops.add_channel_bias(x, b).sum()))(bias)
+    sums = [e for e in jaxpr.eqns if e.primitive.name == "reduce_sum"]
+    assert sums and all(e.invars[0].aval.dtype == jnp.float32 for e in sums)
+
+
+def test_add_channel_bias_rejects_a_bias_of_the_wrong_shape():
+    with pytest.raises(
+        ValueError, match=r"bias must have shape \(3,\) for x \(1, 4, 3\), got \(2,\)"
+    ):
+        fast_ops.add_channel_bias(jnp.zeros((1, 4, 3)), jnp.zeros(2))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -10,7 +12,15 @@ import pytest
 from scipy import signal
 
 from jaxcnn import shapes
-from jaxcnn.layers import ConvBlock, DenseStack, Flatten, GlobalPool, Pool, get_activation
+from jaxcnn.layers import (
+    ConvBlock,
+    DenseStack,
+    Flatten,
+    GlobalPool,
+    Pool,
+    activate,
+    get_activation,
+)
 
 # "rbg" keys: XLA:CPU compiles them faster than threefry (test time, not semantics).
 NP_RNG = np.random.default_rng(0)
@@ -307,6 +317,58 @@ def test_get_activation_accepts_names_callables_and_none():
     assert get_activation("GELU") is get_activation("gelu")
     assert get_activation(jnp.tanh) is jnp.tanh
     np.testing.assert_array_equal(get_activation(None)(jnp.arange(3.0)), jnp.arange(3.0))
+
+
+def _bfloat16_ops(fn, *args):
+    """Primitives other than casts that take a bfloat16 operand in ``fn``'s jaxpr."""
+    jaxpr = jax.make_jaxpr(fn)(*args)
+    return {
+        e.primitive.name
+        for e in jaxpr.eqns
+        if e.primitive.name != "convert_element_type"
+        and any(getattr(v.aval, "dtype", None) == jnp.bfloat16 for v in e.invars)
+    }
+
+
+@pytest.mark.parametrize("name", ["gelu", "gelu_exact", "silu", "tanh"])
+def test_activate_computes_bfloat16_in_float32_and_rounds_once(name):
+    x = jnp.asarray(NP_RNG.normal(size=64) * 3, jnp.bfloat16)
+    fn = get_activation(name)
+    y = activate(name, x)
+    assert y.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.float32(y), np.float32(fn(np.float32(x)).astype(jnp.bfloat16)))
+    # Neither the activation nor its gradient does arithmetic in bfloat16.
+    grad = jax.grad(lambda v: activate(name, v).astype(jnp.float32).sum())
+    assert _bfloat16_ops(grad, x) == set()
+    assert grad(x).dtype == jnp.bfloat16
+    x32 = x.astype(jnp.float32)  # float32 (and wider) inputs are untouched
+    np.testing.assert_array_equal(activate(name, x32), fn(x32))
+
+
+def test_activate_leaves_exact_activations_alone():
+    x = jnp.asarray([-1.5, 0.0, 2.25], jnp.bfloat16)
+    for name in ("relu", None):
+        jaxpr = jax.make_jaxpr(functools.partial(activate, name))(x)
+        ops = {e.primitive.name for e in jaxpr.eqns}
+        assert "convert_element_type" not in ops
+    with pytest.raises(ValueError, match="activation='mish' is not known"):
+        activate("mish", x)
+
+
+@pytest.mark.parametrize("pool", [None, "max"])
+def test_bfloat16_conv_bias_gradient_is_summed_in_float32(pool):
+    # The conv bias is added by fast_ops.add_channel_bias on both paths (plain and fused
+    # pool), so no bfloat16 reduction is left for XLA:CPU's slow reduce-window tree.
+    x = NP_RNG.normal(size=(2, 8, 8, 3)).astype(jnp.bfloat16)
+    block = ConvBlock(4, (3, 3), pool=pool, activation="gelu", dtype=jnp.bfloat16)
+    variables = jax.jit(block.init)(KEY, x)
+
+    def loss(params):
+        return block.apply({"params": params}, x).astype(jnp.float32).sum()
+
+    assert "reduce_sum" not in _bfloat16_ops(jax.grad(loss), variables["params"])
+    grads = jax.jit(jax.grad(loss))(variables["params"])
+    assert grads["conv"]["bias"].dtype == jnp.float32
 
 
 # ----------------------------------------------------------------------------- dtypes, transforms

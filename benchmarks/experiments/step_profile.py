@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
-def _build(net: str, batch: int, devices: int):
+def _build(net: str, batch: int, devices: int, dtype: str = "float32"):
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -45,7 +45,7 @@ def _build(net: str, batch: int, devices: int):
     from jaxcnn.train import base_config, create_train_state, make_train_step
 
     shape = common.NETS[net][0]
-    model = models.get(net)
+    model = models.get(net, dtype=jnp.dtype(dtype))
     config = base_config()
     config.optimizer.name, config.optimizer.learning_rate = "adam", 1e-3
     config.schedule.name, config.num_epochs = "constant", 1
@@ -86,6 +86,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--net", default="cifar_cnn")
     p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--steps", type=int, default=20, help="steps per timed window")
     p.add_argument("--windows", type=int, default=7)
     p.add_argument("--devices", type=int, default=1)
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
     xla_flags.configure_cpu((*xla_flags.DEFAULT_CPU_FLAGS, *extra))
     import jax
 
-    step, state, batch = _build(args.net, args.batch, args.devices)
+    step, state, batch = _build(args.net, args.batch, args.devices, args.dtype)
     if args.hlo:
         args.hlo.write_text(step.lower(state, batch).compile().as_text())
     for _ in range(5):
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
         jax.block_until_ready(sums)
         seconds.append((time.perf_counter() - start) / args.steps)
     median = statistics.median(seconds)
-    print(f"{args.net} batch {args.batch}: step {median * 1e3:.2f} ms (median of "
+    print(f"{args.net} {args.dtype} batch {args.batch}: step {median * 1e3:.2f} ms (median of "
           f"{args.windows}), {args.batch / median:,.0f} img/s, best window "
           f"{args.batch / min(seconds):,.0f} img/s")  # fmt: skip
     if not args.no_profile:

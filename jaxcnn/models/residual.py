@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn.fast_ops import materialize
-from jaxcnn.layers import ConvBlock, get_activation
+from jaxcnn.layers import ConvBlock, activate
 
 
 def _shortcut(module: nn.Module, x: jax.Array, features: int, stride: int, train: bool):
@@ -110,9 +110,7 @@ class ResidualBlock(nn.Module):
         y = ConvBlock(
             self.features, (3,) * rank, 1, padding=1, activation=None, name="conv2", **common
         )(y, train)
-        y = get_activation(self.activation)(
-            y + _shortcut(self, x, self.features, self.stride, train)
-        )
+        y = activate(self.activation, y + _shortcut(self, x, self.features, self.stride, train))
         return materialize(y) if self.materialize_output else y
 
 
@@ -173,5 +171,5 @@ class BottleneckBlock(nn.Module):
         y = ConvBlock(out, (1,) * rank, 1, padding=0, activation=None, name="conv3", **common)(
             y, train
         )
-        y = get_activation(self.activation)(y + _shortcut(self, x, out, self.stride, train))
+        y = activate(self.activation, y + _shortcut(self, x, out, self.stride, train))
         return materialize(y) if self.materialize_output else y

@@ -60,7 +60,7 @@ import jax
 import jax.numpy as jnp
 from flax.core import FrozenDict
 
-from jaxcnn.layers import ConvBlock, Flatten, GlobalPool, Pool, get_activation
+from jaxcnn.layers import ConvBlock, Flatten, GlobalPool, Pool, activate, get_activation
 from jaxcnn.models.residual import BottleneckBlock, ResidualBlock
 
 KERNEL_INITS = {
@@ -403,7 +403,7 @@ class CNN(nn.Module):
                 x = nn.Dense(
                     item["features"], use_bias=item["use_bias"], name=item["name"], **common
                 )(x)
-                x = get_activation(item["activation"])(x)
+                x = activate(item["activation"], x)
             else:  # dropout
                 x = nn.Dropout(item["rate"], deterministic=not train)(x)
         logits = nn.Dense(
