@@ -254,17 +254,18 @@ def _materialize_bwd(_, g: jax.Array):
 materialize.defvjp(_materialize_fwd, _materialize_bwd)
 
 
-@jax.custom_vjp
 def add_channel_bias(x: jax.Array, bias: jax.Array) -> jax.Array:
-    """``x + bias`` over the last axis, with the bias gradient summed in float32.
+    """``x + bias`` over the last axis, written so that the bias gradient is a float32 sum.
 
-    Why: with ``x`` in bfloat16, autodiff's bias gradient is a bfloat16 ``reduce_sum``
-    over every axis but the channels. XLA:CPU splits a low-precision reduction into a
-    ``reduce-window`` tree and runs it on one thread through its loop emitter: 1.8 ms of
-    an 18 ms CIFAR-net step for conv1's bias (``docs/perf_notes.md``, item 28). Summing
-    the float32 conversion instead is the reduction a float32 net has, which XLA hands to
-    its fast (YNNPACK) reduce, and it also keeps the gradient's float32 digits instead of
-    rounding it to bfloat16 first. In float32 it is exactly ``x + bias``'s gradient.
+    Why: ``x + bias.astype(x.dtype)`` with ``x`` in bfloat16 broadcasts a bfloat16 bias,
+    so autodiff sums its gradient in bfloat16. XLA:CPU splits a low-precision reduction
+    into a ``reduce-window`` tree and runs it on one thread through its loop emitter: 1.8
+    ms of an 18 ms CIFAR-net step for conv1's bias (``docs/perf_notes.md``, item 28).
+    Here the bias is broadcast at (at least) float32 and cast to ``x.dtype`` after, so the
+    transpose is a float32 sum, which XLA hands to its fast (YNNPACK) reduce. The gradient
+    also keeps its float32 digits instead of being rounded to bfloat16 first. The forward
+    value is the same, broadcast and cast fuse into the add, and ordinary autodiff does
+    the rest (forward mode included). In float32 it is ``x + bias`` exactly.
 
     Args:
       x: (..., C) activations, any float dtype.
@@ -288,17 +289,5 @@ def add_channel_bias(x: jax.Array, bias: jax.Array) -> jax.Array:
     """
     if bias.shape != (x.shape[-1],):
         raise ValueError(f"bias must have shape ({x.shape[-1]},) for x {x.shape}, got {bias.shape}")
-    return x + bias.astype(x.dtype).reshape((1,) * (x.ndim - 1) + (-1,))
-
-
-def _add_channel_bias_fwd(x: jax.Array, bias: jax.Array):
-    # The bias itself is the residual only for its dtype; it is one small vector.
-    return add_channel_bias(x, bias), bias
-
-
-def _add_channel_bias_bwd(bias: jax.Array, g: jax.Array):
-    axes = tuple(range(g.ndim - 1))
-    return g, jnp.sum(g, axis=axes, dtype=jnp.float32).astype(bias.dtype)
-
-
-add_channel_bias.defvjp(_add_channel_bias_fwd, _add_channel_bias_bwd)
+    wide = bias.astype(jnp.promote_types(bias.dtype, jnp.float32))
+    return x + jnp.broadcast_to(wide, x.shape).astype(x.dtype)

@@ -167,3 +167,11 @@ def test_add_channel_bias_rejects_a_bias_of_the_wrong_shape():
         ValueError, match=r"bias must have shape \(3,\) for x \(1, 4, 3\), got \(2,\)"
     ):
         fast_ops.add_channel_bias(jnp.zeros((1, 4, 3)), jnp.zeros(2))
+
+
+def test_add_channel_bias_keeps_forward_mode_autodiff():
+    x, bias = jnp.ones((2, 3), jnp.bfloat16), jnp.zeros(3)
+    dx, dbias = jnp.full((2, 3), 0.5, jnp.bfloat16), jnp.array([1.0, 2.0, 3.0])
+    _, tangent = jax.jvp(fast_ops.add_channel_bias, (x, bias), (dx, dbias))
+    assert tangent.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.float32(tangent), [[1.5, 2.5, 3.5]] * 2)
