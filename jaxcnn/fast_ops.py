@@ -191,11 +191,9 @@ def max_pool_relu(
       >>> max_pool_relu(jnp.array([[[-1.0], [-2.0], [3.0], [0.5]]]), 2)[0, :, 0]
       Array([0., 3.], dtype=float32)
     """
-    if bias is not None and bias.shape != (x.shape[-1],):
-        raise ValueError(f"bias must have shape ({x.shape[-1]},), got {bias.shape}")
     y = max_pool(x, window, strides)
     if bias is not None:
-        y = add_channel_bias(y, bias)
+        y = add_channel_bias(y, bias)  # checks the bias's shape (pooling keeps C)
     return jax.nn.relu(y)
 
 

@@ -384,7 +384,7 @@ class DenseStack(nn.Module):
             raise ValueError(
                 f"{_describe(self)}: dropout_rate={self.dropout_rate}; valid: 0 <= rate < 1"
             )
-        get_activation(self.activation)  # raises on an unknown name before any layer
+        act = get_activation(self.activation)  # raises on an unknown name before any layer
         sizes = [*self.features] + ([self.out_features] if self.out_features else [])
         in_shape = x.shape
         for i, size in enumerate(sizes):
@@ -396,7 +396,7 @@ class DenseStack(nn.Module):
                 name=f"Dense_{i}",
             )(x)
             if i < len(self.features):
-                x = activate(self.activation, x)
+                x = activate(act, x)
                 if self.dropout_rate > 0:
                     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         chex.assert_shape(x, (*in_shape[:-1], sizes[-1] if sizes else in_shape[-1]))
