@@ -1,20 +1,27 @@
-"""Training-mode batch norm + ReLU alone: flax's ``nn.BatchNorm`` against a custom VJP.
+"""Training-mode batch norm + activation alone: Flax's ``nn.BatchNorm`` against jaxcnn's op.
 
-Milliseconds (median of 5 windows) for the gradient, with respect to input, scale and
-bias, of ``sum(relu(batch_norm(x)) * probe)`` at the activation shapes of ResNet-20's
-first two stages (batch 128), as XLA:CPU compiles it with jaxcnn's flags. The custom VJP
-keeps the normalised input ``xhat`` and the inverse standard deviation from the forward
-pass and writes the textbook gradient,
-``dx = scale * inv / n * (n * g - sum(g) - xhat * sum(g * xhat))``: two reductions and
-one elementwise pass. ``diff`` is its largest difference from flax's autodiff gradient,
-relative to that gradient's largest entry. Not in the library yet (``docs/perf_notes.md``,
-session 4: the next step for ResNet-20).
+Milliseconds (median of ``--windows`` windows) for the gradient, with respect to input,
+scale and bias, of ``sum(activation(batch_norm(x)) * probe)``, as XLA:CPU compiles it
+with jaxcnn's flags:
+
+* ``flax``: ``nn.BatchNorm`` then :func:`jaxcnn.activations.activate` (autodiff), what
+  ``ConvBlock(fused_norm=False)`` runs;
+* ``jaxcnn``: :func:`jaxcnn.batch_norm.batch_norm_activation`, one op with a hand-written
+  gradient, what ``ConvBlock(fused_norm=True)`` runs.
+
+``diff`` is the largest difference of the op's gradients from Flax's, relative to each
+gradient's largest entry (bfloat16: the two round differently). The shapes are the fast
+CIFAR net's first groups (bfloat16, GELU) and ResNet-20's first stages (float32, ReLU),
+batch 128 (``docs/perf_notes.md``, item 29). Only ``jax.grad``: with
+``jax.value_and_grad`` on this toy loss YNNPACK fuses the forward's output into the sum
+and the comparison says nothing about a real step (item 29).
 
     python benchmarks/experiments/bn_vjp.py
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -22,76 +29,79 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.experiments.conv_pieces import median_ms  # noqa: E402
 
-SHAPES = ((128, 32, 32, 16), (128, 16, 16, 32), (128, 8, 8, 64))
+CASES = (
+    ((128, 31, 31, 64), "bfloat16", "gelu"),
+    ((128, 15, 15, 256), "bfloat16", "gelu"),
+    ((128, 15, 15, 256), "float32", "gelu"),
+    ((128, 32, 32, 16), "float32", "relu"),
+    ((128, 16, 16, 32), "float32", "relu"),
+    ((128, 8, 8, 64), "float32", "relu"),
+)
 EPS = 1e-5
 
 
-def _flax_batch_norm(x, scale, bias):
+def _flax(activation: str):
     import flax.linen as nn
     import jax.numpy as jnp
 
-    module = nn.BatchNorm(use_running_average=False, epsilon=EPS)
-    stats = {"mean": jnp.zeros_like(scale), "var": jnp.ones_like(scale)}
-    variables = {"params": {"scale": scale, "bias": bias}, "batch_stats": stats}
-    return module.apply(variables, x, mutable=["batch_stats"])[0]
+    from jaxcnn.activations import activate
+
+    def run(x, scale, bias):
+        module = nn.BatchNorm(use_running_average=False, epsilon=EPS, dtype=x.dtype)
+        stats = {"mean": jnp.zeros_like(scale), "var": jnp.ones_like(scale)}
+        variables = {"params": {"scale": scale, "bias": bias}, "batch_stats": stats}
+        y = module.apply(variables, x, mutable=["batch_stats"])[0]
+        return activate(activation, y)
+
+    return run
 
 
-def _custom_vjp_batch_norm():
-    import jax
-    import jax.numpy as jnp
+def _jaxcnn(activation: str):
+    from jaxcnn.activations import get_activation
+    from jaxcnn.batch_norm import batch_norm_activation
 
-    def forward(x, scale, bias):
-        axes = tuple(range(x.ndim - 1))
-        mean = x.mean(axes)
-        # E[x^2] - E[x]^2, as flax's default (use_fast_variance) computes it.
-        var = jnp.maximum((x * x).mean(axes) - mean * mean, 0.0)
-        inv = jax.lax.rsqrt(var + EPS)
-        xhat = (x - mean) * inv
-        return xhat * scale + bias, (xhat, inv, scale)
+    fn = get_activation(activation)
 
-    def backward(residuals, g):
-        xhat, inv, scale = residuals
-        axes = tuple(range(g.ndim - 1))
-        n = g.size // g.shape[-1]
-        dbias = g.sum(axes)
-        dscale = (g * xhat).sum(axes)
-        return (scale * inv / n) * (n * g - dbias - xhat * dscale), dscale, dbias
+    def run(x, scale, bias):
+        return batch_norm_activation(x, scale, bias, EPS, fn, x.dtype)[0]
 
-    batch_norm = jax.custom_vjp(lambda x, scale, bias: forward(x, scale, bias)[0])
-    batch_norm.defvjp(forward, backward)
-    return batch_norm
+    return run
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--windows", type=int, default=7)
+    args = parser.parse_args(argv)
     from jaxcnn import xla_flags
 
     xla_flags.configure_cpu()
     import jax
     import jax.numpy as jnp
 
-    variants = {"flax": _flax_batch_norm, "custom VJP": _custom_vjp_batch_norm()}
-    for shape in SHAPES:
+    for shape, dtype, activation in CASES:
         keys = jax.random.split(jax.random.key(0), 2)
-        x = jax.random.normal(keys[0], shape) * 2 + 1
-        probe = jax.random.normal(keys[1], shape)
+        x = (jax.random.normal(keys[0], shape) * 2 + 1).astype(dtype)
+        probe = jax.random.normal(keys[1], shape).astype(dtype)
         scale = jnp.full(shape[-1], 1.3)
         bias = jnp.full(shape[-1], 0.1)
         results = {}
-        for name, batch_norm in variants.items():
+        for name, make in (("flax", _flax), ("jaxcnn", _jaxcnn)):
+            norm = make(activation)
 
-            def loss(x, scale, bias, batch_norm=batch_norm, probe=probe):
-                return jnp.sum(jax.nn.relu(batch_norm(x, scale, bias)) * probe)
+            def loss(x, scale, bias, norm=norm, probe=probe):
+                return jnp.sum((norm(x, scale, bias) * probe).astype(jnp.float32))
 
             grad = jax.jit(jax.grad(loss, (0, 1, 2)))
-            timing = median_ms(grad, x, scale, bias, windows=5, calls=20)
+            timing = median_ms(grad, x, scale, bias, windows=args.windows, calls=10)
             results[name] = (timing, grad(x, scale, bias))
-        reference = results["flax"][1]
         diff = max(
-            float(jnp.abs(a - b).max() / jnp.abs(b).max())
-            for a, b in zip(results["custom VJP"][1], reference, strict=True)
+            float(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)).max())
+            / float(jnp.abs(b.astype(jnp.float32)).max())
+            for a, b in zip(results["jaxcnn"][1], results["flax"][1], strict=True)
         )
         timings = "  ".join(f"{name} {ms:6.2f} ms" for name, (ms, _) in results.items())
-        print(f"{shape}: {timings}  diff {diff:.1e}")
+        ratio = results["flax"][0] / results["jaxcnn"][0]
+        print(f"{shape} {dtype} {activation}: {timings}  x{ratio:.2f}  diff {diff:.1e}")
     return 0
 
 

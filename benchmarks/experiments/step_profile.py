@@ -10,6 +10,8 @@ every fusion in the profile.
 
     python benchmarks/experiments/step_profile.py --net cifar_cnn
     python benchmarks/experiments/step_profile.py --net mnist_cnn --no-profile --devices 2
+    python benchmarks/experiments/step_profile.py --net fast_cifar --dtype bfloat16 \
+        --batch 1024 --model-kwargs '{"pool_first": true, "activation": "gelu_exact"}'
 
 The ``x`` column counts an op's trace events per step: ``x 1.0`` for a fusion means it
 ran as one task, on one thread. In jaxlib 0.10 that holds for every elementwise fusion;
@@ -35,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
-def _build(net: str, batch: int, devices: int, dtype: str = "float32"):
+def _build(net: str, batch: int, devices: int, dtype: str = "float32", kwargs=None):
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -45,7 +47,7 @@ def _build(net: str, batch: int, devices: int, dtype: str = "float32"):
     from jaxcnn.train import base_config, create_train_state, make_train_step
 
     shape = common.NETS[net][0]
-    model = models.get(net, dtype=jnp.dtype(dtype))
+    model = models.get(net, dtype=jnp.dtype(dtype), **(kwargs or {}))
     config = base_config()
     config.optimizer.name, config.optimizer.learning_rate = "adam", 1e-3
     config.schedule.name, config.num_epochs = "constant", 1
@@ -93,6 +95,12 @@ def main(argv=None) -> int:
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--no-profile", action="store_true")
     p.add_argument("--hlo", type=Path, help="write the optimised HLO here")
+    p.add_argument(
+        "--model-kwargs",
+        type=json.loads,
+        default={},
+        help="JSON keyword arguments for the zoo model, e.g. '{\"pool_first\": true}'",
+    )
     args = p.parse_args(argv)
 
     from jaxcnn import xla_flags
@@ -103,7 +111,7 @@ def main(argv=None) -> int:
     xla_flags.configure_cpu((*xla_flags.DEFAULT_CPU_FLAGS, *extra))
     import jax
 
-    step, state, batch = _build(args.net, args.batch, args.devices, args.dtype)
+    step, state, batch = _build(args.net, args.batch, args.devices, args.dtype, args.model_kwargs)
     if args.hlo:
         args.hlo.write_text(step.lower(state, batch).compile().as_text())
     for _ in range(5):
