@@ -6,15 +6,16 @@
 ``flax.linen.BatchNorm`` with the same variables and defaults, plus an ``activation``,
 that uses it when training.
 
-Why: autodiff of Flax's batch norm followed by an activation keeps the centred input
-and the pre-activation for the backward pass and reads them in several passes. XLA:CPU
-runs each elementwise pass on one thread, and with bfloat16 input it also writes a
-float32 copy of ``x`` for the statistics. The gradient written out keeps only ``x``
+Why: autodiff of Flax's batch norm followed by an activation keeps float32 copies of
+the centred input and of the pre-activation for the backward pass, and reads them in
+several passes. On a CPU each pass over a large map is paid in memory traffic (4-7 GB/s
+on the 2-core machine of the perf notes). The gradient written out keeps only ``x``
 (the conv output, alive anyway), two numbers per channel and the parameters, and
-recomputes the rest in the two passes the maths needs: one for the two sums
-``sum(dz)`` and ``sum(dz * xhat)``, one for ``dx``. Measured at the fast CIFAR net's
-shapes, the gradient of norm + GELU is 1.5x faster in bfloat16 (48 -> 30 ms), and norm +
-ReLU 1.4-1.7x in float32 at ResNet-20's (``docs/perf_notes.md``, item 29).
+recomputes the rest: one pass for the two sums ``sum(dpre)`` and ``sum(dpre * xhat)``
+(XLA may split it), one for ``dx``. Measured at the fast CIFAR net's shapes, the
+gradient of norm + GELU is 1.5-1.6x faster in bfloat16 (48 -> 30 ms), norm + ReLU
+1.2-1.7x in float32 at ResNet-20's; the fast CIFAR net's bfloat16 training step 1.18x
+(``docs/perf_notes.md``, item 29).
 
 Numerics: the statistics are float32 (at least), as Flax's; the activation is applied
 to the float32 pre-activation and the result rounded once to ``dtype``. In float32 the

@@ -381,7 +381,7 @@ class ConvBlock(nn.Module):
       fused_norm: ``True`` (default) runs ``norm="batch"`` and the activation after it
         as one :class:`jaxcnn.batch_norm.BatchNorm` sub-module (still named ``"norm"``,
         with Flax's variables): in training one op with a hand-written gradient
-        (1.4-1.7x faster norm + activation on CPU), the activation computed on the
+        (1.2-1.7x faster norm + activation on CPU), the activation computed on the
         float32 pre-activation and rounded once. ``capture_intermediates`` then records
         the norm's output after the activation. ``False``: ``flax.linen.BatchNorm``,
         then :func:`activate`; forward-mode autodiff (``jax.jvp``) needs that (and,
