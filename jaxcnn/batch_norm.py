@@ -34,7 +34,6 @@ Examples:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -45,16 +44,12 @@ from jax import lax
 from jaxcnn.activations import Activation, activate, get_activation
 
 
-def _identity(x: jax.Array) -> jax.Array:
-    return x
-
-
 def batch_norm_activation(
     x: jax.Array,
     scale: jax.Array,
     bias: jax.Array,
     epsilon: float,
-    activation: Callable[[jax.Array], jax.Array] | None = None,
+    activation: Activation = None,
     dtype: Any = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Training-mode batch norm over the last axis, then ``activation``; custom gradient.
@@ -63,8 +58,9 @@ def batch_norm_activation(
       x: ``(..., channels)``, any float dtype.
       scale, bias: ``(channels,)``.
       epsilon: added to the variance.
-      activation: an elementwise callable (``None``: identity). It is applied to the
-        float32 pre-activation; its gradient comes from ``jax.vjp``.
+      activation: as for :func:`jaxcnn.activations.get_activation` (a name, an
+        elementwise callable, or ``None`` for identity). It is applied to the float32
+        pre-activation; its gradient comes from ``jax.vjp``.
       dtype: of ``y``; ``None`` promotes ``x``'s dtype with the parameters' (Flax's rule).
 
     Returns:
@@ -72,7 +68,8 @@ def batch_norm_activation(
       variance per channel, in float32 (or wider), differentiable too.
 
     Raises:
-      ValueError: if ``scale`` or ``bias`` is not ``(channels,)``.
+      ValueError: if ``scale`` or ``bias`` is not ``(channels,)``, or the activation
+        name is unknown.
 
     Examples:
       >>> y, _, _ = batch_norm_activation(
@@ -90,7 +87,7 @@ def batch_norm_activation(
                 f"{name} of shape {tuple(jnp.shape(value))}"
             )
     out_dtype = jnp.dtype(dtype or jnp.result_type(x, scale, bias))
-    return _fused(x, scale, bias, float(epsilon), activation or _identity, out_dtype)
+    return _fused(x, scale, bias, float(epsilon), get_activation(activation), out_dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
@@ -122,10 +119,6 @@ def _per_channel(ndim: int, v: jax.Array) -> jax.Array:
     return v.reshape((1,) * (ndim - 1) + v.shape)
 
 
-def _fused_fwd(x, scale, bias, epsilon, activation, dtype):
-    return _forward(x, scale, bias, epsilon, activation, dtype)
-
-
 def _fused_bwd(epsilon, activation, dtype, residuals, cotangents):
     del epsilon, dtype
     x, mean, inv, var_positive, scale, bias = residuals
@@ -138,10 +131,7 @@ def _fused_bwd(epsilon, activation, dtype, residuals, cotangents):
     # float32 copies of xhat and of the pre-activation.
     xhat = (wide - c(mean)) * c(inv)
     pre = xhat * c(scale) + c(bias)
-    if activation is _identity:
-        dpre = dy.astype(pre.dtype)
-    else:
-        dpre = jax.vjp(activation, pre)[1](dy.astype(pre.dtype))[0]
+    dpre = jax.vjp(activation, pre)[1](dy.astype(pre.dtype))[0]
     dbias = dpre.sum(axes)
     dscale = (dpre * xhat).sum(axes)
     # d/dx of the normalisation: (scale * inv / n) * (n * dpre - dbias - xhat * dscale).
@@ -154,7 +144,7 @@ def _fused_bwd(epsilon, activation, dtype, residuals, cotangents):
     return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
 
 
-_fused.defvjp(_fused_fwd, _fused_bwd)
+_fused.defvjp(_forward, _fused_bwd)
 
 
 class BatchNorm(nn.Module):
