@@ -200,6 +200,35 @@ def test_backend_names_are_validated_with_the_valid_ones(monkeypatch):
     assert conv_backend.resolved_backend() == "xla"
 
 
+ZEN4 = (
+    "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nflags\t\t: fpu avx2 fma "
+    "avx512f avx512dq avx512ifma avx512cd avx512bw avx512vl avx512_bf16\n"
+)
+ZEN3 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nflags\t\t: fpu avx2 fma\n"
+XEON_AVX2 = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu avx2 fma\n"
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "expected"),
+    [
+        (ZEN4, True),  # measured: item 33 of docs/perf_notes.md
+        (XEON_AVX2, True),  # Intel, as before
+        (ZEN3, False),  # AVX2-only AMD: not measured, XLA stays
+        (ZEN3.replace("avx2 fma", "avx2 fma avx512f"), False),  # avx512f alone is not enough
+        ("processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd sve\n", False),  # ARM
+        ("", False),
+    ],
+)
+def test_auto_prefers_onednn_on_intel_and_avx512_cpus(cpuinfo, expected):
+    assert conv_backend.onednn_preferred(cpuinfo) is expected
+
+
+def test_auto_reads_only_the_first_processors_lines():
+    second = ZEN3.replace("processor\t: 0", "processor\t: 1")
+    assert conv_backend.onednn_preferred(ZEN4 + "\n" + second)
+    assert not conv_backend.onednn_preferred(ZEN3 + "\n" + ZEN4.replace(": 0", ": 1", 1))
+
+
 def test_set_and_context_restore_the_previous_choice(monkeypatch):
     monkeypatch.delenv("JAXCNN_CONV_BACKEND", raising=False)
     conv_backend.set_conv_backend("xla")
