@@ -13,7 +13,8 @@ How the estimate is made (the same for every runner, so achieved FLOP/s compare 
   ``train_flops = 2 * (3 * forward_macs - first_layer_macs)``.
 
 Peak: ``cores x FP32 FLOP/cycle x clock``; FLOP/cycle is 64 for a core with two 512-bit FMA
-pipes (AVX-512: 16 lanes x 2 FLOPs x 2 pipes), 32 for AVX2-only (two 256-bit FMA pipes);
+pipes (AVX-512: 16 lanes x 2 FLOPs x 2 pipes), 32 for AVX2-only (two 256-bit FMA pipes)
+and for AMD's Zen 4 (family 25), which runs AVX-512 on its two 256-bit pipes;
 the clock is the current ``cpu MHz`` of /proc/cpuinfo (KVM guests report the nominal one).
 The bfloat16 peak is twice the FP32 one with AVX-512 BF16, and 1024 FLOP/cycle per core
 with AMX (Intel Xeon since Sapphire Rapids: one ``tdpbf16ps`` tile product, 16 x 16 x 32
@@ -132,10 +133,12 @@ def machine_peak(cpuinfo: str | None = None) -> dict:
         return found.group(1).strip() if found else None
 
     flags = set((field("flags") or "").split())
-    per_cycle = 64 if "avx512f" in flags else 32 if "fma" in flags else 8
+    family, model = field("cpu family"), field("model")
+    # Zen 4 (AMD family 25) splits each 512-bit op over its two 256-bit FMA pipes.
+    zen4 = family == "25" and "AMD" in (field("vendor_id") or "") + (field("model name") or "")
+    per_cycle = 64 if "avx512f" in flags and not zen4 else 32 if "fma" in flags else 8
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     clock = float(field(r"cpu MHz") or "nan")
-    family, model = field("cpu family"), field("model")
     if "amx_bf16" in flags:
         bf16_per_cycle = AMX_BF16_FLOPS_PER_CYCLE
         bf16_how = f"; bfloat16 {bf16_per_cycle} FLOP/cycle (amx_bf16)"

@@ -28,8 +28,8 @@ Recipe (airbench94, Jordan 2024, translated to optax; each trick with why):
     (``flip_mode = "alternate"``: each image is seen both ways in any two epochs).
   * test-time augmentation (``eval_tta = "flip_translate"``, 6 views, their shifted
     borders reflected like the crops').
-  * bfloat16 compute, float32 parameters: twice the matmul rate on a GPU, and AMX
-    through oneDNN on an Intel CPU.
+  * bfloat16 compute, float32 parameters: twice the matmul rate on a GPU, AMX
+    through oneDNN on an Intel CPU, and AVX-512 BF16 on AMD's Zen 4.
 
 Measured: never on a GPU (none was lent). On 2 CPU cores (Intel Xeon, family 6 model
 167) on the JPEG CIFAR-10 of ``../shared/data`` (lossy: quality 75, 4:2:0 chroma), seed

@@ -8,7 +8,10 @@ no groups, non-negative padding, tracing for a single CPU device (XLA cannot spl
 foreign call over several devices). Anything else goes to lax.
 
 Backends (``set_conv_backend``, the ``use_conv_backend`` context, or the environment
-variable ``JAXCNN_CONV_BACKEND``; read when a function is traced, so set it before jit):
+variable ``JAXCNN_CONV_BACKEND``; read when a function is traced, so set it before jit).
+``JAXCNN_ONEDNN_ALGORITHM=winograd`` (also read at trace time) runs oneDNN's float32 3x3
+stride-1 convolutions as Winograd F(4x4, 3x3): 1.5-2.2x faster per convolution on AMD
+Zen 4, rounding errors near 1e-6 of the largest value (``docs/perf_notes.md``, item 34).
 
 * ``"auto"`` (default): oneDNN when its library builds here and the CPU is one where it
   measured faster: Intel CPUs (the Xeon of ``docs/perf_notes.md``, items 23-26) and any
@@ -50,6 +53,20 @@ def conv_backend() -> str:
         return _choice
     env = os.environ.get("JAXCNN_CONV_BACKEND", "auto").strip().lower() or "auto"
     return _validated(env, "JAXCNN_CONV_BACKEND")
+
+
+def onednn_algorithm() -> str:
+    """oneDNN's algorithm, from ``JAXCNN_ONEDNN_ALGORITHM``: ``"direct"`` (default) or
+    ``"winograd"`` (float32 3x3 stride-1 convolutions; see ``jaxcnn.onednn.conv2d``).
+
+    Examples:
+        >>> onednn_algorithm() in ("direct", "winograd")
+        True
+    """
+    name = os.environ.get("JAXCNN_ONEDNN_ALGORITHM", "direct").strip().lower() or "direct"
+    if name not in ("direct", "winograd"):
+        raise ValueError(f"JAXCNN_ONEDNN_ALGORITHM={name!r}; valid: direct, winograd")
+    return name
 
 
 def set_conv_backend(name: str | None) -> None:
@@ -180,4 +197,4 @@ def conv_general_dilated(
     if isinstance(padding, str):
         effective = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:2], dilation, strict=True)]
         padding = lax.padtype_to_pads(lhs.shape[1:3], effective, window_strides, padding)
-    return conv2d(lhs, rhs, window_strides, padding, dilation)
+    return conv2d(lhs, rhs, window_strides, padding, dilation, onednn_algorithm())

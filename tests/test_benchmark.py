@@ -75,7 +75,9 @@ XEON_AMX += "cpu MHz\t\t: 2600.000\n"
     [
         (ZEN3 + "flags\t\t: fpu sse avx avx2 fma\n", "avx2 fma", 32, 1, "family 25, model 1"),
         (ZEN4 + "flags\t\t: avx2 fma avx512f avx512_bf16\n",
-         "avx512_bf16 avx512f avx2 fma", 64, 2, "family 25, model 17"),
+         "avx512_bf16 avx512f avx2 fma", 32, 2, "family 25, model 17"),  # 256-bit pipes
+        (ZEN4.replace(": 25", ": 26").replace(": 17", ": 2") + "flags\t\t: avx512f fma\n",
+         "avx512f fma", 64, 1, "family 26, model 2"),  # Zen 5: full 512-bit pipes
         (XEON_AMX + "flags\t\t: avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile\n",
          "amx_bf16 avx512_bf16 avx512f avx2 fma", 64, 16, "family 6, model 167"),
         ("flags : sse sse2\n", "no AVX2/FMA", 8, 1, "unknown"),

@@ -70,6 +70,57 @@ def test_float32_value_and_gradients_equal_lax(x_shape, k_shape, strides, paddin
 
 
 @needs_onednn
+@pytest.mark.parametrize(
+    ("config", "attribute"), [(CONFIGS[0], 1), (CONFIGS[1], 0)], ids=["winograd", "direct"]
+)
+def test_winograd_equals_lax_to_float32_rounding(config, attribute, monkeypatch):
+    # CONFIGS[0] (3x3, stride 1, 32 -> 64 channels) asks oneDNN for Winograd F(4x4, 3x3);
+    # CONFIGS[1] (stride 2, 4 channels) does not (winograd_pays), so it runs direct.
+    x_shape, k_shape, strides, padding, dilation = config
+    x, kernel = normal(0, x_shape), normal(1, k_shape)
+    monkeypatch.setenv("JAXCNN_ONEDNN_ALGORITHM", "winograd")
+    y, grads, used = conv_with("onednn", x, kernel, strides, padding, dilation)
+
+    def conv(a, b):
+        return conv_backend.conv_general_dilated(
+            a, b, strides, padding, rhs_dilation=dilation, dimension_numbers=NHWC
+        )
+
+    with conv_backend.use_conv_backend("onednn"):
+        text = jax.jit(conv).lower(x, kernel).as_text()
+    assert used and f"algorithm = {attribute}" in text
+    monkeypatch.delenv("JAXCNN_ONEDNN_ALGORITHM")
+    y_ref, grads_ref, _ = conv_with("xla", x, kernel, strides, padding, dilation)
+    # Winograd's transforms add rounding: measured near 4e-6 of the largest value.
+    for got, want in zip((y, *grads), (y_ref, *grads_ref), strict=True):
+        scale = float(jnp.abs(want).max())
+        np.testing.assert_allclose(got, want, rtol=0, atol=3e-5 * scale)
+
+
+@needs_onednn
+def test_winograd_where_onednn_has_none_runs_direct():
+    # bfloat16 has no Winograd kernel: the binding builds the direct primitive instead.
+    x, kernel = normal(0, (2, 12, 12, 16), jnp.bfloat16), normal(1, (3, 3, 16, 16), jnp.bfloat16)
+    geometry = ((1, 1), ((1, 1), (1, 1)), (1, 1))
+    got = jax.jit(lambda a, b: ffi_conv._conv(a, b, *geometry, "winograd"))(x, kernel)
+    want = jax.jit(lambda a, b: ffi_conv._conv(a, b, *geometry, "direct"))(x, kernel)
+    np.testing.assert_array_equal(got.astype(jnp.float32), want.astype(jnp.float32))
+
+
+def test_algorithm_names_are_validated_with_the_valid_ones(monkeypatch):
+    x, kernel = jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 4))
+    with pytest.raises(ValueError, match=r"algorithm='fft'; valid: direct, winograd"):
+        onednn.conv2d(x, kernel, (1, 1), ((0, 0), (0, 0)), algorithm="fft")
+    monkeypatch.setenv("JAXCNN_ONEDNN_ALGORITHM", "fft")
+    with pytest.raises(ValueError, match=r"JAXCNN_ONEDNN_ALGORITHM='fft'; valid: direct"):
+        conv_backend.onednn_algorithm()
+    monkeypatch.setenv("JAXCNN_ONEDNN_ALGORITHM", " Winograd ")
+    assert conv_backend.onednn_algorithm() == "winograd"
+    monkeypatch.delenv("JAXCNN_ONEDNN_ALGORITHM")
+    assert conv_backend.onednn_algorithm() == "direct"
+
+
+@needs_onednn
 def test_bfloat16_matches_lax_to_bfloat16_rounding():
     x, kernel = normal(0, (2, 12, 12, 16), jnp.bfloat16), normal(1, (3, 3, 16, 8), jnp.bfloat16)
     y, grads, used = conv_with("onednn", x, kernel, (1, 1), "SAME")

@@ -26,7 +26,11 @@ from jaxcnn.onednn import build
 Pairs = tuple[tuple[int, int], ...]
 
 
-def _call(target: str, out: jax.ShapeDtypeStruct, a, b, strides, padding, dilation):
+# oneDNN's algorithm, by name -> the binding's "algorithm" attribute.
+ALGORITHMS = {"direct": 0, "winograd": 1}
+
+
+def _call(target: str, out: jax.ShapeDtypeStruct, a, b, strides, padding, dilation, algorithm):
     build.require()
     return jax.ffi.ffi_call(target, out, vmap_method="sequential")(
         a,
@@ -34,6 +38,32 @@ def _call(target: str, out: jax.ShapeDtypeStruct, a, b, strides, padding, dilati
         window_strides=np.asarray(strides, np.int64),
         padding=np.asarray(padding, np.int64).reshape(-1),
         rhs_dilation=np.asarray(dilation, np.int64),
+        algorithm=np.int64(ALGORITHMS[algorithm]),
+    )
+
+
+# Below this many input or output channels oneDNN pads Winograd's tiles with zeros: the
+# CIFAR net's first layer (3 -> 32) took its kernel gradient in 9.2 ms against 4.7 direct.
+WINOGRAD_MIN_CHANNELS = 16
+
+
+def winograd_pays(x_shape, kernel_shape, strides, dilation) -> bool:
+    """Whether ``algorithm="winograd"`` asks oneDNN for Winograd on this convolution.
+
+    3x3 kernels, stride 1, no dilation, at least ``WINOGRAD_MIN_CHANNELS`` channels in
+    and out; oneDNN may still decline (no AVX-512, bfloat16), and then runs direct.
+
+    Examples:
+        >>> winograd_pays((8, 15, 15, 32), (3, 3, 32, 64), (1, 1), (1, 1))
+        True
+        >>> winograd_pays((8, 32, 32, 3), (3, 3, 3, 32), (1, 1), (1, 1))  # 3 channels in
+        False
+    """
+    return (
+        tuple(kernel_shape[:2]) == (3, 3)
+        and tuple(strides) == (1, 1)
+        and tuple(dilation) == (1, 1)
+        and min(x_shape[3], kernel_shape[3]) >= WINOGRAD_MIN_CHANNELS
     )
 
 
@@ -51,20 +81,21 @@ def output_shape(x_shape, kernel_shape, strides, padding, dilation) -> tuple[int
     return (x_shape[0], *spatial, kernel_shape[3])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv(x, kernel, strides: tuple, padding: Pairs, dilation: tuple):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv(x, kernel, strides: tuple, padding: Pairs, dilation: tuple, algorithm: str):
     shape = output_shape(x.shape, kernel.shape, strides, padding, dilation)
     out = jax.ShapeDtypeStruct(shape, x.dtype)
-    return _call("jaxcnn_onednn_conv_forward", out, x, kernel, strides, padding, dilation)
+    geometry = (strides, padding, dilation, algorithm)
+    return _call("jaxcnn_onednn_conv_forward", out, x, kernel, *geometry)
 
 
-def _forward_rule(x, kernel, strides, padding, dilation):
-    return _conv(x, kernel, strides, padding, dilation), (x, kernel)
+def _forward_rule(x, kernel, strides, padding, dilation, algorithm):
+    return _conv(x, kernel, strides, padding, dilation, algorithm), (x, kernel)
 
 
-def _backward_rule(strides, padding, dilation, residuals, dy):
+def _backward_rule(strides, padding, dilation, algorithm, residuals, dy):
     x, kernel = residuals
-    geometry = (strides, padding, dilation)
+    geometry = (strides, padding, dilation, algorithm)
     dy = dy.astype(x.dtype)
     # d(loss)/dx: oneDNN's backward-data; d(loss)/dkernel: its backward-weights.
     dx = _call("jaxcnn_onednn_conv_input_grad", _like(x), dy, kernel, *geometry)
@@ -85,6 +116,7 @@ def conv2d(
     strides: Sequence[int],
     padding: Sequence[tuple[int, int]],
     dilation: Sequence[int] = (1, 1),
+    algorithm: str = "direct",
 ) -> jax.Array:
     """Cross-correlation of NHWC ``x`` with HWIO ``kernel`` by oneDNN, CPU only.
 
@@ -94,6 +126,11 @@ def conv2d(
       strides: two positive ints.
       padding: two non-negative ``(low, high)`` pairs.
       dilation: two positive ints (kernel dilation).
+      algorithm: ``"direct"``, or ``"winograd"``: oneDNN's Winograd F(4x4, 3x3) for the
+        forward pass and both gradients where it has one (float32, 3x3 kernel, stride 1,
+        no dilation, on AVX-512; direct otherwise). Fewer multiplications, so faster on
+        CPUs without AMX, and a slightly larger rounding error (``docs/perf_notes.md``,
+        item 34).
 
     Returns:
       (N, OH, OW, F) in ``x``'s dtype, with ``output_shape``'s sizes.
@@ -115,6 +152,8 @@ def conv2d(
         raise ValueError(
             f"x and kernel must share a dtype, float32 or bfloat16; got {x.dtype}, {kernel.dtype}"
         )
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm={algorithm!r}; valid: {', '.join(ALGORITHMS)}")
     strides, dilation = tuple(map(int, strides)), tuple(map(int, dilation))
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
     if len(strides) != 2 or min(strides) < 1:
@@ -130,4 +169,6 @@ def conv2d(
             f"the kernel {kernel.shape[:2]} (dilation {dilation}) does not fit the padded "
             f"input {x.shape[1:3]} + {padding}: {err}"
         ) from err
-    return _conv(x, kernel, strides, padding, dilation)
+    if algorithm == "winograd" and not winograd_pays(x.shape, kernel.shape, strides, dilation):
+        algorithm = "direct"
+    return _conv(x, kernel, strides, padding, dilation, algorithm)

@@ -9,6 +9,12 @@
 // Layouts are XLA's defaults: activations NHWC, kernels HWIO, both row-major. Only the
 // small kernel is copied into oneDNN's blocked layout (and its gradient back), per call.
 // Element types: float32 and bfloat16 (operands and result share the type).
+//
+// Algorithm (the "algorithm" attribute): 0 direct; 1 Winograd F(4x4, 3x3) where oneDNN has
+// it (float32 3x3 stride-1 convolutions on AVX-512), else direct. Winograd needs oneDNN's
+// blocked activation layout, so its inputs are reordered into per-thread scratch memory
+// and its output back to NHWC; on AMD Zen 4 it still took 0.45-0.65x direct's time
+// (docs/perf_notes.md, item 34).
 
 #include <omp.h>
 #include <oneapi/dnnl/dnnl.hpp>
@@ -51,6 +57,7 @@ struct InFlight {
 };
 
 enum class Kind : int64_t { kForward = 0, kInputGrad = 1, kKernelGrad = 2 };
+enum class Algorithm : int64_t { kDirect = 0, kWinograd = 1 };
 
 // Everything that fixes a primitive: kind, team size, element type, the shapes'
 // dimensions and the stride / padding / dilation attributes. oneDNN fixes a primitive's
@@ -61,6 +68,7 @@ struct Geometry {
   memory::dims src, weights, dst, strides, pad_lo, pad_hi, dilates;
   memory::data_type type;
   int threads;
+  Algorithm algorithm;
 };
 
 // A compiled primitive and the kernel layout it wants (oneDNN's choice, usually blocked).
@@ -73,6 +81,12 @@ struct Entry {
   dnnl::reorder to_kernel_layout;  // plain -> kernel_desc (forward, input gradient)
   dnnl::reorder to_plain_layout;   // kernel_desc -> plain (kernel gradient)
   memory::desc reorder_scratchpad;
+  // The two activation arguments (src side, dst side) in the layout the primitive wants;
+  // NHWC for direct, so no reorder. `*_is_output`: the primitive writes that argument.
+  memory::desc src_desc, dst_desc;
+  bool src_is_output = false, dst_is_output = false;
+  dnnl::reorder src_reorder, dst_reorder;  // XLA's NHWC <-> the primitive's layout
+  bool src_needs_reorder = false, dst_needs_reorder = false;
 };
 
 // Every primitive gets its scratchpad from the caller. With oneDNN's default
@@ -126,16 +140,36 @@ memory::desc Nhwc(const memory::dims& dims, memory::data_type type) {
 // The kernel in whatever layout oneDNN prefers for these shapes.
 memory::desc AnyKernel(const Geometry& g) { return memory::desc(g.weights, g.type, tag::any); }
 
+// Direct convolutions read and write XLA's NHWC in place; Winograd picks its own layout.
+memory::desc Activation(const memory::dims& dims, const Geometry& g) {
+  return memory::desc(dims, g.type, g.algorithm == Algorithm::kWinograd ? tag::any : tag::nhwc);
+}
+
+dnnl::algorithm AlgorithmOf(const Geometry& g) {
+  return g.algorithm == Algorithm::kWinograd ? dnnl::algorithm::convolution_winograd
+                                             : dnnl::algorithm::convolution_direct;
+}
+
 dnnl::convolution_forward::primitive_desc ForwardHint(const Geometry& g) {
   dnnl::convolution_forward::desc desc(
-      dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-      Nhwc(g.src, g.type), AnyKernel(g), Nhwc(g.dst, g.type), g.strides, g.dilates,
-      g.pad_lo, g.pad_hi);
+      dnnl::prop_kind::forward_training, AlgorithmOf(g), Activation(g.src, g),
+      AnyKernel(g), Activation(g.dst, g), g.strides, g.dilates, g.pad_lo, g.pad_hi);
   return dnnl::convolution_forward::primitive_desc(desc, UserScratchpad(), Engine());
 }
 
-std::shared_ptr<Entry> Build(Kind kind, const Geometry& g) {
-  auto src = Nhwc(g.src, g.type), dst = Nhwc(g.dst, g.type), any_kernel = AnyKernel(g);
+// A reorder between XLA's NHWC buffer and `desc`, in the direction the data flows.
+void ActivationReorder(const memory::desc& desc, const memory::desc& nhwc, bool is_output,
+                       dnnl::reorder& reorder, bool& needed, memory::desc& scratchpad) {
+  needed = desc != nhwc;
+  if (!needed) return;
+  dnnl::reorder::primitive_desc pd(Engine(), is_output ? desc : nhwc, Engine(),
+                                   is_output ? nhwc : desc, UserScratchpad());
+  reorder = dnnl::reorder(pd);
+  if (pd.scratchpad_desc().get_size() > scratchpad.get_size()) scratchpad = pd.scratchpad_desc();
+}
+
+std::shared_ptr<Entry> BuildFor(Kind kind, const Geometry& g) {
+  auto src = Activation(g.src, g), dst = Activation(g.dst, g), any_kernel = AnyKernel(g);
   auto hint = ForwardHint(g);
   auto entry = std::make_shared<Entry>();
   entry->plain_kernel = memory::desc(g.weights, g.type, tag::hwio);
@@ -144,9 +178,12 @@ std::shared_ptr<Entry> Build(Kind kind, const Geometry& g) {
       entry->conv = dnnl::convolution_forward(hint);
       entry->kernel_desc = hint.weights_desc();
       entry->conv_scratchpad = hint.scratchpad_desc();
+      entry->src_desc = hint.src_desc();
+      entry->dst_desc = hint.dst_desc();
+      entry->dst_is_output = true;
       break;
     case Kind::kInputGrad: {
-      dnnl::convolution_backward_data::desc desc(dnnl::algorithm::convolution_direct, src,
+      dnnl::convolution_backward_data::desc desc(AlgorithmOf(g), src,
                                                  any_kernel, dst, g.strides, g.dilates,
                                                  g.pad_lo, g.pad_hi);
       dnnl::convolution_backward_data::primitive_desc pd(desc, UserScratchpad(), Engine(),
@@ -154,10 +191,13 @@ std::shared_ptr<Entry> Build(Kind kind, const Geometry& g) {
       entry->conv = dnnl::convolution_backward_data(pd);
       entry->kernel_desc = pd.weights_desc();
       entry->conv_scratchpad = pd.scratchpad_desc();
+      entry->src_desc = pd.diff_src_desc();
+      entry->dst_desc = pd.diff_dst_desc();
+      entry->src_is_output = true;
       break;
     }
     case Kind::kKernelGrad: {
-      dnnl::convolution_backward_weights::desc desc(dnnl::algorithm::convolution_direct, src,
+      dnnl::convolution_backward_weights::desc desc(AlgorithmOf(g), src,
                                                     any_kernel, dst, g.strides, g.dilates,
                                                     g.pad_lo, g.pad_hi);
       dnnl::convolution_backward_weights::primitive_desc pd(desc, UserScratchpad(), Engine(),
@@ -165,6 +205,8 @@ std::shared_ptr<Entry> Build(Kind kind, const Geometry& g) {
       entry->conv = dnnl::convolution_backward_weights(pd);
       entry->kernel_desc = pd.diff_weights_desc();
       entry->conv_scratchpad = pd.scratchpad_desc();
+      entry->src_desc = pd.src_desc();
+      entry->dst_desc = pd.diff_dst_desc();
       break;
     }
   }
@@ -177,11 +219,28 @@ std::shared_ptr<Entry> Build(Kind kind, const Geometry& g) {
     (to_plain ? entry->to_plain_layout : entry->to_kernel_layout) = dnnl::reorder(pd);
     entry->reorder_scratchpad = pd.scratchpad_desc();
   }
+  ActivationReorder(entry->src_desc, Nhwc(g.src, g.type), entry->src_is_output,
+                    entry->src_reorder, entry->src_needs_reorder, entry->reorder_scratchpad);
+  ActivationReorder(entry->dst_desc, Nhwc(g.dst, g.type), entry->dst_is_output,
+                    entry->dst_reorder, entry->dst_needs_reorder, entry->reorder_scratchpad);
   return entry;
 }
 
+// Winograd where oneDNN implements it for this call, else direct.
+std::shared_ptr<Entry> Build(Kind kind, Geometry g) {
+  if (g.algorithm == Algorithm::kWinograd) {
+    try {
+      return BuildFor(kind, g);
+    } catch (const dnnl::error&) {
+      g.algorithm = Algorithm::kDirect;
+    }
+  }
+  return BuildFor(kind, g);
+}
+
 std::shared_ptr<Entry> Lookup(Kind kind, const Geometry& g) {
-  Key key = {static_cast<int64_t>(kind), static_cast<int64_t>(g.type), g.threads};
+  Key key = {static_cast<int64_t>(kind), static_cast<int64_t>(g.type), g.threads,
+             static_cast<int64_t>(g.algorithm)};
   for (const auto* part :
        {&g.src, &g.weights, &g.dst, &g.strides, &g.pad_lo, &g.pad_hi, &g.dilates}) {
     key.insert(key.end(), part->begin(), part->end());
@@ -202,7 +261,7 @@ memory::dims KernelDims(ffi::AnyBuffer::Dimensions d) { return {d[3], d[2], d[0]
 
 ffi::Error Run(Kind kind, ffi::AnyBuffer src, ffi::AnyBuffer kernel, ffi::AnyBuffer dst,
                ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
-               ffi::Span<const int64_t> dilation) {
+               ffi::Span<const int64_t> dilation, int64_t algorithm) {
   auto type = src.element_type();
   if (type != kernel.element_type() || type != dst.element_type()) {
     return ffi::Error::InvalidArgument("jaxcnn oneDNN conv: operands differ in element type");
@@ -225,6 +284,10 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer src, ffi::AnyBuffer kernel, ffi::AnyBuf
   g.pad_hi = {padding[1], padding[3]};
   // oneDNN counts dilation from 0 (no dilation), XLA from 1.
   g.dilates = {dilation[0] - 1, dilation[1] - 1};
+  if (algorithm != 0 && algorithm != 1) {
+    return ffi::Error::InvalidArgument("jaxcnn oneDNN conv: algorithm must be 0 or 1");
+  }
+  g.algorithm = static_cast<Algorithm>(algorithm);
   InFlight team;
   g.threads = team.threads;
   try {
@@ -237,8 +300,13 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer src, ffi::AnyBuffer kernel, ffi::AnyBuf
     memory blocked = entry->needs_reorder ? memory(entry->kernel_desc, engine) : plain;
     // The calling thread's scratchpad: one call at a time per thread, so it is this
     // call's alone; the reorders and the convolution run one after the other on it.
-    void* scratch = ThreadScratchpad(std::max(entry->conv_scratchpad.get_size(),
-                                              entry->reorder_scratchpad.get_size()));
+    // Behind the scratchpads: the activations in the primitive's layout, if not NHWC.
+    auto aligned = [](size_t bytes) { return (bytes + 63) / 64 * 64; };
+    size_t pad_bytes = aligned(std::max(entry->conv_scratchpad.get_size(),
+                                        entry->reorder_scratchpad.get_size()));
+    size_t src_bytes = entry->src_needs_reorder ? aligned(entry->src_desc.get_size()) : 0;
+    size_t dst_bytes = entry->dst_needs_reorder ? aligned(entry->dst_desc.get_size()) : 0;
+    auto* scratch = static_cast<char*>(ThreadScratchpad(pad_bytes + src_bytes + dst_bytes));
     memory conv_scratch(entry->conv_scratchpad, engine, scratch);
     memory reorder_scratch(entry->reorder_scratchpad, engine, scratch);
     auto reorder = [&](dnnl::reorder& primitive, memory& from, memory& to) {
@@ -246,6 +314,15 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer src, ffi::AnyBuffer kernel, ffi::AnyBuf
                                  {DNNL_ARG_TO, to},
                                  {DNNL_ARG_SCRATCHPAD, reorder_scratch}});
     };
+    memory user_src = src_mem, user_dst = dst_mem;
+    if (entry->src_needs_reorder) {
+      src_mem = memory(entry->src_desc, engine, scratch + pad_bytes);
+      if (!entry->src_is_output) reorder(entry->src_reorder, user_src, src_mem);
+    }
+    if (entry->dst_needs_reorder) {
+      dst_mem = memory(entry->dst_desc, engine, scratch + pad_bytes + src_bytes);
+      if (!entry->dst_is_output) reorder(entry->dst_reorder, user_dst, dst_mem);
+    }
     switch (kind) {
       case Kind::kForward:
         if (entry->needs_reorder) reorder(entry->to_kernel_layout, plain, blocked);
@@ -269,6 +346,12 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer src, ffi::AnyBuffer kernel, ffi::AnyBuf
         if (entry->needs_reorder) reorder(entry->to_plain_layout, blocked, plain);
         break;
     }
+    if (entry->src_needs_reorder && entry->src_is_output) {
+      reorder(entry->src_reorder, src_mem, user_src);
+    }
+    if (entry->dst_needs_reorder && entry->dst_is_output) {
+      reorder(entry->dst_reorder, dst_mem, user_dst);
+    }
     stream.wait();
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("jaxcnn oneDNN conv: ") + e.what());
@@ -280,20 +363,20 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer src, ffi::AnyBuffer kernel, ffi::AnyBuf
 
 ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::Result<ffi::AnyBuffer> y,
                    ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
-                   ffi::Span<const int64_t> dilation) {
-  return Run(Kind::kForward, x, kernel, *y, strides, padding, dilation);
+                   ffi::Span<const int64_t> dilation, int64_t algorithm) {
+  return Run(Kind::kForward, x, kernel, *y, strides, padding, dilation, algorithm);
 }
 
 ffi::Error InputGrad(ffi::AnyBuffer dy, ffi::AnyBuffer kernel, ffi::Result<ffi::AnyBuffer> dx,
                      ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
-                     ffi::Span<const int64_t> dilation) {
-  return Run(Kind::kInputGrad, *dx, kernel, dy, strides, padding, dilation);
+                     ffi::Span<const int64_t> dilation, int64_t algorithm) {
+  return Run(Kind::kInputGrad, *dx, kernel, dy, strides, padding, dilation, algorithm);
 }
 
 ffi::Error KernelGrad(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dkernel,
                       ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
-                      ffi::Span<const int64_t> dilation) {
-  return Run(Kind::kKernelGrad, x, *dkernel, dy, strides, padding, dilation);
+                      ffi::Span<const int64_t> dilation, int64_t algorithm) {
+  return Run(Kind::kKernelGrad, x, *dkernel, dy, strides, padding, dilation, algorithm);
 }
 
 }  // namespace
@@ -305,7 +388,8 @@ ffi::Error KernelGrad(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyB
       .Ret<ffi::AnyBuffer>()                                \
       .Attr<ffi::Span<const int64_t>>("window_strides")     \
       .Attr<ffi::Span<const int64_t>>("padding")            \
-      .Attr<ffi::Span<const int64_t>>("rhs_dilation")
+      .Attr<ffi::Span<const int64_t>>("rhs_dilation")       \
+      .Attr<int64_t>("algorithm")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnConvForward, Forward, JAXCNN_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnConvInputGrad, InputGrad,
