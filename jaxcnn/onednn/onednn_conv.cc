@@ -13,7 +13,7 @@
 // Algorithm (the "algorithm" attribute): 0 direct; 1 Winograd F(4x4, 3x3) where oneDNN has
 // it (float32 3x3 stride-1 convolutions on AVX-512), else direct. Winograd needs oneDNN's
 // blocked activation layout, so its inputs are reordered into per-thread scratch memory
-// and its output back to NHWC; on AMD Zen 4 it still took 0.45-0.65x direct's time
+// and its output back to NHWC; on AMD Zen 4 it still took 0.44-0.72x direct's time
 // (docs/perf_notes.md, item 34).
 
 #include <omp.h>
