@@ -127,10 +127,10 @@ def conv2d(
       padding: two non-negative ``(low, high)`` pairs.
       dilation: two positive ints (kernel dilation).
       algorithm: ``"direct"``, or ``"winograd"``: oneDNN's Winograd F(4x4, 3x3) for the
-        forward pass and both gradients where it has one (float32, 3x3 kernel, stride 1,
-        no dilation, on AVX-512; direct otherwise). Fewer multiplications, so faster on
-        CPUs without AMX, and a slightly larger rounding error (``docs/perf_notes.md``,
-        item 34).
+        forward pass and both gradients where :func:`winograd_pays` (3x3 kernel, stride 1,
+        no dilation, 16+ channels in and out) and oneDNN has one (float32 on AVX-512);
+        direct otherwise. Fewer multiplications but activation reorders: faster on wide
+        layers, and a slightly larger rounding error (``docs/perf_notes.md``, item 34).
 
     Returns:
       (N, OH, OW, F) in ``x``'s dtype, with ``output_shape``'s sizes.
