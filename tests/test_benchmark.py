@@ -30,7 +30,7 @@ def tiny_run(tmp_path_factory):
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout, json.loads(raw.read_text()), docs.read_text()
+    return proc.stdout, command.load_results(raw)[0], docs.read_text()
 
 
 def test_each_jax_runner_reports_throughput_compile_time_and_memory(tiny_run):
@@ -43,6 +43,26 @@ def test_each_jax_runner_reports_throughput_compile_time_and_memory(tiny_run):
         assert len(r["images_per_sec"]) == 1 and r["images_per_sec"][0] > 0
         assert r["first_step_s"] > 0 and r["peak_rss_mb"] > 50
     assert by_runner["jaxcnn"]["flags_added"] or "xla_cpu" in by_runner["jaxcnn"]["xla_flags"]
+
+
+def test_from_json_renders_the_runs_own_record_not_this_machines(tiny_run, tmp_path):
+    _, results, docs = tiny_run
+    saved = tmp_path / "raw.json"
+    record = command.run_record(
+        {**flops.machine_peak(), "cpu_model": "Recorded CPU"}, {"jax": "123 GFLOP/s"}, 60.0
+    )
+    record["date"] = "2001-02-03 04:05 UTC"
+    saved.write_text(json.dumps({"record": record, "results": results}))
+    out = tmp_path / "again.md"
+    cmd = [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--from-json", str(saved),
+           "--write-docs", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    again = out.read_text()
+    assert "- Machine: Recorded CPU (" in again and "jax 123 GFLOP/s" in again
+    assert "on 2001-02-03 04:05 UTC in 1.0 min" in again
+    table = docs.split("## Training throughput", 1)[1].split("## FLOPs", 1)[0]
+    assert table == again.split("## Training throughput", 1)[1].split("## FLOPs", 1)[0]
 
 
 def test_a_missing_peer_is_listed_with_its_reason_not_dropped(tiny_run):
