@@ -124,6 +124,9 @@ def test_materialize_is_the_identity_bit_for_bit_in_value_and_gradient():
     assert fast_ops.materialize(jnp.zeros((0, 2), jnp.bfloat16)).shape == (0, 2)
 
 
+@pytest.mark.skipif(
+    jax.default_backend() != "cpu", reason="a CPU barrier: XLA:GPU may drop the conditional"
+)
 def test_materialize_keeps_its_fusion_boundary_on_cpu():
     # The whole point: XLA must not prove the conditional redundant and drop it. If a new
     # jaxlib does, this fails, and ResNet training on CPU loses about a quarter of its speed.

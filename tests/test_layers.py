@@ -222,8 +222,9 @@ def test_reshape_pool_matches_reduce_window_values_and_gradients(kind, shape, wi
         return y_fast, y_slow, g_fast, g_slow
 
     y_fast, y_slow, g_fast, g_slow = value_and_grad(x)
-    np.testing.assert_allclose(y_fast, y_slow, rtol=1e-6)
-    np.testing.assert_allclose(g_fast, g_slow, rtol=1e-6)
+    # Sums in another order: equal on the CPU to 1e-6, within 3e-6 on an H200.
+    np.testing.assert_allclose(y_fast, y_slow, rtol=1e-5)
+    np.testing.assert_allclose(g_fast, g_slow, rtol=1e-5)
 
 
 def test_reshape_jaxpr_has_no_reduce_window_under_auto():
@@ -257,7 +258,9 @@ def test_global_pool_flatten_dense_stack():
     want = np.maximum(want @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"], 0)
     want = want @ p["Dense_2"]["kernel"] + p["Dense_2"]["bias"]
     apply = jax.jit(mlp.apply, static_argnames="train")
-    np.testing.assert_allclose(apply(variables, flat), want, rtol=1e-5, atol=1e-5)
+    # Full float32 matmuls: on a GPU JAX's default precision is TF32 (4e-4 off on an H200).
+    with jax.default_matmul_precision("float32"):
+        np.testing.assert_allclose(apply(variables, flat), want, rtol=1e-5, atol=1e-5)
     dropped = apply(variables, flat, train=True, rngs={"dropout": KEY})
     assert not np.allclose(dropped, want)
 
@@ -527,8 +530,13 @@ def test_fused_pool_in_bfloat16():
     y_plain, g_plain, gx_plain = _value_and_grads(plain, variables, x, cotangent)
     assert y_fused.dtype == gx_fused.dtype == jnp.bfloat16
     assert g_fused["params"]["conv"]["bias"].dtype == jnp.bfloat16
-    # Rounding is monotone, so round(max(c) + b) == max(round(c + b)): values equal.
-    np.testing.assert_array_equal(np.float32(y_fused), np.float32(y_plain))
+    # Rounding is monotone, so round(max(c) + b) == max(round(c + b)): values equal where
+    # both paths round c the same way, as XLA:CPU does. A GPU may fuse the plain path's
+    # bias into its convolution and round once: up to one bfloat16 step (2^-7) apart.
+    if jax.default_backend() == "cpu":
+        np.testing.assert_array_equal(np.float32(y_fused), np.float32(y_plain))
+    else:
+        np.testing.assert_allclose(np.float32(y_fused), np.float32(y_plain), rtol=2**-7)
     got_all, want_all = jax.tree.leaves((g_fused, gx_fused)), jax.tree.leaves((g_plain, gx_plain))
     for got, want in zip(got_all, want_all, strict=True):
         np.testing.assert_allclose(np.float32(got), np.float32(want), rtol=2e-2, atol=5e-2)
