@@ -43,9 +43,9 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 _choice: str | None = None  # set_conv_backend's value; None: the environment decides
 
 
-def _validated(name: str, where: str) -> str:
-    if name not in BACKENDS:
-        raise ValueError(f"{where}={name!r}; valid: {', '.join(BACKENDS)}")
+def _validated(name: str, where: str, valid=BACKENDS) -> str:
+    if name not in valid:
+        raise ValueError(f"{where}={name!r}; valid: {', '.join(valid)}")
     return name
 
 
@@ -65,10 +65,10 @@ def onednn_algorithm() -> str:
         >>> onednn_algorithm() in ("direct", "winograd")
         True
     """
+    from jaxcnn.onednn.ffi_conv import ALGORITHMS
+
     name = os.environ.get("JAXCNN_ONEDNN_ALGORITHM", "direct").strip().lower() or "direct"
-    if name not in ("direct", "winograd"):
-        raise ValueError(f"JAXCNN_ONEDNN_ALGORITHM={name!r}; valid: direct, winograd")
-    return name
+    return _validated(name, "JAXCNN_ONEDNN_ALGORITHM", tuple(ALGORITHMS))
 
 
 def set_conv_backend(name: str | None) -> None:
