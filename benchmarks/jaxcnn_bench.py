@@ -28,6 +28,9 @@ Both rewrite the zoo model's spec (its ``residual`` / pooled ``conv`` items).
 * ``backend=auto|xla|onednn``: who runs the convolutions (``jaxcnn.conv_backend``; the
   default ``auto`` honours ``JAXCNN_CONV_BACKEND``). The result's ``impl`` names the one
   that ran.
+* ``crop=on|off``: fused conv -> max-pool blocks convolve only the outputs the pool reads
+  (``jaxcnn.conv_pool.conv_for_tiled_pool``, default) or every output (``off``, an
+  ablation: the library has no switch for it, the values are the same).
 
     python benchmarks/jaxcnn_bench.py --net cifar_cnn --variant flags=none,pool=nn
 """
@@ -43,7 +46,7 @@ from benchmarks import common  # noqa: E402
 
 VARIANT_DEFAULTS = {
     "flags": "default", "pool": "fused", "conv": "xla", "impl": "auto", "step": "engine",
-    "materialize": "on", "s2d": "auto", "splits": "auto", "backend": "auto",
+    "materialize": "on", "s2d": "auto", "splits": "auto", "backend": "auto", "crop": "on",
 }  # fmt: skip
 SPEC_SWITCHES = {  # variant key -> (spec item type, item key, {value: spec value})
     "materialize": ("residual", "materialize", {"on": True, "off": False}),
@@ -183,8 +186,12 @@ def main(argv=None) -> int:
     if not (splits == "auto" or splits.isdigit() and int(splits) >= 1):
         raise ValueError(f"--variant splits={splits!r}; valid: auto or an int >= 1")
 
-    from jaxcnn import conv_backend
+    from jaxcnn import conv_backend, conv_pool
 
+    if options["crop"] not in ("on", "off"):
+        raise ValueError(f"--variant crop={options['crop']!r}; valid: on, off")
+    if options["crop"] == "off":  # every conv output computed, as before session 17
+        conv_pool.conv_for_tiled_pool = lambda call, window: None
     if options["backend"] != "auto":  # auto: the environment (JAXCNN_CONV_BACKEND) decides
         conv_backend.set_conv_backend(options["backend"])
     convolutions = f"convolutions: {conv_backend.resolved_backend()}"

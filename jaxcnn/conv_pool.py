@@ -34,6 +34,7 @@ Examples:
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
 import math
 from collections.abc import Sequence
@@ -163,6 +164,71 @@ def _backward_rule(window, padding, precision, residuals, g):
 
 
 _conv_max_pool.defvjp(_forward_rule, _backward_rule)
+
+
+def conv_for_tiled_pool(call: dict, window: Sequence[int]) -> jax.Array | None:
+    """The convolution ``call`` computed only where a tiling pool of ``window`` reads it.
+
+    A VALID pool whose window equals its stride reads ``(out // p) * p`` of a conv's
+    ``out`` outputs per axis; the trailing ones are dropped, and their gradient is zero.
+    Keras, PyTorch and XLA still compute them, forward and in both gradients (the CIFAR
+    net's conv2: 13 x 13 outputs, 12 x 12 read, 15 % of its work). This runs the same
+    convolution with the high padding reduced, or the input cropped at the high end, so
+    that it makes exactly the outputs that are read: each output is the same sum, and
+    the gradients are equal up to rounding (the dropped outputs' terms were zeros).
+
+    Args:
+      call: ``lax.conv_general_dilated``'s arguments by name, as
+        :class:`jaxcnn.layers.ConvBlock`'s conv tap records them (Flax's NHWC layout).
+      window: the pool's window (= its stride), one int per spatial axis.
+
+    Returns:
+      The conv output covering ``(out // p) * p`` per axis, or ``None`` when nothing
+      would be dropped or the call is outside what this handles (input dilation, other
+      layouts); the caller then uses the full output.
+
+    Examples:
+      >>> call = dict(lhs=jnp.ones((1, 15, 15, 2)), rhs=jnp.ones((3, 3, 2, 4)),
+      ...             window_strides=(1, 1), padding="VALID", lhs_dilation=None,
+      ...             rhs_dilation=None, dimension_numbers=dimension_numbers(2),
+      ...             feature_group_count=1, batch_group_count=1, precision=None,
+      ...             preferred_element_type=None)
+      >>> conv_for_tiled_pool(call, (2, 2)).shape  # 13 x 13 outputs, 12 x 12 pooled
+      (1, 12, 12, 4)
+    """
+    lhs, rhs = call["lhs"], call["rhs"]
+    rank = lhs.ndim - 2
+    ones = (1,) * rank
+    if (
+        tuple(call["lhs_dilation"] or ones) != ones
+        or call["dimension_numbers"] != dimension_numbers(rank)
+        or len(window) != rank
+    ):
+        return None
+    spatial, kernel_size = lhs.shape[1:-1], rhs.shape[:rank]
+    strides = tuple(call["window_strides"])
+    dilation = tuple(call["rhs_dilation"] or ones)
+    pads = shapes.resolve_padding(call["padding"], spatial, kernel_size, strides, dilation)
+    out = shapes.conv_output_shape(spatial, kernel_size, strides, pads, dilation)
+    crops, new_pads = [], []
+    for n, k, s, d, (lo, hi), o, p in zip(
+        spatial, kernel_size, strides, dilation, pads, out, window, strict=True
+    ):
+        read = (o // p) * p
+        # The padded input the read outputs need: (read - 1) * s + d * (k - 1) + 1 pixels.
+        excess = (n + lo + hi) - ((read - 1) * s + d * (k - 1) + 1)
+        cut = max(0, excess - hi)  # input pixels dropped once the high padding is used up
+        if read < 1 or cut >= n:
+            return None
+        crops.append(n - cut)
+        new_pads.append((lo, max(0, hi - excess)))
+    if tuple(crops) == tuple(spatial) and tuple(new_pads) == tuple(pads):
+        return None
+    cropped = lhs[(slice(None), *(slice(0, c) for c in crops))]
+    # lax's own extras (out_sharding) are left out: Flax does not set them.
+    names = inspect.signature(conv_backend.conv_general_dilated).parameters
+    kwargs = {name: call[name] for name in names if name in call}
+    return conv_backend.conv_general_dilated(**{**kwargs, "lhs": cropped, "padding": new_pads})
 
 
 def conv_max_pool(

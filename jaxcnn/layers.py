@@ -376,8 +376,11 @@ class ConvBlock(nn.Module):
         faster training of the MNIST net on CPU). The ``nn.Conv`` sub-module is the
         same (parameters ``{'conv': {'kernel', 'bias'}}``; ``capture_intermediates``
         records its output with the bias); the block just uses its bias-free output,
-        and under ``jit`` XLA drops the then unused full-size bias add. ``False``
-        always runs the plain sequence.
+        and under ``jit`` XLA drops the then unused full-size bias add. Where the
+        pool drops the conv output's trailing rows or columns (a 13 x 13 output
+        pooled by 2), the conv runs on the input cropped to what the pool reads
+        (:func:`jaxcnn.conv_pool.conv_for_tiled_pool`); the full conv is then unused
+        under ``jit`` (run eagerly, both run). ``False`` always runs the plain sequence.
       fused_norm: ``True`` (default) runs ``norm="batch"`` and the activation after it
         as one :class:`jaxcnn.batch_norm.BatchNorm` sub-module (still named ``"norm"``,
         with Flax's variables): in training one op with a hand-written gradient
@@ -673,6 +676,10 @@ class ConvBlock(nn.Module):
                 )
                 y = jax.nn.relu(fast_ops.add_channel_bias(pooled, bias))
             else:
+                # Only the conv outputs the pool reads (the CIFAR net's conv2: 12 x 12 of
+                # 13 x 13); under jit XLA drops the then unused full conv.
+                cropped = conv_pool.conv_for_tiled_pool(tap.call, fused_window)
+                y = y if cropped is None else cropped
                 y = fast_ops.max_pool_relu(y, fused_window, bias=bias)
             chex.assert_shape(y, expected)
             return y

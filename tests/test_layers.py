@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import chex
 import jax
@@ -458,6 +459,11 @@ def _value_and_grads(block, variables, x, cotangent):
         ((2, 12, 12, 3), dict(kernel_size=(3, 3))),  # conv output 10x10 tiles exactly
         ((2, 11, 13, 2), dict(kernel_size=(3, 3), padding="SAME", pool_window=(2, 3))),
         ((3, 17, 4), dict(kernel_size=(5,), stride=2, pool_window=3, pool_method="reshape")),
+        # 8 channels: no space-to-depth; the conv itself is cropped to what the pool reads
+        ((2, 15, 14, 8), dict(kernel_size=(3, 3))),  # 13 x 12 -> 12 x 12
+        ((2, 14, 13, 8), dict(kernel_size=(3, 2), padding="SAME", pool_window=(3, 2))),
+        ((2, 16, 17, 8), dict(kernel_size=(3, 3), stride=(2, 1), dilation=(1, 2))),
+        ((2, 13, 8), dict(kernel_size=(4,), padding=((3, 2),), pool_window=4)),
     ],
 )
 def test_fused_pool_equals_plain_path_values_and_gradients(shape, fields):
@@ -476,6 +482,31 @@ def test_fused_pool_equals_plain_path_values_and_gradients(shape, fields):
         got, want = g_fused["params"]["conv"][name], g_plain["params"]["conv"][name]
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
         assert float(jnp.abs(want).max()) > 0
+
+
+def _conv_output_shapes(fn, *args) -> list[tuple[int, ...]]:
+    """Output shapes of the convolutions left in ``fn``'s optimized HLO."""
+    hlo = jax.jit(fn).lower(*args).compile().as_text()
+    found = re.findall(r"= f32\[([\d,]+)\][^ ]* (?:convolution|custom-call)\(", hlo)
+    return sorted({tuple(int(d) for d in dims.split(",")) for dims in found})
+
+
+def test_fused_pool_convolves_only_what_the_pool_reads():
+    # CIFAR's conv2: 15 x 15 x 8 -> 13 x 13, pooled by 2 -> 6 x 6 reads 12 x 12 outputs.
+    x = NP_RNG.normal(size=(2, 15, 15, 8)).astype(np.float32)
+    block = ConvBlock(4, (3, 3), pool="max")
+    variables = jax.jit(block.init)(KEY, x)
+
+    def loss(v, a):
+        return jnp.sum(block.apply(v, a) ** 2)
+
+    fused = _conv_output_shapes(jax.grad(loss, argnums=(0, 1)), variables, x)
+    assert (2, 12, 12, 4) in fused and (2, 13, 13, 4) not in fused
+    plain = block.clone(fused_pool=False)
+    unfused = _conv_output_shapes(
+        jax.grad(lambda v, a: jnp.sum(plain.apply(v, a) ** 2), argnums=(0, 1)), variables, x
+    )
+    assert (2, 13, 13, 4) in unfused  # the plain path computes every output
 
 
 def test_fused_pool_capture_keeps_conv_output_with_bias():
