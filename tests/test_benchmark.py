@@ -252,7 +252,9 @@ def test_jaxcnn_runner_variants_rewrite_the_zoo_spec():
     assert residual and all(item["materialize"] is False for item in residual)
 
 
-@pytest.mark.parametrize("variant", ["s2d=maybe", "materialize=yes", "splits=0", "splits=x"])
+@pytest.mark.parametrize(
+    "variant", ["s2d=maybe", "materialize=yes", "splits=0", "splits=x", "crop=maybe"]
+)
 def test_jaxcnn_runner_rejects_bad_variant_values(variant):
     from benchmarks import jaxcnn_bench
 

@@ -7,6 +7,7 @@ validation and fallback rules are tested everywhere.
 
 from __future__ import annotations
 
+import ctypes
 import doctest
 import shutil
 
@@ -171,12 +172,22 @@ def test_train_step_of_the_mnist_net_equals_xla():
                  grads, grads_ref)  # fmt: skip
 
 
+@pytest.fixture(params=build.OVERLAP_POLICIES)
+def overlap(request):
+    """Each overlap policy in turn, set in the loaded library (as build.py does at load)."""
+    library = ctypes.CDLL(str(build.library_path()))  # the already loaded library
+    library.JaxcnnOnednnSetOverlap(ctypes.c_int64(request.param == "single"))
+    yield request.param
+    library.JaxcnnOnednnSetOverlap(ctypes.c_int64(build.overlap_policy() == "single"))
+
+
 @needs_onednn
-def test_concurrent_calls_on_xla_threads_are_repeatable_and_equal_xla():
+def test_concurrent_calls_on_xla_threads_are_repeatable_and_equal_xla(overlap):
     """Six independent forward passes (test-time augmentation) run on XLA's threads at once.
 
     Under oneDNN's default scratchpad, cached primitives shared one buffer per thread:
-    repeated calls differed by about 1 and now and then gave logits of 1e35.
+    repeated calls differed by about 1 and now and then gave logits of 1e35. Under each
+    overlap policy: ``wait`` serialises the calls, ``single`` runs them side by side.
     """
     from jaxcnn import models
     from jaxcnn.train.tta import tta_logits
@@ -297,6 +308,16 @@ def test_onednn_conv2d_rejects_bad_arguments_by_name():
         onednn.conv2d(x, jnp.ones((7, 7, 2, 4)), (1, 1), ((0, 0), (0, 0)))
     with pytest.raises(ValueError, match=r"share a dtype, float32 or bfloat16"):
         onednn.conv2d(x.astype(jnp.float16), kernel.astype(jnp.float16), (1, 1), ((0, 0),) * 2)
+
+
+def test_overlap_policy_is_validated_with_the_valid_ones(monkeypatch):
+    monkeypatch.setenv("JAXCNN_ONEDNN_OVERLAP", "parallel")
+    with pytest.raises(ValueError, match=r"JAXCNN_ONEDNN_OVERLAP='parallel'; valid: wait"):
+        build.overlap_policy()
+    monkeypatch.setenv("JAXCNN_ONEDNN_OVERLAP", " Single ")
+    assert build.overlap_policy() == "single"
+    monkeypatch.delenv("JAXCNN_ONEDNN_OVERLAP")
+    assert build.overlap_policy() == "wait"
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler")

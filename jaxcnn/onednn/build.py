@@ -12,6 +12,11 @@ Environment (read at first use):
 * ``JAXCNN_ONEDNN_ROOT``: a oneDNN install prefix outside the system paths.
 * ``CXX``: the compiler (default ``g++``, else ``c++``).
 * ``JAXCNN_CACHE_DIR``: where built libraries are kept.
+* ``JAXCNN_ONEDNN_OVERLAP``: what a convolution does when XLA starts it while another
+  runs (a layer's two gradients are independent, so XLA runs them at once): ``wait``
+  (default) for it, then take all the threads; ``single``: run at once on one thread,
+  beside the other's full team (the policy before session 17, slower on 2 cores:
+  ``docs/perf_notes.md``, item 36). See :func:`overlap_policy`.
 
 :func:`unavailable_reason` says why the library cannot be used here (None when it can).
 """
@@ -122,17 +127,40 @@ def library_path() -> Path:
     return target
 
 
+OVERLAP_POLICIES = ("wait", "single")
+
+
+def overlap_policy() -> str:
+    """``JAXCNN_ONEDNN_OVERLAP``, validated: ``"wait"`` (default) or ``"single"``.
+
+    Read once, when the library loads.
+
+    Raises:
+      ValueError: naming the variable, its value and the valid ones.
+
+    Examples:
+        >>> overlap_policy() in OVERLAP_POLICIES
+        True
+    """
+    name = os.environ.get("JAXCNN_ONEDNN_OVERLAP", "wait").strip().lower() or "wait"
+    if name not in OVERLAP_POLICIES:
+        raise ValueError(f"JAXCNN_ONEDNN_OVERLAP={name!r}; valid: {', '.join(OVERLAP_POLICIES)}")
+    return name
+
+
 @functools.cache
 def _load() -> str | None:
     """Builds, loads and registers the library once per process; returns why not, or None."""
     import jax
 
+    single = overlap_policy() == "single"  # a bad value raises before anything is built
     try:
         library = ctypes.CDLL(str(library_path()))
     except OnednnUnavailable as err:
         return str(err)
     except OSError as err:  # built, but libdnnl.so cannot be found or loaded
         return f"loading the oneDNN convolution library failed: {err}"
+    library.JaxcnnOnednnSetOverlap(ctypes.c_int64(int(single)))
     for target, symbol in TARGETS.items():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)))
     return None
