@@ -49,12 +49,24 @@ def _validated(name: str, where: str, valid=BACKENDS) -> str:
     return name
 
 
+def env_choice(variable: str, default: str, valid: tuple[str, ...]) -> str:
+    """The environment variable's value, stripped and lower-cased, checked against ``valid``.
+
+    Unset or empty gives ``default``; anything else not in ``valid`` raises ``ValueError``
+    naming the variable, its value and the valid ones.
+
+    Examples:
+        >>> env_choice("JAXCNN_UNSET_EXAMPLE", "direct", ("direct", "winograd"))
+        'direct'
+    """
+    return _validated(os.environ.get(variable, "").strip().lower() or default, variable, valid)
+
+
 def conv_backend() -> str:
     """The chosen backend: ``set_conv_backend``'s, else ``JAXCNN_CONV_BACKEND``, else auto."""
     if _choice is not None:
         return _choice
-    env = os.environ.get("JAXCNN_CONV_BACKEND", "auto").strip().lower() or "auto"
-    return _validated(env, "JAXCNN_CONV_BACKEND")
+    return env_choice("JAXCNN_CONV_BACKEND", "auto", BACKENDS)
 
 
 def onednn_algorithm() -> str:
@@ -67,8 +79,7 @@ def onednn_algorithm() -> str:
     """
     from jaxcnn.onednn.ffi_conv import ALGORITHMS
 
-    name = os.environ.get("JAXCNN_ONEDNN_ALGORITHM", "direct").strip().lower() or "direct"
-    return _validated(name, "JAXCNN_ONEDNN_ALGORITHM", tuple(ALGORITHMS))
+    return env_choice("JAXCNN_ONEDNN_ALGORITHM", "direct", tuple(ALGORITHMS))
 
 
 def set_conv_backend(name: str | None) -> None:

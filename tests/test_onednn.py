@@ -101,17 +101,29 @@ def test_winograd_where_onednn_has_none_runs_direct():
     np.testing.assert_array_equal(got.astype(jnp.float32), want.astype(jnp.float32))
 
 
-def test_algorithm_names_are_validated_with_the_valid_ones(monkeypatch):
+def test_algorithm_names_are_validated_with_the_valid_ones():
     x, kernel = jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 4))
     with pytest.raises(ValueError, match=r"algorithm='fft'; valid: direct, winograd"):
         onednn.conv2d(x, kernel, (1, 1), ((0, 0), (0, 0)), algorithm="fft")
-    monkeypatch.setenv("JAXCNN_ONEDNN_ALGORITHM", "fft")
-    with pytest.raises(ValueError, match=r"JAXCNN_ONEDNN_ALGORITHM='fft'; valid: direct"):
-        conv_backend.onednn_algorithm()
-    monkeypatch.setenv("JAXCNN_ONEDNN_ALGORITHM", " Winograd ")
-    assert conv_backend.onednn_algorithm() == "winograd"
-    monkeypatch.delenv("JAXCNN_ONEDNN_ALGORITHM")
-    assert conv_backend.onednn_algorithm() == "direct"
+
+
+@pytest.mark.parametrize(
+    "variable, read, bad, spelled, default",
+    [
+        ("JAXCNN_ONEDNN_ALGORITHM", conv_backend.onednn_algorithm, "fft", "winograd", "direct"),
+        ("JAXCNN_ONEDNN_OVERLAP", build.overlap_policy, "parallel", "single", "wait"),
+    ],
+)
+def test_onednn_settings_are_validated_with_the_valid_ones(
+    monkeypatch, variable, read, bad, spelled, default
+):
+    monkeypatch.setenv(variable, bad)
+    with pytest.raises(ValueError, match=rf"{variable}='{bad}'; valid: "):
+        read()
+    monkeypatch.setenv(variable, f" {spelled.title()} ")
+    assert read() == spelled
+    monkeypatch.delenv(variable)
+    assert read() == default
 
 
 @needs_onednn
@@ -308,16 +320,6 @@ def test_onednn_conv2d_rejects_bad_arguments_by_name():
         onednn.conv2d(x, jnp.ones((7, 7, 2, 4)), (1, 1), ((0, 0), (0, 0)))
     with pytest.raises(ValueError, match=r"share a dtype, float32 or bfloat16"):
         onednn.conv2d(x.astype(jnp.float16), kernel.astype(jnp.float16), (1, 1), ((0, 0),) * 2)
-
-
-def test_overlap_policy_is_validated_with_the_valid_ones(monkeypatch):
-    monkeypatch.setenv("JAXCNN_ONEDNN_OVERLAP", "parallel")
-    with pytest.raises(ValueError, match=r"JAXCNN_ONEDNN_OVERLAP='parallel'; valid: wait"):
-        build.overlap_policy()
-    monkeypatch.setenv("JAXCNN_ONEDNN_OVERLAP", " Single ")
-    assert build.overlap_policy() == "single"
-    monkeypatch.delenv("JAXCNN_ONEDNN_OVERLAP")
-    assert build.overlap_policy() == "wait"
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler")

@@ -142,10 +142,9 @@ def overlap_policy() -> str:
         >>> overlap_policy() in OVERLAP_POLICIES
         True
     """
-    name = os.environ.get("JAXCNN_ONEDNN_OVERLAP", "wait").strip().lower() or "wait"
-    if name not in OVERLAP_POLICIES:
-        raise ValueError(f"JAXCNN_ONEDNN_OVERLAP={name!r}; valid: {', '.join(OVERLAP_POLICIES)}")
-    return name
+    from jaxcnn.conv_backend import env_choice
+
+    return env_choice("JAXCNN_ONEDNN_OVERLAP", "wait", OVERLAP_POLICIES)
 
 
 @functools.cache
