@@ -11,9 +11,10 @@ Backends (``set_conv_backend``, the ``use_conv_backend`` context, or the environ
 variable ``JAXCNN_CONV_BACKEND``; read when a function is traced, so set it before jit).
 ``JAXCNN_ONEDNN_ALGORITHM=winograd`` (also read at trace time) runs oneDNN's float32 3x3
 stride-1 convolutions with 16 or more channels as Winograd F(4x4, 3x3): 1.4-2.2x faster
-per convolution alone on AMD Zen 4, 1.2-1.5x on the fast CIFAR net's step, no gain on the
-smaller nets; rounding errors near 4e-6 of the largest value (``docs/perf_notes.md``,
-item 34).
+per convolution alone on AMD Zen 4, 1.2-1.5x on the fast CIFAR net's step, 1.15x on the
+teaching nets' (since their conv2 is cropped to what the pool reads), 0.97x on
+ResNet-20's; rounding errors near 4e-6 of the largest value (``docs/perf_notes.md``,
+items 34 and 37).
 
 * ``"auto"`` (default): oneDNN when its library builds here and the CPU is one where it
   measured faster: Intel CPUs (the Xeon of ``docs/perf_notes.md``, items 23-26) and any

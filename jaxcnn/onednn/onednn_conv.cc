@@ -56,11 +56,9 @@ std::mutex one_at_a_time;
 
 struct InFlight {
   int threads = kTeamSize;
-  bool counted = false;
-  std::unique_lock<std::mutex> turn;
+  std::unique_lock<std::mutex> turn;  // held under "wait"; empty under "single"
   InFlight() {
     if (overlap_single.load()) {
-      counted = true;
       if (in_flight.fetch_add(1) != 0) threads = 1;
     } else {
       turn = std::unique_lock<std::mutex>(one_at_a_time);
@@ -68,7 +66,7 @@ struct InFlight {
     omp_set_num_threads(threads);  // this thread's setting; oneDNN reads it below
   }
   ~InFlight() {
-    if (counted) in_flight.fetch_sub(1);
+    if (!turn.owns_lock()) in_flight.fetch_sub(1);  // counted in only under "single"
   }
 };
 
