@@ -75,6 +75,10 @@ def parse_args(argv):
     p.add_argument("--warmup", type=int, help="untimed steps after the first (default 5)")
     p.add_argument("--windows", type=int, help="timed windows per process (default 3)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--device", choices=common.DEVICES, default="auto",
+        help="every runner's --device: auto (a framework's GPU if it sees one), cpu, gpu",
+    )  # fmt: skip
     p.add_argument("--timeout", type=float, default=900, help="seconds per process")
     p.add_argument("--python-for", type=_python_for, action="append", default=[])
     p.add_argument(
@@ -88,8 +92,10 @@ def parse_args(argv):
     p.add_argument(
         "--from-json",
         type=Path,
+        action="append",
         help="re-render from a --json-out file instead of running (its recorded machine, "
-        "SGEMM and date; nothing is re-measured)",
+        "SGEMM, settings and date; nothing is re-measured); repeat it to merge the runs "
+        "of several calls (e.g. one per net on a lent GPU) into one table",
     )
     args = p.parse_args(argv)
     preset = QUICK if args.quick else {}
@@ -116,18 +122,31 @@ def _run_json(python: str, *cmd: str, timeout: float = 600) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _sgemm(interpreters: harness.Interpreters) -> dict[str, str]:
+def _sgemm(interpreters: harness.Interpreters, device: str = "auto") -> dict[str, str]:
+    """Each framework's SGEMM on ``device``; a GPU figure says which GPU and n."""
     found = {}
     for framework, runner in (("jax", "flax_minimal"), ("torch", "torch")):
         python, why = interpreters.resolve(harness.RUNNERS[runner])
         try:
             if python is None:
                 raise RuntimeError(why)
-            rate = _run_json(python, "benchmarks/sgemm.py", "--framework", framework)["gflops"]
-            found[framework] = f"{rate:.0f} GFLOP/s"
-        except (RuntimeError, subprocess.TimeoutExpired, ValueError) as error:
+            out = _run_json(
+                python, "benchmarks/sgemm.py", "--framework", framework, "--device", device
+            )
+            found[framework] = f"{out['gflops']:.0f} GFLOP/s"
+            if out.get("device") == "gpu":
+                found[framework] += f" on {out['device_name']} ({out['n']}^3, TF32)"
+        except (RuntimeError, subprocess.TimeoutExpired, ValueError, KeyError) as error:
             found[framework] = f"not measured ({error})"
     return found
+
+
+def gpu_used(results: list[dict]) -> dict | None:
+    """The GPU the runs used, as ``flops.gpu_peak`` gives it (name only for an unknown one)."""
+    names = [r.get("device_name") for r in results if r.get("device") == "gpu"]
+    if not names:
+        return None
+    return flops.gpu_peak(names[0]) or {"name": names[0]}
 
 
 def _versions(results: list[dict]) -> dict[str, str]:
@@ -137,11 +156,12 @@ def _versions(results: list[dict]) -> dict[str, str]:
     return dict(sorted(versions.items()))
 
 
-def run_record(machine: dict, sgemm: dict, elapsed: float) -> dict:
+def run_record(machine: dict, sgemm: dict, elapsed: float, settings: dict | None = None) -> dict:
     """What a run's report says beside its results: machine, SGEMM, date, time, command.
 
     ``--json-out`` saves it with the results, so ``--from-json`` renders the run's own
-    record, not the machine or clock of the re-rendering.
+    record (and its ``settings``: batch, rounds, warm-up, windows, steps), not the
+    machine, clock or defaults of the re-rendering.
     """
     return {
         "machine": {**machine, "platform": platform.platform()},
@@ -149,7 +169,26 @@ def run_record(machine: dict, sgemm: dict, elapsed: float) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "elapsed_s": elapsed,
         "command": "python scripts/benchmark.py " + " ".join(sys.argv[1:]),
+        **({"settings": settings} if settings else {}),
     }
+
+
+def merge_records(records: list[dict]) -> dict:
+    """One record for runs made by several calls: the first one's machine and date, the
+    first SGEMM measured, the times added and every command listed.
+
+    Examples:
+      >>> a = {"machine": {}, "sgemm": {}, "date": "d1", "elapsed_s": 60.0, "command": "x"}
+      >>> b = {**a, "sgemm": {"jax": "9 GFLOP/s"}, "date": "d2", "command": "y"}
+      >>> merged = merge_records([a, b])
+      >>> merged["sgemm"], merged["elapsed_s"], merged["command"], merged["date"]
+      ({'jax': '9 GFLOP/s'}, 120.0, 'x; y', 'd1')
+    """
+    merged = dict(records[0])
+    merged["sgemm"] = next((r["sgemm"] for r in records if r["sgemm"]), {})
+    merged["elapsed_s"] = sum(r["elapsed_s"] for r in records)
+    merged["command"] = "; ".join(r["command"].strip() for r in records)
+    return merged
 
 
 def load_results(path: Path) -> tuple[list[dict], dict | None]:
@@ -171,14 +210,22 @@ def render(args, results, rows, record, flop_counts) -> str:
         for net, c in flop_counts.items()
     )
     sgemm_text = ", ".join(f"{k} {v}" for k, v in sgemm.items()) or "not measured"
-    sgemm_rates = [float(v.split()[0]) for v in sgemm.values() if v[:1].isdigit()]
+    sgemm_rates = [  # the CPU's figures only: a GPU's is far above the CPU's peak
+        float(v.split()[0]) for v in sgemm.values() if v[:1].isdigit() and " on " not in v
+    ]
     if sgemm_rates and max(sgemm_rates) > machine["peak_gflops"]:
         sgemm_text += (
             " — above the nominal peak: the clock the (virtual) CPU reports is below the one"
             ' it runs at, so read "% peak" as an upper bound and compare with SGEMM too'
         )
-    steps = args.steps if isinstance(args.steps, int) else ", ".join(
-        f"{args.steps[n]} ({n})" for n in args.nets
+    gpu = gpu_used(results)
+    gpu_line = ""
+    if gpu:
+        peaks = gpu.get("how", 'not in benchmarks/flops.py\'s table, so no "% peak"')
+        gpu_line = f'\n- GPU: {gpu["name"]} (rows with device "gpu"); nominal peak: {peaks}.'
+    setup = record.get("settings") or vars(args)
+    steps = setup["steps"] if isinstance(setup["steps"], int) else ", ".join(
+        f"{setup['steps'][n]} ({n})" for n in args.nets if n in setup["steps"]
     )  # fmt: skip
     return f"""# Benchmarks: training throughput against the peers
 
@@ -188,12 +235,12 @@ are the ones the harness printed; rerun the command to regenerate this part of t
 - Machine: {machine["cpu_model"]} ({machine["cpu_id"]}; {machine["isa"]}),
   {machine["cores"]} cores, {machine["platform"]};
   nominal peak FP32 {machine["peak_gflops"]:.0f} / bfloat16 {machine.get("bf16_peak_gflops", 0):.0f}
-  GFLOP/s ({machine["how"]}); "% peak" for a bfloat16 row is of the bfloat16 peak.
-- SGEMM ceiling (2048^3 float32 matmul, best of 5): {sgemm_text}.
+  GFLOP/s ({machine["how"]}); "% peak" for a bfloat16 row is of the bfloat16 peak.{gpu_line}
+- SGEMM ceiling (2048^3 float32 matmul unless said, best of 5): {sgemm_text}.
 - Libraries: {versions or "n/a"}.
-- Setup: batch {args.batch}, random in-memory data, Adam 1e-3, {args.rounds} interleaved
+- Setup: batch {setup["batch"]}, random in-memory data, Adam 1e-3, {setup["rounds"]} interleaved
   rounds (A B C A B C, each run a fresh process), per process one first step (compile),
-  {args.warmup} warm-up steps, {args.windows} timed windows of {steps} steps.
+  {setup["warmup"]} warm-up steps, {setup["windows"]} timed windows of {steps} steps.
 
 ## Training throughput
 
@@ -208,7 +255,7 @@ model (its `ConvBlock`s fuse bias, ReLU and max-pool through `jaxcnn.fast_ops`) 
 piece at a time for the experiments in `docs/perf_notes.md`). "GFLOP/s" = images/s x
 training FLOPs per image (below).
 
-{report.markdown_table(rows, machine["peak_gflops"], machine.get("bf16_peak_gflops"))}
+{report.markdown_table(rows, machine["peak_gflops"], machine.get("bf16_peak_gflops"), gpu)}
 
 ## FLOPs per training image
 
@@ -248,10 +295,13 @@ def main(argv=None) -> int:
     print(f"benchmark: {machine['cpu_model']}, {machine['cores']} cores, load "
           f"{harness.load_average():.2f}; runners and interpreters:")  # fmt: skip
     settings = {"batch": args.batch, "steps": args.steps, "warmup": args.warmup,
-                "windows": args.windows, "seed": args.seed}  # fmt: skip
+                "windows": args.windows, "seed": args.seed, "device": args.device}  # fmt: skip
     record = None
     if args.from_json:
-        results, record = load_results(args.from_json)
+        loaded = [load_results(path) for path in args.from_json]
+        results = [r for found, _ in loaded for r in found]
+        records = [rec for _, rec in loaded if rec is not None]
+        record = merge_records(records) if records else None
         args.nets = list(dict.fromkeys(r["net"] for r in results))
     else:
         results = harness.run_all(
@@ -264,15 +314,18 @@ def main(argv=None) -> int:
         counted = _run_json(jax_python, "benchmarks/flops.py")
         flop_counts = {net: counted[net] for net in args.nets}
     if record is None and args.from_json:  # the older format: nothing recorded to reuse
-        record = run_record(machine, {"SGEMM": "not recorded in " + str(args.from_json)}, 0.0)
-        record["machine"]["platform"] += f" (this machine: {args.from_json} kept no record)"
+        files = ", ".join(map(str, args.from_json))
+        record = run_record(machine, {"SGEMM": f"not recorded in {files}"}, 0.0)
+        record["machine"]["platform"] += f" (this machine: {files} kept no record)"
     if record is None:
-        sgemm = {} if args.no_sgemm or args.quick else _sgemm(interpreters)
-        record = run_record(machine, sgemm, time.perf_counter() - start)
+        sgemm = {} if args.no_sgemm or args.quick else _sgemm(interpreters, args.device)
+        kept = {key: getattr(args, key) for key in ("batch", "rounds", "warmup", "windows")}
+        record = run_record(machine, sgemm, time.perf_counter() - start,
+                            {**kept, "steps": args.steps})  # fmt: skip
     rows = report.summarize(results, flop_counts)
     print()
     peaks = record["machine"]["peak_gflops"], record["machine"].get("bf16_peak_gflops")
-    print(report.markdown_table(rows, *peaks))
+    print(report.markdown_table(rows, *peaks, gpu_used(results)))
     if args.json_out:
         args.json_out.write_text(json.dumps({"record": record, "results": results}, indent=1))
     if args.write_docs:

@@ -14,6 +14,13 @@ The protocol, identical for every runner:
 4. ``windows`` timed windows of ``steps`` steps each, synchronised at both ends;
    ``images_per_sec`` lists one throughput per window (the harness takes their median).
 
+``--device`` (``auto``, ``cpu`` or ``gpu``) says where: ``auto`` is where the framework
+puts work by default (its GPU when it sees one), ``cpu`` keeps a GPU machine's GPU out,
+``gpu`` insists. A runner that cannot honour it prints an "unsupported" result saying
+why (``DeviceUnavailable``), so the report keeps the row. Every result names the
+``device`` it ran on and, on a GPU, the framework's peak device memory
+(``device_peak_mb``); ``peak_rss_mb`` is always the host process's.
+
 Examples:
     >>> args = parse_args("demo", ["--net", "mnist_cnn", "--steps", "3"])
     >>> (args.net, args.batch, args.steps)
@@ -42,7 +49,12 @@ NETS: dict[str, tuple[tuple[int, int, int], int]] = {
     "fast_cifar": ((32, 32, 3), 10),  # airbench-style net, ~2 M parameters
 }
 DTYPES = ("float32", "bfloat16")
+DEVICES = ("auto", "cpu", "gpu")
 RESULT_PREFIX = "BENCH_RESULT "
+
+
+class DeviceUnavailable(RuntimeError):
+    """The ``--device`` asked for is not one this runner's framework can use here."""
 
 
 def parse_args(runner: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -54,7 +66,8 @@ def parse_args(runner: str, argv: Sequence[str] | None = None) -> argparse.Names
 
     Returns:
       The namespace with ``net``, ``dtype``, ``batch``, ``steps``, ``warmup``, ``windows``,
-      ``seed`` and ``variant`` (a runner-specific flavour such as ``compile`` for torch).
+      ``seed``, ``device`` (``auto``, ``cpu`` or ``gpu``) and ``variant`` (a
+      runner-specific flavour such as ``compile`` for torch).
 
     Examples:
       >>> parse_args("x", ["--net", "cifar_cnn", "--dtype", "bfloat16"]).dtype
@@ -69,7 +82,87 @@ def parse_args(runner: str, argv: Sequence[str] | None = None) -> argparse.Names
     parser.add_argument("--windows", type=_positive_int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variant", default="", help="runner-specific flavour")
+    parser.add_argument(
+        "--device", choices=DEVICES, default="auto",
+        help="auto: the framework's default (its GPU if it sees one); cpu; gpu (or fail)",
+    )  # fmt: skip
     return parser.parse_args(argv)
+
+
+def pick_device(requested: str, gpu_name: str | None, framework: str) -> str:
+    """``"cpu"`` or ``"gpu"``: where a runner runs, given what its framework sees.
+
+    Args:
+      requested: ``--device`` (``auto``, ``cpu`` or ``gpu``).
+      gpu_name: the GPU the framework sees (None: it sees none).
+      framework: named in the error.
+
+    Returns:
+      ``"gpu"`` for ``gpu``, or ``auto`` with a GPU; else ``"cpu"``.
+
+    Raises:
+      DeviceUnavailable: ``gpu`` was asked for and the framework sees none.
+
+    Examples:
+      >>> pick_device("auto", None, "torch"), pick_device("auto", "NVIDIA H200", "torch")
+      ('cpu', 'gpu')
+      >>> pick_device("cpu", "NVIDIA H200", "torch")
+      'cpu'
+    """
+    if requested not in DEVICES:
+        raise ValueError(f"--device must be one of {DEVICES}, got {requested!r}")
+    if requested == "cpu":
+        return "cpu"
+    if gpu_name is None:
+        if requested == "gpu":
+            raise DeviceUnavailable(f"--device gpu, but {framework} sees no GPU here")
+        return "cpu"
+    return "gpu"
+
+
+def use_jax_device(requested: str) -> None:
+    """Points JAX at ``--device`` without starting a backend (call before any JAX work).
+
+    ``cpu`` sets ``jax_platforms`` to ``cpu``, so a GPU machine's GPU stays out and the CPU
+    XLA flags (``jaxcnn.xla_flags.configure_cpu``) still apply; ``auto`` and ``gpu`` leave
+    JAX's default, which ``jax_device_info`` then checks.
+    """
+    import jax
+
+    if requested == "cpu":
+        jax.config.update("jax_platforms", "cpu")
+
+
+def jax_device_info(requested: str) -> dict:
+    """Where JAX runs (this starts its backend): ``{"device", "device_name"}``.
+
+    Args:
+      requested: ``--device``.
+
+    Returns:
+      ``device`` is ``"cpu"`` or ``"gpu"``; ``device_name`` the device's ``device_kind``
+      (e.g. ``"NVIDIA H200"``, or ``"cpu"``).
+
+    Raises:
+      DeviceUnavailable: ``gpu`` was asked for and JAX's default backend is not a GPU.
+    """
+    import jax
+
+    first = jax.devices()[0]
+    gpu = first.platform in ("gpu", "cuda", "rocm")
+    if requested == "cpu" and gpu:  # use_jax_device came after JAX had started
+        raise DeviceUnavailable("--device cpu, but JAX had already started on its GPU")
+    kind = pick_device(requested, first.device_kind if gpu else None, "jax")
+    return {"device": kind, "device_name": first.device_kind}
+
+
+def jax_device_peak_mb() -> float | None:
+    """JAX's peak device memory in MiB on its first device, None where not reported (CPU)."""
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2**20
 
 
 def _positive_int(text: str) -> int:
@@ -161,6 +254,7 @@ def emit(runner: str, args: argparse.Namespace, measured: dict, **extra) -> None
         "net": args.net,
         "dtype": args.dtype,
         "batch": args.batch,
+        "device": "cpu",
         "steps": args.steps,
         "windows": args.windows,
         "status": "ok",

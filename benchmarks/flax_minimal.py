@@ -87,12 +87,20 @@ def run(args, model, runner: str, **extra) -> None:
         params=sum(p.size for p in jax.tree.leaves(params)),
         versions={"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__},
         xla_flags=__import__("os").environ.get("XLA_FLAGS", ""),
+        device_peak_mb=common.jax_device_peak_mb(),
+        **common.jax_device_info(args.device),
         **extra,
     )
 
 
 def main(argv=None) -> int:
     args = common.parse_args("flax_minimal", argv)
+    common.use_jax_device(args.device)
+    try:
+        common.jax_device_info(args.device)
+    except common.DeviceUnavailable as error:
+        common.emit_unsupported("flax_minimal", args, str(error))
+        return 0
     run(args, nets_flax.build(args.net, args.dtype, pool="nn"), "flax_minimal")
     return 0
 

@@ -21,6 +21,10 @@ with AMX (Intel Xeon since Sapphire Rapids: one ``tdpbf16ps`` tile product, 16 x
 multiply-adds, every 16 cycles); a framework reaches it only through kernels that use the
 tiles (on XLA:CPU in jaxlib 0.10.2: a bfloat16 matmul with a float32 result).
 
+GPU peaks are not measured but looked up by the device's name (``gpu_peak``): the
+vendor's datasheet figures for dense tensor-core math, TF32 for float32 (what cuDNN and
+XLA use for float32 convolutions on these GPUs by default) and bfloat16.
+
     python benchmarks/flops.py       # prints {"mnist_cnn": {...}, ...} as JSON
 """
 
@@ -157,6 +161,46 @@ def machine_peak(cpuinfo: str | None = None) -> dict:
         "bf16_peak_gflops": cores * bf16_per_cycle * clock / 1000,
         "how": f"{cores} cores x {per_cycle} FP32 FLOP/cycle x {clock:.0f} MHz" + bf16_how,
     }
+
+
+# Datasheet dense tensor-core peaks in TFLOP/s, (TF32, bfloat16); the first name that is a
+# substring of the device's name wins, so the specific variants come before the plain one.
+GPU_PEAKS_TFLOPS: tuple[tuple[str, float, float], ...] = (
+    ("H100 PCIe", 378.0, 756.0),
+    ("H100 NVL", 417.5, 835.5),
+    ("H200 NVL", 417.5, 835.5),
+    ("H100", 494.7, 989.4),  # SXM; the H200 SXM has the same math, more memory
+    ("H200", 494.7, 989.4),
+    ("A100", 156.0, 312.0),
+    ("L4", 60.0, 121.0),
+)
+
+
+def gpu_peak(device_name: str | None) -> dict | None:
+    """The datasheet dense peak of a known GPU, or None for an unknown one (no "% peak").
+
+    Args:
+      device_name: as the framework names it, e.g. ``"NVIDIA H200"``.
+
+    Returns:
+      ``{"name", "peak_gflops", "bf16_peak_gflops", "how"}``; float32 is the TF32 peak.
+
+    Examples:
+      >>> gpu_peak("NVIDIA H100 80GB HBM3")["bf16_peak_gflops"]
+      989400.0
+      >>> gpu_peak("NVIDIA H100 PCIe")["peak_gflops"], gpu_peak("cpu")
+      (378000.0, None)
+    """
+    for key, tf32, bf16 in GPU_PEAKS_TFLOPS:
+        if device_name and key in device_name:
+            return {
+                "name": device_name,
+                "peak_gflops": tf32 * 1000,
+                "bf16_peak_gflops": bf16 * 1000,
+                "how": f"{key} datasheet, dense tensor cores: TF32 {tf32:g}, "
+                f"bfloat16 {bf16:g} TFLOP/s",
+            }
+    return None
 
 
 def main() -> int:

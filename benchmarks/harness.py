@@ -120,7 +120,8 @@ def run_one(
       runner: what to run.
       python: the interpreter.
       net, dtype: the case.
-      settings: ``batch``, ``steps``, ``warmup``, ``windows``, ``seed``.
+      settings: ``batch``, ``steps``, ``warmup``, ``windows``, ``seed`` and optionally
+        ``device`` (``auto``, ``cpu`` or ``gpu``, passed on as ``--device``).
       timeout: seconds before the process is killed (reported as failed).
 
     Returns:
@@ -128,8 +129,9 @@ def run_one(
       ``wall_s`` and ``peak_rss_mb`` (from the kernel's accounting of the child).
     """
     cmd = [python, str(REPO / "benchmarks" / runner.script), "--net", net, "--dtype", dtype]
-    for key in ("batch", "steps", "warmup", "windows", "seed"):
-        cmd += [f"--{key}", str(settings[key])]
+    for key in ("batch", "steps", "warmup", "windows", "seed", "device"):
+        if key in settings:
+            cmd += [f"--{key}", str(settings[key])]
     if runner.variant:
         cmd += ["--variant", runner.variant]
     base = {"runner": runner.name, "net": net, "dtype": dtype, "load_before": load_average()}
@@ -168,7 +170,8 @@ def run_all(
     Args:
       runners: runner names (keys of ``RUNNERS``), in the order they alternate.
       nets, dtypes: the cases.
-      settings: batch, steps (an int, or a dict net -> int), warmup, windows, seed.
+      settings: batch, steps (an int, or a dict net -> int), warmup, windows, seed and
+        optionally device.
       rounds: how many times the whole A B C sequence repeats.
       interpreters: resolves each runner's Python.
       timeout: per-process limit in seconds.

@@ -165,6 +165,8 @@ def run_with_engine(args, model, engine, batch_splits: int = 0, **extra) -> None
         params=sum(p.size for p in jax.tree.leaves(holder[0].params)),
         versions={"jax": jax.__version__, "jaxcnn": __import__("jaxcnn").__version__},
         xla_flags=__import__("os").environ.get("XLA_FLAGS", ""),
+        device_peak_mb=common.jax_device_peak_mb(),
+        **common.jax_device_info(args.device),
         **extra,
     )
     del jnp
@@ -175,7 +177,13 @@ def main(argv=None) -> int:
     options = parse_variant(args.variant)
     from jaxcnn import xla_flags  # imports jax but starts no backend
 
+    common.use_jax_device(args.device)  # before the flags: --device cpu makes them apply
     added = xla_flags.configure_cpu() if options["flags"] == "default" else ()
+    try:
+        common.jax_device_info(args.device)  # starts the backend, with the flags in place
+    except common.DeviceUnavailable as error:
+        common.emit_unsupported("jaxcnn", args, str(error))
+        return 0
 
     from benchmarks import flax_minimal, nets_flax
 

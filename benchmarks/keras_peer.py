@@ -11,6 +11,10 @@ synchronises at epoch end to produce the logs). ``first_step_s`` is the time fro
 ``fit`` call to the end of batch 0. ``--warmup`` is ignored: Keras' warm-up is the first
 epoch.
 
+``--device``: Keras puts work where its backend does (``common.use_jax_device`` for JAX;
+for TensorFlow, ``cpu`` hides its GPUs and ``gpu`` needs one). Keras' own defaults
+otherwise, on either device.
+
     python benchmarks/keras_peer.py --net cifar_cnn --variant tensorflow
 """
 
@@ -83,6 +87,11 @@ def main(argv=None) -> int:
         raise ValueError(f"--variant must be jax or tensorflow, got {backend!r}")
     os.environ["KERAS_BACKEND"] = backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        where = _place(backend, args.device)
+    except common.DeviceUnavailable as error:
+        common.emit_unsupported("keras", args, str(error))
+        return 0
     import keras
 
     if args.dtype == "bfloat16":
@@ -140,8 +149,39 @@ def main(argv=None) -> int:
 
         versions["jax"] = jax.__version__
     args.variant = backend
-    common.emit("keras", args, measured, params=model.count_params(), versions=versions)
+    common.emit("keras", args, measured, params=model.count_params(), versions=versions,
+                device_peak_mb=_device_peak_mb(backend, where["device"]), **where)  # fmt: skip
     return 0
+
+
+def _place(backend: str, requested: str) -> dict:
+    """Sets the backend's device for ``--device`` before Keras starts it (see common)."""
+    if backend == "jax":
+        common.use_jax_device(requested)
+        return common.jax_device_info(requested)
+    import tensorflow as tf
+
+    if requested == "cpu":
+        tf.config.set_visible_devices([], "GPU")
+    gpus = tf.config.list_logical_devices("GPU")
+    name = None
+    if gpus:
+        details = tf.config.experimental.get_device_details(
+            tf.config.list_physical_devices("GPU")[0]
+        )
+        name = details.get("device_name", gpus[0].name)
+    kind = common.pick_device(requested, name, "tensorflow")
+    return {"device": kind, "device_name": name if kind == "gpu" else "cpu"}
+
+
+def _device_peak_mb(backend: str, device: str) -> float | None:
+    if device != "gpu":
+        return None
+    if backend == "jax":
+        return common.jax_device_peak_mb()
+    import tensorflow as tf
+
+    return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
 
 
 if __name__ == "__main__":

@@ -37,7 +37,10 @@ def summarize(results: list[dict], flops: dict | None = None) -> list[dict]:
 
     Returns:
       Rows with ``net, dtype, runner, status, rounds, median, low, high, vs_jaxcnn,
-      vs_low, vs_high, first_step_s, peak_rss_mb, gflops``; the order of first appearance.
+      vs_low, vs_high, first_step_s, peak_rss_mb, device, device_name, device_peak_mb,
+      gflops``; the order of first appearance. ``device`` is ``"cpu"`` or ``"gpu"`` (results
+      from before runners named it ran on the CPU); ``device_peak_mb`` is the largest
+      device memory a run reported, None where none did.
     """
     per_case: dict[tuple, list[dict]] = defaultdict(list)
     for r in results:
@@ -74,6 +77,12 @@ def summarize(results: list[dict], flops: dict | None = None) -> list[dict]:
             load=_median([r.get("load_before", float("nan")) for r in ok]),
             per_cpu_s=_median([_median(r.get("images_per_cpu_sec") or []) for r in ok]),
             impl=ok[0].get("impl", ""),
+            device="/".join(sorted({r.get("device", "cpu") for r in ok})),
+            device_name=ok[0].get("device_name", "cpu"),
+            device_peak_mb=max(
+                (r["device_peak_mb"] for r in ok if r.get("device_peak_mb") is not None),
+                default=None,
+            ),
         )
         if flops and net in flops:
             row["gflops"] = row["median"] * flops[net]["train_flops"] / 1e9
@@ -82,14 +91,22 @@ def summarize(results: list[dict], flops: dict | None = None) -> list[dict]:
 
 
 def markdown_table(
-    rows: list[dict], peak_gflops: float | None = None, bf16_peak_gflops: float | None = None
+    rows: list[dict],
+    peak_gflops: float | None = None,
+    bf16_peak_gflops: float | None = None,
+    gpu_peak: dict | None = None,
 ) -> str:
     """Renders summary rows as a Markdown table.
 
+    When any row ran on a GPU, two columns follow: the device and its peak memory (the
+    framework's own count; "peak RSS" stays the host process's).
+
     Args:
       rows: from ``summarize``.
-      peak_gflops: the machine's nominal FP32 peak, for the "% peak" column.
+      peak_gflops: the CPU's nominal FP32 peak, for the "% peak" column of CPU rows.
       bf16_peak_gflops: the bfloat16 peak used for bfloat16 rows (default: the FP32 one).
+      gpu_peak: ``flops.gpu_peak`` of the GPU, for the "% peak" of GPU rows (None: no
+        "% peak" for them).
 
     Returns:
       The table text (header, separator, one line per row).
@@ -99,16 +116,19 @@ def markdown_table(
       ...     "missing (no torch)", "rounds": 0}]).splitlines()[-1])
       | n | f | r | missing (no torch) | | | | | | | |
     """
+    on_gpu = any(r.get("device", "cpu") != "cpu" for r in rows if "median" in r)
     head = (
         "| net | dtype | runner | images/s median | min-max over rounds | x jaxcnn (min-max) "
-        "| first step s | peak RSS MB | GFLOP/s (% peak) | img per CPU-s | load |\n"
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"
+        "| first step s | peak RSS MB | GFLOP/s (% peak) | img per CPU-s | load |"
+        + (" device | device peak MB |" if on_gpu else "")
+        + "\n|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"
+        + ("---|--:|" if on_gpu else "")
     )
     lines = [head]
     for r in rows:
         if "median" not in r:
             lines.append(f"| {r['net']} | {r['dtype']} | {r['runner']} | {r['status']} "
-                         "| | | | | | | |")  # fmt: skip
+                         "| | | | | | | |" + (" | |" if on_gpu else ""))  # fmt: skip
             continue
         ratio = (
             f"{r['vs_jaxcnn']:.2f} ({r['vs_low']:.2f}-{r['vs_high']:.2f})"
@@ -117,16 +137,22 @@ def markdown_table(
         )
         gflops = ""
         if r.get("gflops") is not None:
-            peak = (
-                bf16_peak_gflops if r["dtype"] == "bfloat16" and bf16_peak_gflops else peak_gflops
-            )
+            fp32, bf16 = peak_gflops, bf16_peak_gflops
+            if r.get("device", "cpu") != "cpu":
+                fp32 = (gpu_peak or {}).get("peak_gflops")
+                bf16 = (gpu_peak or {}).get("bf16_peak_gflops")
+            peak = bf16 if r["dtype"] == "bfloat16" and bf16 else fp32
             share = f" ({100 * r['gflops'] / peak:.0f} %)" if peak else ""
-            gflops = f"{r['gflops']:.1f}{share}"
+            gflops = f"{r['gflops']:,.1f}{share}"
         note = "" if r["status"] == "ok" else f" [{r['status']}]"
+        device = ""
+        if on_gpu:
+            memory = r.get("device_peak_mb")
+            device = f" {r['device']} | {'' if memory is None else f'{memory:,.0f}'} |"
         lines.append(
             f"| {r['net']} | {r['dtype']} | {r['runner']}{note} | {r['median']:,.0f} "
             f"| {r['low']:,.0f}-{r['high']:,.0f} | {ratio} | {r['first_step_s']:.2f} "
             f"| {r['peak_rss_mb']:,.0f} | {gflops} | {r.get('per_cpu_s', float('nan')):,.0f} "
-            f"| {r['load']:.2f} |"
+            f"| {r['load']:.2f} |{device}"
         )
     return "\n".join(lines)

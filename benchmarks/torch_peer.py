@@ -1,11 +1,18 @@
-"""Peer runner: the same nets in PyTorch on the CPU, eager or ``torch.compile``.
+"""Peer runner: the same nets in PyTorch, eager or ``torch.compile``, on the CPU or a GPU.
 
 ``--variant eager`` (default) or ``--variant compile`` (``torch.compile(model)``, default
-inductor backend). ``torch.set_num_threads(os.cpu_count())``; NCHW as a PyTorch user
-writes it; Adam(1e-3); bfloat16 through ``torch.autocast("cpu", dtype=torch.bfloat16)``
-with float32 parameters (the mixed precision PyTorch recommends).
+inductor backend). Adam(1e-3); bfloat16 through ``torch.autocast`` with float32
+parameters (the mixed precision PyTorch recommends).
+
+On the CPU: ``torch.set_num_threads(os.cpu_count())``, NCHW as a PyTorch user writes it.
+On a CUDA GPU (``--device auto`` when torch sees one, or ``--device gpu``), what PyTorch's
+performance tuning guide recommends for convnets: the model and the batches (all held on
+the GPU, as the JAX runners hold theirs) in ``channels_last``, ``cudnn.benchmark`` on, and
+TF32 matmuls (``set_float32_matmul_precision("high")``; cuDNN convolutions use TF32 by
+default, and so does XLA for float32 on the GPU). The result's ``impl`` says which.
 
     python benchmarks/torch_peer.py --net mnist_cnn --variant compile
+    python benchmarks/torch_peer.py --net cifar_cnn --device gpu --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -89,21 +96,43 @@ def build(net: str) -> nn.Module:
     raise ValueError(f"unknown net {net!r}")
 
 
+def placement(requested: str) -> tuple[torch.device, dict]:
+    """The torch device for ``--device`` and how it is set up (``impl``, ``device_name``).
+
+    Raises:
+      common.DeviceUnavailable: ``--device gpu`` and torch sees no CUDA device.
+    """
+    gpu_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    if common.pick_device(requested, gpu_name, "torch") == "cpu":
+        return torch.device("cpu"), {"device": "cpu", "device_name": "cpu", "impl": "NCHW"}
+    torch.backends.cudnn.benchmark = True
+    torch.set_float32_matmul_precision("high")
+    impl = "cuda: channels_last, cudnn.benchmark, TF32 matmuls"
+    return torch.device("cuda"), {"device": "gpu", "device_name": gpu_name, "impl": impl}
+
+
 def main(argv=None) -> int:
     args = common.parse_args("torch", argv)
     variant = args.variant or "eager"
     if variant not in ("eager", "compile"):
         raise ValueError(f"--variant must be eager or compile, got {variant!r}")
+    try:
+        device, where = placement(args.device)
+    except common.DeviceUnavailable as error:
+        common.emit_unsupported("torch", args, str(error))
+        return 0
+    layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(args.seed)
     images, labels = common.random_data(args.net, args.steps * args.batch, args.seed)
     x_all = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
-    y_all = torch.from_numpy(labels).long()
+    x_all = x_all.to(device).contiguous(memory_format=layout)
+    y_all = torch.from_numpy(labels).long().to(device)
     batches = [
         (x_all[i : i + args.batch], y_all[i : i + args.batch])
         for i in range(0, len(x_all), args.batch)
     ]
-    model = build(args.net)
+    model = build(args.net).to(device, memory_format=layout)
     params = sum(p.numel() for p in model.parameters())
     model.train()
     forward = torch.compile(model) if variant == "compile" else model
@@ -114,15 +143,16 @@ def main(argv=None) -> int:
     def step(i):
         x, y = batches[i % len(batches)]
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             loss = loss_fn(forward(x), y)
         loss.backward()
         optimizer.step()
         return loss
 
-    # PyTorch on CPU runs synchronously: the step has finished when it returns.
+    # On the CPU the step has finished when it returns; on a GPU, .item() waits for it.
     measured = common.time_loop(args, step, lambda loss: loss.item())
     args.variant = variant
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
     common.emit(
         "torch",
         args,
@@ -130,6 +160,8 @@ def main(argv=None) -> int:
         params=params,
         versions={"torch": torch.__version__},
         threads=torch.get_num_threads(),
+        device_peak_mb=peak,
+        **where,
     )
     return 0
 
