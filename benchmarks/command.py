@@ -5,6 +5,8 @@
     python scripts/benchmark.py --nets mnist_cnn --runners jaxcnn,torch --rounds 5
     python scripts/benchmark.py --python-for torch=/opt/venv/bin/python --python-for keras=...
     python scripts/benchmark.py --time-to-accuracy  # MNIST to 99 % with jaxcnn.train
+    python scripts/benchmark.py --device gpu --steps 200  # every runner on its GPU
+    python scripts/benchmark.py --from-json a.json --from-json b.json  # one table of both
 
 Peers (torch, keras with TensorFlow and JAX backends) are the ``bench`` extra; a runner
 whose modules no interpreter has is listed as "missing (why)", never dropped.
@@ -108,6 +110,13 @@ def parse_args(argv):
     args.windows = args.windows or preset.get("windows", 3)
     if args.rounds < 1 or args.windows < 1 or args.batch < 1:
         p.error("--rounds, --windows and --batch must be >= 1")
+    for path in args.from_json or []:
+        try:
+            load_results(path)
+        except OSError as error:
+            p.error(f"--from-json {path}: {error.strerror or error}")
+        except (ValueError, KeyError, TypeError) as error:
+            p.error(f"--from-json {path}: not a --json-out file of this harness ({error!r})")
     if args.write_docs is None and not args.quick and not args.no_docs:
         args.write_docs = DOCS
     return args

@@ -124,3 +124,13 @@ def test_runs_of_several_calls_render_as_one_report_with_their_own_settings(tmp_
     assert "| cifar_cnn | float32 | jaxcnn | 9,000 |" in text
     assert "in 1.0 min" in text and "jax 51234 GFLOP/s on NVIDIA H200" in text
     assert "batch 256," in text and "2 timed windows of 50 steps" in text
+
+
+@pytest.mark.parametrize("content", [None, "{}", "not json"])
+def test_from_json_rejects_a_missing_or_foreign_file_by_name(content, tmp_path, capsys):
+    path = tmp_path / "runs.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit):
+        command.parse_args(["--from-json", str(path)])
+    assert f"--from-json {path}: " in capsys.readouterr().err
