@@ -5,6 +5,7 @@
 # time limit so that one stuck stage leaves the others' results:
 #   info   the GPU's name and jax's devices;
 #   tests  a short test subset on the GPU (shared data is absent there: those tests skip);
+#          TESTS=all runs the whole suite instead (pytest-xdist, 8 workers, $TESTS_TIMEOUT s);
 #   cifar  CIFAR-10 with configs/cifar10_fast.py (bfloat16; seeds $SEEDS, target $TARGET).
 #          On the JPEG copy even airbench94 stops near 91 % (docs/benchmarks.md), so 94 %
 #          is not reachable: the run records the final accuracy and the time; TARGET=0.90
@@ -44,10 +45,15 @@ print('flax', flax.__version__, 'torch', torch.__version__, torch.cuda.is_availa
       | tee "$OUT/versions.txt" || exit 1
     ;;
   tests)
-    timeout 150 python3 -m pytest -q -x -p no:cacheprovider -o addopts="" \
-      tests/test_shapes_flax.py tests/test_layers.py tests/test_train_units.py \
-      tests/test_train_whitening_tta.py tests/test_benchmark_devices.py 2>&1 \
-      | tee "$OUT/pytest.log" | tail -3
+    if [ "${TESTS:-subset}" = all ]; then  # the whole suite, 8 workers on the 16 cores
+      timeout "${TESTS_TIMEOUT:-420}" python3 -m pytest -q -p no:cacheprovider -o addopts="" \
+        -n 8 --dist loadfile tests 2>&1 | tee "$OUT/pytest.log" | tail -15
+    else
+      timeout 150 python3 -m pytest -q -x -p no:cacheprovider -o addopts="" \
+        tests/test_shapes_flax.py tests/test_layers.py tests/test_train_units.py \
+        tests/test_train_whitening_tta.py tests/test_benchmark_devices.py 2>&1 \
+        | tee "$OUT/pytest.log" | tail -3
+    fi
     ;;
   cifar)
     tar xzf .device/cifar10_jpg.tar.gz -C /tmp || exit 1
