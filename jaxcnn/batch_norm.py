@@ -87,19 +87,71 @@ def batch_norm_activation(
                 f"{name} of shape {tuple(jnp.shape(value))}"
             )
     out_dtype = jnp.dtype(dtype or jnp.result_type(x, scale, bias))
-    return _fused(x, scale, bias, float(epsilon), get_activation(activation), out_dtype)
+    fn = get_activation(activation)
+    native = _native_kernels(x, fn, out_dtype)
+    return _fused(x, scale, bias, float(epsilon), fn, out_dtype, native)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _fused(x, scale, bias, epsilon, activation, dtype):
-    return _forward(x, scale, bias, epsilon, activation, dtype)[0]
+NORM_BACKENDS = ("auto", "xla", "native")
+
+
+def norm_backend() -> str:
+    """``JAXCNN_NORM_BACKEND``, validated: who runs training-mode batch norm on a CPU.
+
+    * ``"auto"`` (default): the binding's kernels (``jaxcnn/onednn/batch_norm.cc``, every
+      core) when the library builds here and the call is one they take (see
+      :func:`_native_kernels`), else XLA;
+    * ``"xla"``: always XLA's fusions (one thread each on jaxlib 0.10);
+    * ``"native"``: the kernels wherever the call allows; raises if the library is
+      unavailable.
+
+    Read when a function is traced. ``docs/perf_notes.md``, item 38, has the measurements.
+
+    Examples:
+        >>> norm_backend() in NORM_BACKENDS
+        True
+    """
+    from jaxcnn.conv_backend import env_choice
+
+    return env_choice("JAXCNN_NORM_BACKEND", "auto", NORM_BACKENDS)
+
+
+def _native_kernels(x: jax.Array, activation, dtype) -> str | None:
+    """The kernels' activation name if this call runs on them, else None (XLA runs it).
+
+    They take float32 / bfloat16 ``x`` and ``y``, identity or ReLU, traced for a single
+    CPU device (XLA cannot split a foreign call over several devices' shards).
+    """
+    choice = norm_backend()
+    if choice == "xla":
+        return None
+    from jaxcnn.onednn import build, ffi_norm
+
+    name = {nn.relu: "relu", get_activation(None): "identity"}.get(activation)
+    if not ffi_norm.supports(x.dtype, dtype, name) or x.ndim < 2 or x.size == 0:
+        return None
+    if jax.default_backend() != "cpu" or jax.device_count() != 1:
+        return None
+    if choice == "native":
+        build.require()
+    return name if build.available() else None
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _fused(x, scale, bias, epsilon, activation, dtype, native):
+    return _forward(x, scale, bias, epsilon, activation, dtype, native)[0]
 
 
 def _compute_dtype(x: jax.Array) -> Any:
     return jnp.promote_types(x.dtype, jnp.float32)
 
 
-def _forward(x, scale, bias, epsilon, activation, dtype):
+def _forward(x, scale, bias, epsilon, activation, dtype, native):
+    if native is not None:
+        from jaxcnn.onednn import ffi_norm
+
+        y, mean, var = ffi_norm.forward(x, scale, bias, epsilon, native, dtype)
+        return (y, mean, var), (x, mean, var, scale, bias)
     axes = tuple(range(x.ndim - 1))
     wide = x.astype(_compute_dtype(x))
     # E[x^2] - E[x]^2, clipped at 0: Flax's default (use_fast_variance) in one pass.
@@ -119,8 +171,17 @@ def _per_channel(ndim: int, v: jax.Array) -> jax.Array:
     return v.reshape((1,) * (ndim - 1) + v.shape)
 
 
-def _fused_bwd(epsilon, activation, dtype, residuals, cotangents):
-    del epsilon, dtype
+def _fused_bwd(epsilon, activation, dtype, native, residuals, cotangents):
+    del dtype
+    if native is not None:
+        from jaxcnn.onednn import ffi_norm
+
+        x, mean, var, scale, bias = residuals
+        dy, dmean, dvar = cotangents
+        dx, dscale, dbias = ffi_norm.backward(
+            x, dy, mean, var, scale, bias, dmean, dvar, epsilon, native
+        )
+        return dx, dscale.astype(scale.dtype), dbias.astype(bias.dtype)
     x, mean, inv, var_positive, scale, bias = residuals
     dy, dmean, dvar = cotangents
     axes = tuple(range(x.ndim - 1))

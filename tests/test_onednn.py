@@ -327,7 +327,7 @@ def test_a_failed_build_says_why_and_leaves_no_library(tmp_path, monkeypatch):
     broken = tmp_path / "onednn_conv.cc"
     broken.write_text("#include <oneapi/dnnl/dnnl.hpp>\nint broken( {\n")
     cache = tmp_path / "cache"
-    monkeypatch.setattr(build, "SOURCE", broken)
+    monkeypatch.setattr(build, "SOURCES", (broken,))
     monkeypatch.setenv("JAXCNN_CACHE_DIR", str(cache))
     with pytest.raises(build.OnednnUnavailable, match=r"building onednn_conv.cc failed"):
         build.library_path()

@@ -29,46 +29,15 @@
 #include <string>
 #include <vector>
 
+#include "team.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+using jaxcnn::InFlight;
 using dnnl::memory;
 using tag = dnnl::memory::format_tag;
 
 namespace {
-
-// The OpenMP team a call may use when it runs alone: OMP_NUM_THREADS, else all cores
-// (read once, when the library loads, before any call changes this thread's setting).
-const int kTeamSize = omp_get_max_threads();
-
-// Calls in flight. XLA runs independent operations (batch slices, a layer's input and
-// kernel gradients) on its own threads at once; a second OpenMP team on the same cores
-// would oversubscribe them and stall both at every barrier. Two policies
-// (JAXCNN_ONEDNN_OVERLAP, validated and passed in by build.py when the library loads):
-// * "wait" (default): calls run one at a time, each with the whole team; a call that
-//   starts while another runs sleeps on a mutex until it ends.
-// * "single": a call that starts while no other runs takes the whole team; the others run
-//   at once on their calling thread. Three busy threads on two cores then stall the team
-//   at its barriers: the MNIST net's conv2 gradients took 6.7 ms instead of 2.2.
-std::atomic<int> in_flight{0};
-std::atomic<bool> overlap_single{false};
-std::mutex one_at_a_time;
-
-struct InFlight {
-  int threads = kTeamSize;
-  std::unique_lock<std::mutex> turn;  // held under "wait"; empty under "single"
-  InFlight() {
-    if (overlap_single.load()) {
-      if (in_flight.fetch_add(1) != 0) threads = 1;
-    } else {
-      turn = std::unique_lock<std::mutex>(one_at_a_time);
-    }
-    omp_set_num_threads(threads);  // this thread's setting; oneDNN reads it below
-  }
-  ~InFlight() {
-    if (!turn.owns_lock()) in_flight.fetch_sub(1);  // counted in only under "single"
-  }
-};
 
 enum class Kind : int64_t { kForward = 0, kInputGrad = 1, kKernelGrad = 2 };
 enum class Algorithm : int64_t { kDirect = 0, kWinograd = 1 };
@@ -412,4 +381,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnConvKernelGrad, KernelGrad,
                               JAXCNN_CONV_BINDING);
 
 // The overlap policy (0 "wait", 1 "single"); build.py calls it once, right after loading.
-extern "C" void JaxcnnOnednnSetOverlap(int64_t single) { overlap_single.store(single != 0); }
+extern "C" void JaxcnnOnednnSetOverlap(int64_t single) {
+  jaxcnn::overlap_single.store(single != 0);
+}

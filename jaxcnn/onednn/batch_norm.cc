@@ -1,0 +1,315 @@
+// Training-mode batch norm + activation (identity or ReLU) as two XLA FFI handlers,
+// forward and backward, each a few passes over the activations on the whole OpenMP team.
+// jaxcnn/onednn/build.py compiles this file with onednn_conv.cc; jaxcnn/batch_norm.py
+// calls it (native_norm.py says when).
+//
+// Why: XLA:CPU (jaxlib 0.10) runs every elementwise fusion and reduction of a step as one
+// task on one thread. In ResNet-20 batch norm's fusions take about a third of the float32
+// step, on one of the two cores (docs/perf_notes.md, item 38).
+//
+// The math is jaxcnn/batch_norm.py's, over rows of C channels (any leading shape):
+//   mean = E[x], var = max(E[x^2] - mean^2, 0), inv = 1 / sqrt(var + epsilon)
+//   y = act((x - mean) * (inv * scale) + bias)
+// and for the gradient, with xhat = (x - mean) * inv and dpre = act'(pre) * dy:
+//   dbias = sum dpre, dscale = sum dpre * xhat
+//   dx = scale * inv * dpre + (dmean / n - scale * inv / n * dbias)
+//        + ((var > 0 ? 2 dvar / (n inv) : 0) - scale * inv / n * dscale) * xhat
+// (dmean, dvar: the cotangents of the mean and var outputs, zero in a loss).
+// Sums are accumulated in double per thread. x and y (dy and dx) are float32 or
+// bfloat16; the per-channel vectors are float32.
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <initializer_list>
+#include <vector>
+
+#include "team.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+inline float Load(float v) { return v; }
+inline float Load(uint16_t v) {  // bfloat16: the high half of a float32
+  uint32_t bits = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+inline void Store(float v, float* out) { *out = v; }
+inline void Store(float v, uint16_t* out) {  // round to nearest even, as XLA's convert
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+  uint32_t quiet_nan = (bits >> 16) | 0x40u;  // NaN stays NaN
+  *out = static_cast<uint16_t>((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
+}
+
+// ReLU keeps NaN (as jnp.maximum does); its gradient is 0 where pre <= 0, as jax.nn.relu's.
+inline float Activate(bool relu, float pre) { return relu && pre <= 0.0f ? 0.0f : pre; }
+inline float ActivationGrad(bool relu, float pre, float dy) {
+  return relu && !(pre > 0.0f) ? 0.0f : dy;
+}
+
+// Rows [lo, hi) of `rows` for thread t of nt.
+inline void Share(int64_t rows, int t, int nt, int64_t& lo, int64_t& hi) {
+  lo = rows * t / nt;
+  hi = rows * (t + 1) / nt;
+}
+
+// Rows per block of float sums: short enough for float's rounding (each block's sum is
+// added to a double), long enough that the double adds cost nothing.
+constexpr int64_t kBlockRows = 64;
+
+// Per-channel sums over every row of two terms, `terms(row, a, b)` adding row's terms
+// to the float arrays a and b; float within blocks of rows, double across blocks and
+// threads. The innermost loops run over channels, contiguous in memory: vectorised.
+template <typename F>
+void ChannelSums(int64_t rows, int64_t channels, int threads, F&& terms, std::vector<double>& a,
+                 std::vector<double>& b) {
+  std::vector<double> parts(static_cast<size_t>(threads) * 2 * channels, 0.0);
+#pragma omp parallel num_threads(threads)
+  {
+    int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    int64_t lo, hi;
+    Share(rows, t, nt, lo, hi);
+    double* __restrict da = &parts[static_cast<size_t>(t) * 2 * channels];
+    double* __restrict db = da + channels;
+    std::vector<float> block(2 * channels);
+    float* __restrict fa = block.data();
+    float* __restrict fb = fa + channels;
+    for (int64_t start = lo; start < hi; start += kBlockRows) {
+      std::fill(block.begin(), block.end(), 0.0f);
+      int64_t stop = std::min(hi, start + kBlockRows);
+      for (int64_t r = start; r < stop; ++r) terms(r, fa, fb);
+      for (int64_t c = 0; c < channels; ++c) {
+        da[c] += fa[c];
+        db[c] += fb[c];
+      }
+    }
+  }
+  a.assign(channels, 0.0);
+  b.assign(channels, 0.0);
+  for (int t = 0; t < threads; ++t) {
+    const double* sa = &parts[static_cast<size_t>(t) * 2 * channels];
+    for (int64_t c = 0; c < channels; ++c) {
+      a[c] += sa[c];
+      b[c] += sa[channels + c];
+    }
+  }
+}
+
+template <typename TX, typename TY>
+void Forward(const TX* __restrict x, const float* scale, const float* bias, float epsilon,
+             bool relu, int64_t rows, int64_t channels, int threads, TY* __restrict y,
+             float* mean, float* var) {
+  std::vector<double> sum, sum_sq;
+  ChannelSums(
+      rows, channels, threads,
+      [&](int64_t r, float* __restrict s, float* __restrict q) {
+        const TX* __restrict row = x + r * channels;
+        for (int64_t c = 0; c < channels; ++c) {
+          float v = Load(row[c]);
+          s[c] += v;
+          q[c] += v * v;
+        }
+      },
+      sum, sum_sq);
+  std::vector<float> shift(channels), slope(channels), offset(channels);
+  for (int64_t c = 0; c < channels; ++c) {
+    double m = sum[c] / rows;
+    mean[c] = static_cast<float>(m);
+    var[c] = static_cast<float>(std::max(sum_sq[c] / rows - m * m, 0.0));
+    shift[c] = mean[c];
+    slope[c] = (1.0f / std::sqrt(var[c] + epsilon)) * scale[c];
+    offset[c] = bias[c];
+  }
+  const float* __restrict m = shift.data();
+  const float* __restrict k = slope.data();
+  const float* __restrict b = offset.data();
+#pragma omp parallel num_threads(threads)
+  {
+    int64_t lo, hi;
+    Share(rows, omp_get_thread_num(), omp_get_num_threads(), lo, hi);
+    for (int64_t r = lo; r < hi; ++r) {
+      const TX* __restrict row = x + r * channels;
+      TY* __restrict out = y + r * channels;
+      for (int64_t c = 0; c < channels; ++c) {
+        Store(Activate(relu, (Load(row[c]) - m[c]) * k[c] + b[c]), out + c);
+      }
+    }
+  }
+}
+
+template <typename TX, typename TY>
+void Backward(const TX* __restrict x, const TY* __restrict dy, const float* mean,
+              const float* var, const float* scale, const float* bias, const float* dmean,
+              const float* dvar, float epsilon, bool relu, int64_t rows, int64_t channels,
+              int threads, TX* __restrict dx, float* dscale, float* dbias) {
+  std::vector<float> centre(channels), inv(channels), sc(channels), bi(channels);
+  for (int64_t c = 0; c < channels; ++c) {
+    centre[c] = mean[c];
+    inv[c] = 1.0f / std::sqrt(var[c] + epsilon);
+    sc[c] = scale[c];
+    bi[c] = bias[c];
+  }
+  const float* __restrict m = centre.data();
+  const float* __restrict iv = inv.data();
+  const float* __restrict g = sc.data();
+  const float* __restrict b = bi.data();
+  std::vector<double> sum_dpre, sum_dpre_xhat;
+  ChannelSums(
+      rows, channels, threads,
+      [&](int64_t r, float* __restrict s, float* __restrict q) {
+        const TX* __restrict row = x + r * channels;
+        const TY* __restrict grad = dy + r * channels;
+        for (int64_t c = 0; c < channels; ++c) {
+          float xhat = (Load(row[c]) - m[c]) * iv[c];
+          float dpre = ActivationGrad(relu, xhat * g[c] + b[c], Load(grad[c]));
+          s[c] += dpre;
+          q[c] += dpre * xhat;
+        }
+      },
+      sum_dpre, sum_dpre_xhat);
+  std::vector<float> gain(channels), offset(channels), slope(channels);
+  for (int64_t c = 0; c < channels; ++c) {
+    dbias[c] = static_cast<float>(sum_dpre[c]);
+    dscale[c] = static_cast<float>(sum_dpre_xhat[c]);
+    float per_n = scale[c] * inv[c] / rows;
+    gain[c] = scale[c] * inv[c];
+    offset[c] = dmean[c] / rows - per_n * dbias[c];
+    slope[c] = (var[c] > 0.0f ? 2.0f * dvar[c] / (rows * inv[c]) : 0.0f) - per_n * dscale[c];
+  }
+  const float* __restrict k = gain.data();
+  const float* __restrict o = offset.data();
+  const float* __restrict l = slope.data();
+#pragma omp parallel num_threads(threads)
+  {
+    int64_t lo, hi;
+    Share(rows, omp_get_thread_num(), omp_get_num_threads(), lo, hi);
+    for (int64_t r = lo; r < hi; ++r) {
+      const TX* __restrict row = x + r * channels;
+      const TY* __restrict grad = dy + r * channels;
+      TX* __restrict out = dx + r * channels;
+      for (int64_t c = 0; c < channels; ++c) {
+        float xhat = (Load(row[c]) - m[c]) * iv[c];
+        float dpre = ActivationGrad(relu, xhat * g[c] + b[c], Load(grad[c]));
+        Store(k[c] * dpre + o[c] + l[c] * xhat, out + c);
+      }
+    }
+  }
+}
+
+bool SameShape(ffi::AnyBuffer::Dimensions a, ffi::AnyBuffer::Dimensions b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin());
+}
+
+bool Floating(ffi::DataType t) { return t == ffi::DataType::F32 || t == ffi::DataType::BF16; }
+
+// Calls `f` with x's and y's element pointers cast to float / uint16_t (bfloat16).
+template <typename F>
+void Dispatch(ffi::DataType tx, ffi::DataType ty, F&& f) {
+  if (tx == ffi::DataType::F32 && ty == ffi::DataType::F32) f(float{}, float{});
+  if (tx == ffi::DataType::F32 && ty == ffi::DataType::BF16) f(float{}, uint16_t{});
+  if (tx == ffi::DataType::BF16 && ty == ffi::DataType::F32) f(uint16_t{}, float{});
+  if (tx == ffi::DataType::BF16 && ty == ffi::DataType::BF16) f(uint16_t{}, uint16_t{});
+}
+
+ffi::Error Check(ffi::AnyBuffer x, ffi::AnyBuffer y, int64_t activation,
+                 std::initializer_list<ffi::Buffer<ffi::F32>*> vectors) {
+  if (!Floating(x.element_type()) || !Floating(y.element_type())) {
+    return ffi::Error::InvalidArgument("jaxcnn batch norm: only float32 and bfloat16");
+  }
+  if (x.dimensions().size() < 2 || !SameShape(x.dimensions(), y.dimensions())) {
+    return ffi::Error::InvalidArgument("jaxcnn batch norm: x and y must share a shape (>= 2-D)");
+  }
+  int64_t channels = x.dimensions().back();
+  for (auto* v : vectors) {
+    if (v->dimensions().size() != 1 || v->dimensions()[0] != channels) {
+      return ffi::Error::InvalidArgument("jaxcnn batch norm: per-channel vectors must be (C,)");
+    }
+  }
+  if (activation != 0 && activation != 1) {
+    return ffi::Error::InvalidArgument("jaxcnn batch norm: activation must be 0 or 1");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error NormForward(ffi::AnyBuffer x, ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> bias,
+                       ffi::Result<ffi::AnyBuffer> y, ffi::ResultBuffer<ffi::F32> mean,
+                       ffi::ResultBuffer<ffi::F32> var, float epsilon, int64_t activation) {
+  ffi::Error error = Check(x, *y, activation, {&scale, &bias});
+  if (error.failure()) return error;
+  int64_t channels = x.dimensions().back();
+  int64_t rows = static_cast<int64_t>(x.element_count()) / channels;
+  jaxcnn::InFlight team;
+  Dispatch(x.element_type(), y->element_type(), [&](auto tx, auto ty) {
+    using TX = decltype(tx);
+    using TY = decltype(ty);
+    Forward(static_cast<const TX*>(x.untyped_data()), scale.typed_data(), bias.typed_data(),
+            epsilon, activation == 1, rows, channels, team.threads,
+            static_cast<TY*>(y->untyped_data()), mean->typed_data(), var->typed_data());
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error NormBackward(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Buffer<ffi::F32> mean,
+                        ffi::Buffer<ffi::F32> var, ffi::Buffer<ffi::F32> scale,
+                        ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> dmean,
+                        ffi::Buffer<ffi::F32> dvar, ffi::Result<ffi::AnyBuffer> dx,
+                        ffi::ResultBuffer<ffi::F32> dscale, ffi::ResultBuffer<ffi::F32> dbias,
+                        float epsilon, int64_t activation) {
+  ffi::Error error = Check(x, dy, activation, {&mean, &var, &scale, &bias, &dmean, &dvar});
+  if (error.failure()) return error;
+  if (dx->element_type() != x.element_type() || !SameShape(dx->dimensions(), x.dimensions())) {
+    return ffi::Error::InvalidArgument("jaxcnn batch norm: dx must be like x");
+  }
+  int64_t channels = x.dimensions().back();
+  int64_t rows = static_cast<int64_t>(x.element_count()) / channels;
+  jaxcnn::InFlight team;
+  Dispatch(x.element_type(), dy.element_type(), [&](auto tx, auto ty) {
+    using TX = decltype(tx);
+    using TY = decltype(ty);
+    Backward(static_cast<const TX*>(x.untyped_data()), static_cast<const TY*>(dy.untyped_data()),
+             mean.typed_data(), var.typed_data(), scale.typed_data(), bias.typed_data(),
+             dmean.typed_data(), dvar.typed_data(), epsilon, activation == 1, rows,
+             channels, team.threads, static_cast<TX*>(dx->untyped_data()),
+             dscale->typed_data(), dbias->typed_data());
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnBatchNormForward, NormForward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("epsilon")
+                                  .Attr<int64_t>("activation"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnBatchNormBackward, NormBackward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("epsilon")
+                                  .Attr<int64_t>("activation"));

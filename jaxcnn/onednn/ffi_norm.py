@@ -1,0 +1,91 @@
+"""Batch norm + identity/ReLU on the binding's OpenMP team: two FFI calls (CPU only).
+
+``batch_norm.cc`` computes what :func:`jaxcnn.batch_norm.batch_norm_activation` computes
+(statistics, normalisation, activation; and the gradient of all three) in a few passes
+over the activations on every core, where XLA:CPU runs each of its fusions on one thread.
+:mod:`jaxcnn.batch_norm` calls these when :func:`applies` (``JAXCNN_NORM_BACKEND``).
+
+Examples (tests/test_batch_norm_native.py runs them where the binding builds):
+    >>> import jax.numpy as jnp
+    >>> y, mean, var = forward(jnp.array([[1.0], [3.0]]), jnp.ones(1), jnp.zeros(1), 0.0,
+    ...                        "identity", jnp.float32)
+    >>> y.ravel().tolist(), mean.tolist(), var.tolist()
+    ([-1.0, 1.0], [2.0], [1.0])
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcnn.onednn import build
+
+# The activations the kernels apply, by name -> the "activation" attribute.
+ACTIVATIONS = {"identity": 0, "relu": 1}
+DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+
+
+def supports(x_dtype, out_dtype, activation: str | None) -> bool:
+    """Whether the kernels take these dtypes and this activation name.
+
+    Examples:
+        >>> supports(jnp.bfloat16, jnp.bfloat16, "relu"), supports(jnp.float32, jnp.float32, "gelu")
+        (True, False)
+    """
+    return (
+        jnp.dtype(x_dtype) in DTYPES and jnp.dtype(out_dtype) in DTYPES
+        and activation in ACTIVATIONS
+    )  # fmt: skip
+
+
+def _vector(shape) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+
+def forward(x, scale, bias, epsilon: float, activation: str, dtype):
+    """``(y, mean, var)`` of training-mode batch norm over the last axis, then ``activation``.
+
+    Args:
+      x: ``(..., C)``, float32 or bfloat16, at least 2-D.
+      scale, bias: ``(C,)`` (computed in float32).
+      epsilon: added to the variance.
+      activation: ``"identity"`` or ``"relu"``.
+      dtype: of ``y``, float32 or bfloat16.
+
+    Returns:
+      ``y`` like ``x`` in ``dtype``; ``mean`` and biased ``var``, float32 ``(C,)``.
+    """
+    build.require()
+    channels = (x.shape[-1],)
+    return jax.ffi.ffi_call(
+        "jaxcnn_batch_norm_forward",
+        (jax.ShapeDtypeStruct(x.shape, dtype), _vector(channels), _vector(channels)),
+        vmap_method="sequential",
+    )(
+        x,
+        scale.astype(jnp.float32),
+        bias.astype(jnp.float32),
+        epsilon=np.float32(epsilon),
+        activation=np.int64(ACTIVATIONS[activation]),
+    )
+
+
+def backward(x, dy, mean, var, scale, bias, dmean, dvar, epsilon: float, activation: str):
+    """``(dx, dscale, dbias)`` for :func:`forward`'s outputs' cotangents ``dy, dmean, dvar``.
+
+    ``dx`` has ``x``'s dtype; ``dscale`` and ``dbias`` are float32 ``(C,)``.
+    """
+    build.require()
+    f32 = [a.astype(jnp.float32) for a in (mean, var, scale, bias, dmean, dvar)]
+    return jax.ffi.ffi_call(
+        "jaxcnn_batch_norm_backward",
+        (jax.ShapeDtypeStruct(x.shape, x.dtype), _vector(scale.shape), _vector(bias.shape)),
+        vmap_method="sequential",
+    )(
+        x,
+        dy,
+        *f32,
+        epsilon=np.float32(epsilon),
+        activation=np.int64(ACTIVATIONS[activation]),
+    )

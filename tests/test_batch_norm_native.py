@@ -1,0 +1,134 @@
+"""Batch norm on the binding's kernels (``JAXCNN_NORM_BACKEND``) equals XLA's, and routes right.
+
+The equality tests need the binding (a C++ compiler and oneDNN: ``apt install
+libdnnl-dev``) and skip with the build's reason when it is missing; the switch's
+validation and the fallback for other activations are tested everywhere.
+"""
+
+from __future__ import annotations
+
+import doctest
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcnn import batch_norm
+from jaxcnn.onednn import build, ffi_norm
+
+needs_native = pytest.mark.skipif(
+    not build.available(), reason=f"binding unavailable: {build.unavailable_reason()}"
+)
+EPSILON = 1e-5
+
+
+def run(backend, monkeypatch, x, scale, bias, activation, dtype=None, cotangents=None):
+    """Outputs and (x, scale, bias) gradients of a probe loss, traced under ``backend``."""
+    monkeypatch.setenv("JAXCNN_NORM_BACKEND", backend)
+    probe = cotangents or (1.0, 0.3, 0.7)
+
+    def loss(x, scale, bias):  # a fresh function per call: jit traces it under `backend`
+        y, mean, var = batch_norm.batch_norm_activation(x, scale, bias, EPSILON, activation, dtype)
+        weights = jnp.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+        total = jnp.sum(y.astype(jnp.float32) * weights) * probe[0]
+        return total + jnp.sum(mean) * probe[1] + jnp.sum(var * scale) * probe[2], (y, mean, var)
+
+    (_, outs), grads = jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True))(x, scale, bias)
+    text = jax.jit(loss).lower(x, scale, bias).as_text()
+    return outs, grads, text
+
+
+def inputs(shape, dtype=jnp.float32):
+    channels = shape[-1]
+    x = jax.random.normal(jax.random.key(0), shape) * 2.0 + 0.5
+    scale = 1.0 + 0.5 * jax.random.normal(jax.random.key(1), (channels,))
+    bias = jax.random.normal(jax.random.key(2), (channels,))
+    return x.astype(dtype), scale, bias
+
+
+def close(got, want, dtype):
+    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+    # float32: the rounding of a sum over a few hundred rows (the parameter gradients, summed
+    # in float32 by XLA and in double by the kernels), relative to the largest value;
+    # bfloat16: one bfloat16 rounding step.
+    tolerance = 3e-5 if dtype == jnp.float32 else 2.0**-7
+    np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance * np.abs(want).max())
+
+
+@needs_native
+@pytest.mark.parametrize("shape", [(4, 6, 6, 16), (2, 5, 37), (300, 3)])
+@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
+def test_values_and_gradients_equal_xla(shape, activation, dtype, monkeypatch):
+    x, scale, bias = inputs(shape, dtype)
+    native = run("native", monkeypatch, x, scale, bias, activation)
+    xla = run("xla", monkeypatch, x, scale, bias, activation)
+    assert "jaxcnn_batch_norm_forward" in native[2] and "jaxcnn_batch_norm" not in xla[2]
+    for got, want in zip(native[0] + native[1], xla[0] + xla[1], strict=True):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        close(got, want, dtype)
+
+
+@needs_native
+def test_a_float32_input_with_a_bfloat16_output(monkeypatch):
+    x, scale, bias = inputs((8, 4, 4, 8))
+    native = run("native", monkeypatch, x, scale, bias, "relu", jnp.bfloat16)
+    xla = run("xla", monkeypatch, x, scale, bias, "relu", jnp.bfloat16)
+    assert native[0][0].dtype == jnp.bfloat16 and native[1][0].dtype == jnp.float32
+    for got, want in zip(native[0] + native[1], xla[0] + xla[1], strict=True):
+        close(got, want, jnp.bfloat16)
+
+
+@needs_native
+def test_nan_spreads_through_its_channel_only_as_in_xla(monkeypatch):
+    x, scale, bias = inputs((6, 5, 4))
+    x = x.at[2, 3, 1].set(jnp.nan)
+    native = run("native", monkeypatch, x, scale, bias, "relu")
+    xla = run("xla", monkeypatch, x, scale, bias, "relu")
+    for got, want in zip(native[0] + native[1], xla[0] + xla[1], strict=True):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(native[0][0][..., 1]).all() and not np.isnan(native[0][0][..., 0]).any()
+
+
+@needs_native
+def test_vmap_runs_each_slice_on_its_own_statistics(monkeypatch):
+    monkeypatch.setenv("JAXCNN_NORM_BACKEND", "native")
+    x, scale, bias = inputs((3, 10, 4))
+
+    def norm(x):
+        return batch_norm.batch_norm_activation(x, scale, bias, EPSILON, "relu")[0]
+
+    batched = jax.jit(jax.vmap(norm))(x)
+    one_by_one = jnp.stack([jax.jit(norm)(x[i]) for i in range(3)])
+    np.testing.assert_allclose(batched, one_by_one, rtol=1e-6, atol=1e-6)
+
+
+def test_other_activations_and_the_xla_setting_stay_on_xla(monkeypatch):
+    x, scale, bias = inputs((4, 3, 3, 8))
+    monkeypatch.setenv("JAXCNN_NORM_BACKEND", "auto")
+    gelu = jax.jit(lambda x: batch_norm.batch_norm_activation(x, scale, bias, EPSILON, "gelu"))
+    assert "jaxcnn_batch_norm" not in gelu.lower(x).as_text()
+    monkeypatch.setenv("JAXCNN_NORM_BACKEND", "xla")
+    relu = jax.jit(lambda x: batch_norm.batch_norm_activation(x, scale, bias, EPSILON, "relu"))
+    assert "jaxcnn_batch_norm" not in relu.lower(x).as_text()
+
+
+@pytest.mark.parametrize("value", ["onednn", "gpu", "1"])
+def test_a_bad_setting_names_the_variable_and_the_choices(value, monkeypatch):
+    monkeypatch.setenv("JAXCNN_NORM_BACKEND", value)
+    x, scale, bias = inputs((4, 3))
+    with pytest.raises(ValueError, match=rf"JAXCNN_NORM_BACKEND={value!r}.*auto, xla, native"):
+        batch_norm.batch_norm_activation(x, scale, bias, EPSILON, "relu")
+
+
+def test_supported_dtypes_and_activations():
+    assert ffi_norm.supports(jnp.float32, jnp.bfloat16, "identity")
+    assert not ffi_norm.supports(jnp.float16, jnp.float16, "relu")
+    assert not ffi_norm.supports(jnp.float32, jnp.float32, None)
+
+
+@needs_native
+def test_doctests():
+    result = doctest.testmod(ffi_norm)
+    assert result.failed == 0 and result.attempted > 0
