@@ -17,6 +17,14 @@ gradient of norm + GELU is 1.5-1.6x faster in bfloat16 (48 -> 30 ms), norm + ReL
 1.2-1.7x in float32 at ResNet-20's; the fast CIFAR net's bfloat16 training step 1.18x
 (``docs/perf_notes.md``, item 29).
 
+On a CPU the forward and backward passes run on the binding's kernels
+(``jaxcnn/onednn/batch_norm.cc``, through XLA's FFI) when the activation is identity or
+ReLU and the dtypes float32 / bfloat16: XLA:CPU runs each of its fusions on one thread,
+the kernels split every pass over all cores. ResNet-20's training step 1.04x in float32,
+1.22x in bfloat16 on a 2-core Zen 4 (``docs/perf_notes.md``, item 38).
+``JAXCNN_NORM_BACKEND=auto|xla|native`` chooses (:func:`norm_backend`); other
+activations (GELU) and other platforms use the XLA path below.
+
 Numerics: the statistics are float32 (at least), as Flax's; the activation is applied
 to the float32 pre-activation and the result rounded once to ``dtype``. In float32 the
 forward value is Flax's up to XLA's rounding; in bfloat16 it skips one rounding.

@@ -1,7 +1,7 @@
 // Training-mode batch norm + activation (identity or ReLU) as two XLA FFI handlers,
 // forward and backward, each a few passes over the activations on the whole OpenMP team.
-// jaxcnn/onednn/build.py compiles this file with onednn_conv.cc; jaxcnn/batch_norm.py
-// calls it (native_norm.py says when).
+// jaxcnn/onednn/build.py compiles this file with onednn_conv.cc; jaxcnn/onednn/ffi_norm.py
+// calls it, when jaxcnn/batch_norm.py's _native_kernels says so.
 //
 // Why: XLA:CPU (jaxlib 0.10) runs every elementwise fusion and reduction of a step as one
 // task on one thread. In ResNet-20 batch norm's fusions take about a third of the float32
@@ -15,8 +15,8 @@
 //   dx = scale * inv * dpre + (dmean / n - scale * inv / n * dbias)
 //        + ((var > 0 ? 2 dvar / (n inv) : 0) - scale * inv / n * dscale) * xhat
 // (dmean, dvar: the cotangents of the mean and var outputs, zero in a loss).
-// Sums are accumulated in double per thread. x and y (dy and dx) are float32 or
-// bfloat16; the per-channel vectors are float32.
+// Sums are accumulated in float within blocks of 64 rows, then in double. x and y (dy and
+// dx) are float32 or bfloat16; the per-channel vectors are float32.
 
 #include <omp.h>
 
