@@ -127,15 +127,16 @@ def norm_backend() -> str:
 def _native_kernels(x: jax.Array, activation, dtype) -> str | None:
     """The kernels' activation name if this call runs on them, else None (XLA runs it).
 
-    They take float32 / bfloat16 ``x`` and ``y``, identity or ReLU, traced for a single
-    CPU device (XLA cannot split a foreign call over several devices' shards).
+    They take float32 / bfloat16 ``x`` and ``y``, the activations named in
+    ``ffi_norm.ACTIVATIONS`` (identity, ReLU, both GELUs), traced for a single CPU device
+    (XLA cannot split a foreign call over several devices' shards).
     """
     choice = norm_backend()
     if choice == "xla":
         return None
     from jaxcnn.onednn import build, ffi_norm
 
-    name = {nn.relu: "relu", get_activation(None): "identity"}.get(activation)
+    name = {get_activation(n): n for n in ffi_norm.ACTIVATIONS}.get(activation)
     if not ffi_norm.supports(x.dtype, dtype, name) or x.ndim < 2 or x.size == 0:
         return None
     if jax.default_backend() != "cpu" or jax.device_count() != 1:

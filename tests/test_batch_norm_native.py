@@ -58,7 +58,7 @@ def close(got, want, dtype):
 
 @needs_native
 @pytest.mark.parametrize("shape", [(4, 6, 6, 16), (2, 5, 37), (300, 3)])
-@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("activation", [None, "relu", "gelu", "gelu_exact"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
 def test_values_and_gradients_equal_xla(shape, activation, dtype, monkeypatch):
     x, scale, bias = inputs(shape, dtype)
@@ -68,6 +68,20 @@ def test_values_and_gradients_equal_xla(shape, activation, dtype, monkeypatch):
     for got, want in zip(native[0] + native[1], xla[0] + xla[1], strict=True):
         assert got.dtype == want.dtype and got.shape == want.shape
         close(got, want, dtype)
+
+
+@needs_native
+@pytest.mark.parametrize("activation", ["gelu", "gelu_exact"])
+def test_gelu_tails_equal_xla(activation, monkeypatch):
+    # Pre-activations from -120 to 120: the kernels' exp is clamped to float's range there
+    # (tanh and erf at +-1 exactly, no inf or NaN in the value or the gradient).
+    x = jnp.linspace(-3.0, 3.0, 2 * 600).reshape(600, 2)
+    scale, bias = jnp.array([40.0, 2.0]), jnp.array([0.0, -1.0])
+    native = run("native", monkeypatch, x, scale, bias, activation)
+    xla = run("xla", monkeypatch, x, scale, bias, activation)
+    for got, want in zip(native[0] + native[1], xla[0] + xla[1], strict=True):
+        assert np.isfinite(got).all()
+        close(got, want, jnp.float32)
 
 
 @needs_native
@@ -107,8 +121,8 @@ def test_vmap_runs_each_slice_on_its_own_statistics(monkeypatch):
 def test_other_activations_and_the_xla_setting_stay_on_xla(monkeypatch):
     x, scale, bias = inputs((4, 3, 3, 8))
     monkeypatch.setenv("JAXCNN_NORM_BACKEND", "auto")
-    gelu = jax.jit(lambda x: batch_norm.batch_norm_activation(x, scale, bias, EPSILON, "gelu"))
-    assert "jaxcnn_batch_norm" not in gelu.lower(x).as_text()
+    silu = jax.jit(lambda x: batch_norm.batch_norm_activation(x, scale, bias, EPSILON, "silu"))
+    assert "jaxcnn_batch_norm" not in silu.lower(x).as_text()
     monkeypatch.setenv("JAXCNN_NORM_BACKEND", "xla")
     relu = jax.jit(lambda x: batch_norm.batch_norm_activation(x, scale, bias, EPSILON, "relu"))
     assert "jaxcnn_batch_norm" not in relu.lower(x).as_text()
@@ -125,7 +139,9 @@ def test_a_bad_setting_names_the_variable_and_the_choices(value, monkeypatch):
 def test_supported_dtypes_and_activations():
     assert ffi_norm.supports(jnp.float32, jnp.bfloat16, "identity")
     assert not ffi_norm.supports(jnp.float16, jnp.float16, "relu")
+    assert ffi_norm.supports(jnp.bfloat16, jnp.bfloat16, "gelu_exact")
     assert not ffi_norm.supports(jnp.float32, jnp.float32, None)
+    assert not ffi_norm.supports(jnp.float32, jnp.float32, "silu")
 
 
 @needs_native

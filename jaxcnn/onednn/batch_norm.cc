@@ -1,5 +1,6 @@
-// Training-mode batch norm + activation (identity or ReLU) as two XLA FFI handlers,
-// forward and backward, each a few passes over the activations on the whole OpenMP team.
+// Training-mode batch norm + activation (identity, ReLU or either GELU) as two XLA FFI
+// handlers, forward and backward, each a few passes over the activations on the whole
+// OpenMP team.
 // jaxcnn/onednn/build.py compiles this file with onednn_conv.cc; jaxcnn/onednn/ffi_norm.py
 // calls it, when jaxcnn/batch_norm.py's _native_kernels says so.
 //
@@ -51,11 +52,88 @@ inline void Store(float v, uint16_t* out) {  // round to nearest even, as XLA's 
   *out = static_cast<uint16_t>((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
 
+// The activations, as the "activation" attribute numbers them (ffi_norm.ACTIVATIONS).
+// Each is a struct with Value(pre) and Grad(pre, dy) = act'(pre) * dy, so that every
+// loop is compiled for one activation and vectorises: no calls, no branches per element.
+enum Activation : int64_t { kIdentity = 0, kRelu = 1, kGelu = 2, kGeluExact = 3 };
+
+struct Identity {
+  static float Value(float pre) { return pre; }
+  static float Grad(float, float dy) { return dy; }
+};
+
 // ReLU keeps NaN (as jnp.maximum does); its gradient is 0 where pre <= 0, as jax.nn.relu's.
-inline float Activate(bool relu, float pre) { return relu && pre <= 0.0f ? 0.0f : pre; }
-inline float ActivationGrad(bool relu, float pre, float dy) {
-  return relu && !(pre > 0.0f) ? 0.0f : dy;
+struct Relu {
+  static float Value(float pre) { return pre <= 0.0f ? 0.0f : pre; }
+  static float Grad(float pre, float dy) { return pre > 0.0f ? dy : 0.0f; }
+};
+
+// exp(v) for v in float's range, written out so that the loops around it vectorise (the
+// library's expf is a call; GCC maps it to a vector routine only under -ffast-math).
+// v = n ln2 + r with |r| <= ln2 / 2, exp(r) by its Taylor series to r^7 (relative error
+// below 1e-7 there), times 2^n built in the exponent bits. Below -87 it returns about
+// 2^-126 rather than 0 and above 88 about 2^127 rather than inf: the GELUs below use
+// it only where either is as good as the exact value.
+inline float Exp(float v) {
+  v = std::min(std::max(v, -87.0f), 88.0f);
+  constexpr float kLog2e = 1.44269504088896341f;
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  float n = (v * kLog2e + kRound) - kRound;
+  // ln 2 in two parts (the first exact in float's 24 bits) keeps r exact to float.
+  float r = (v - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
 }
+
+// jax.nn.gelu(approximate=True), flax's nn.gelu: x / 2 * (1 + tanh(u)),
+// u = sqrt(2 / pi) * (x + 0.044715 x^3); tanh(u) = 1 - 2 / (exp(2u) + 1).
+struct Gelu {
+  static constexpr float kSqrt2OverPi = 0.797884560802865355f;
+  static constexpr float kCubic = 0.044715f;
+  static float Tanh(float pre) {
+    float u = kSqrt2OverPi * (pre + kCubic * pre * pre * pre);
+    return 1.0f - 2.0f / (Exp(2.0f * u) + 1.0f);
+  }
+  static float Value(float pre) { return 0.5f * pre * (1.0f + Tanh(pre)); }
+  static float Grad(float pre, float dy) {
+    float t = Tanh(pre);
+    float du = kSqrt2OverPi * (1.0f + 3.0f * kCubic * pre * pre);
+    return dy * (0.5f * (1.0f + t) + 0.5f * pre * (1.0f - t * t) * du);
+  }
+};
+
+// jaxcnn.activations.gelu_exact (PyTorch's nn.GELU()): x / 2 * (1 + erf(x / sqrt 2)).
+// erf by Abramowitz and Stegun's 7.1.26 (absolute error below 1.5e-7); the derivative
+// is Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
+struct GeluExact {
+  static float Erf(float z) {
+    float a = std::fabs(z);
+    float t = 1.0f / (1.0f + 0.3275911f * a);
+    float p = 1.061405429f;
+    p = p * t - 1.453152027f;
+    p = p * t + 1.421413741f;
+    p = p * t - 0.284496736f;
+    p = p * t + 0.254829592f;
+    float e = 1.0f - p * t * Exp(-a * a);
+    return z < 0.0f ? -e : e;
+  }
+  static float Value(float pre) { return 0.5f * pre * (1.0f + Erf(pre * 0.707106781186547524f)); }
+  static float Grad(float pre, float dy) {
+    float cdf = 0.5f * (1.0f + Erf(pre * 0.707106781186547524f));
+    float pdf = 0.398942280401432678f * Exp(-0.5f * pre * pre);
+    return dy * (cdf + pre * pdf);
+  }
+};
 
 // Rows [lo, hi) of `rows` for thread t of nt.
 inline void Share(int64_t rows, int t, int nt, int64_t& lo, int64_t& hi) {
@@ -105,9 +183,9 @@ void ChannelSums(int64_t rows, int64_t channels, int threads, F&& terms, std::ve
   }
 }
 
-template <typename TX, typename TY>
+template <typename Act, typename TX, typename TY>
 void Forward(const TX* __restrict x, const float* scale, const float* bias, float epsilon,
-             bool relu, int64_t rows, int64_t channels, int threads, TY* __restrict y,
+             int64_t rows, int64_t channels, int threads, TY* __restrict y,
              float* mean, float* var) {
   std::vector<double> sum, sum_sq;
   ChannelSums(
@@ -141,16 +219,16 @@ void Forward(const TX* __restrict x, const float* scale, const float* bias, floa
       const TX* __restrict row = x + r * channels;
       TY* __restrict out = y + r * channels;
       for (int64_t c = 0; c < channels; ++c) {
-        Store(Activate(relu, (Load(row[c]) - m[c]) * k[c] + b[c]), out + c);
+        Store(Act::Value((Load(row[c]) - m[c]) * k[c] + b[c]), out + c);
       }
     }
   }
 }
 
-template <typename TX, typename TY>
+template <typename Act, typename TX, typename TY>
 void Backward(const TX* __restrict x, const TY* __restrict dy, const float* mean,
               const float* var, const float* scale, const float* bias, const float* dmean,
-              const float* dvar, float epsilon, bool relu, int64_t rows, int64_t channels,
+              const float* dvar, float epsilon, int64_t rows, int64_t channels,
               int threads, TX* __restrict dx, float* dscale, float* dbias) {
   std::vector<float> centre(channels), inv(channels), sc(channels), bi(channels);
   for (int64_t c = 0; c < channels; ++c) {
@@ -171,7 +249,7 @@ void Backward(const TX* __restrict x, const TY* __restrict dy, const float* mean
         const TY* __restrict grad = dy + r * channels;
         for (int64_t c = 0; c < channels; ++c) {
           float xhat = (Load(row[c]) - m[c]) * iv[c];
-          float dpre = ActivationGrad(relu, xhat * g[c] + b[c], Load(grad[c]));
+          float dpre = Act::Grad(xhat * g[c] + b[c], Load(grad[c]));
           s[c] += dpre;
           q[c] += dpre * xhat;
         }
@@ -199,7 +277,7 @@ void Backward(const TX* __restrict x, const TY* __restrict dy, const float* mean
       TX* __restrict out = dx + r * channels;
       for (int64_t c = 0; c < channels; ++c) {
         float xhat = (Load(row[c]) - m[c]) * iv[c];
-        float dpre = ActivationGrad(relu, xhat * g[c] + b[c], Load(grad[c]));
+        float dpre = Act::Grad(xhat * g[c] + b[c], Load(grad[c]));
         Store(k[c] * dpre + o[c] + l[c] * xhat, out + c);
       }
     }
@@ -221,6 +299,17 @@ void Dispatch(ffi::DataType tx, ffi::DataType ty, F&& f) {
   if (tx == ffi::DataType::BF16 && ty == ffi::DataType::BF16) f(uint16_t{}, uint16_t{});
 }
 
+// Calls `f` with a value of the activation's struct (Check has validated the number).
+template <typename F>
+void DispatchActivation(int64_t activation, F&& f) {
+  switch (activation) {
+    case kIdentity: f(Identity{}); break;
+    case kRelu: f(Relu{}); break;
+    case kGelu: f(Gelu{}); break;
+    case kGeluExact: f(GeluExact{}); break;
+  }
+}
+
 ffi::Error Check(ffi::AnyBuffer x, ffi::AnyBuffer y, int64_t activation,
                  std::initializer_list<ffi::Buffer<ffi::F32>*> vectors) {
   if (!Floating(x.element_type()) || !Floating(y.element_type())) {
@@ -235,8 +324,8 @@ ffi::Error Check(ffi::AnyBuffer x, ffi::AnyBuffer y, int64_t activation,
       return ffi::Error::InvalidArgument("jaxcnn batch norm: per-channel vectors must be (C,)");
     }
   }
-  if (activation != 0 && activation != 1) {
-    return ffi::Error::InvalidArgument("jaxcnn batch norm: activation must be 0 or 1");
+  if (activation < kIdentity || activation > kGeluExact) {
+    return ffi::Error::InvalidArgument("jaxcnn batch norm: activation must be 0 to 3");
   }
   return ffi::Error::Success();
 }
@@ -252,9 +341,12 @@ ffi::Error NormForward(ffi::AnyBuffer x, ffi::Buffer<ffi::F32> scale, ffi::Buffe
   Dispatch(x.element_type(), y->element_type(), [&](auto tx, auto ty) {
     using TX = decltype(tx);
     using TY = decltype(ty);
-    Forward(static_cast<const TX*>(x.untyped_data()), scale.typed_data(), bias.typed_data(),
-            epsilon, activation == 1, rows, channels, team.threads,
-            static_cast<TY*>(y->untyped_data()), mean->typed_data(), var->typed_data());
+    DispatchActivation(activation, [&](auto act) {
+      Forward<decltype(act)>(static_cast<const TX*>(x.untyped_data()), scale.typed_data(),
+                             bias.typed_data(), epsilon, rows, channels, team.threads,
+                             static_cast<TY*>(y->untyped_data()), mean->typed_data(),
+                             var->typed_data());
+    });
   });
   return ffi::Error::Success();
 }
@@ -276,11 +368,13 @@ ffi::Error NormBackward(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Buffer<ffi::F3
   Dispatch(x.element_type(), dy.element_type(), [&](auto tx, auto ty) {
     using TX = decltype(tx);
     using TY = decltype(ty);
-    Backward(static_cast<const TX*>(x.untyped_data()), static_cast<const TY*>(dy.untyped_data()),
-             mean.typed_data(), var.typed_data(), scale.typed_data(), bias.typed_data(),
-             dmean.typed_data(), dvar.typed_data(), epsilon, activation == 1, rows,
-             channels, team.threads, static_cast<TX*>(dx->untyped_data()),
-             dscale->typed_data(), dbias->typed_data());
+    DispatchActivation(activation, [&](auto act) {
+      Backward<decltype(act)>(
+          static_cast<const TX*>(x.untyped_data()), static_cast<const TY*>(dy.untyped_data()),
+          mean.typed_data(), var.typed_data(), scale.typed_data(), bias.typed_data(),
+          dmean.typed_data(), dvar.typed_data(), epsilon, rows, channels, team.threads,
+          static_cast<TX*>(dx->untyped_data()), dscale->typed_data(), dbias->typed_data());
+    });
   });
   return ffi::Error::Success();
 }

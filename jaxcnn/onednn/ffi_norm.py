@@ -1,4 +1,4 @@
-"""Batch norm + identity/ReLU on the binding's OpenMP team: two FFI calls (CPU only).
+"""Batch norm + identity/ReLU/GELU on the binding's OpenMP team: two FFI calls (CPU only).
 
 ``batch_norm.cc`` computes what :func:`jaxcnn.batch_norm.batch_norm_activation` computes
 (statistics, normalisation, activation; and the gradient of all three) in a few passes
@@ -21,8 +21,9 @@ import numpy as np
 
 from jaxcnn.onednn import build
 
-# The activations the kernels apply, by name -> the "activation" attribute.
-ACTIVATIONS = {"identity": 0, "relu": 1}
+# The activations the kernels apply, by jaxcnn.activations name -> the "activation"
+# attribute ("gelu": the tanh form, flax's nn.gelu; "gelu_exact": the erf form).
+ACTIVATIONS = {"identity": 0, "relu": 1, "gelu": 2, "gelu_exact": 3}
 DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 
 
@@ -30,7 +31,7 @@ def supports(x_dtype, out_dtype, activation: str | None) -> bool:
     """Whether the kernels take these dtypes and this activation name.
 
     Examples:
-        >>> supports(jnp.bfloat16, jnp.bfloat16, "relu"), supports(jnp.float32, jnp.float32, "gelu")
+        >>> supports(jnp.bfloat16, jnp.bfloat16, "gelu"), supports(jnp.float32, jnp.float32, "silu")
         (True, False)
     """
     return (
@@ -50,7 +51,7 @@ def forward(x, scale, bias, epsilon: float, activation: str, dtype):
       x: ``(..., C)``, float32 or bfloat16, at least 2-D.
       scale, bias: ``(C,)`` (computed in float32).
       epsilon: added to the variance.
-      activation: ``"identity"`` or ``"relu"``.
+      activation: a name in :data:`ACTIVATIONS`.
       dtype: of ``y``, float32 or bfloat16.
 
     Returns:
