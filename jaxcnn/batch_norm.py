@@ -59,6 +59,7 @@ def batch_norm_activation(
     epsilon: float,
     activation: Activation = None,
     dtype: Any = None,
+    residual: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Training-mode batch norm over the last axis, then ``activation``; custom gradient.
 
@@ -70,14 +71,18 @@ def batch_norm_activation(
         elementwise callable, or ``None`` for identity). It is applied to the float32
         pre-activation; its gradient comes from ``jax.vjp``.
       dtype: of ``y``; ``None`` promotes ``x``'s dtype with the parameters' (Flax's rule).
+      residual: ``None``, or an array of ``x``'s shape added to the normalised value
+        before the activation, ``y = activation(norm(x) + residual)``: a residual block's
+        shortcut, so that the add, the activation and their gradient need no pass of
+        their own. Its gradient is the pre-activation's.
 
     Returns:
       ``(y, mean, var)``: ``y`` like ``x`` in ``dtype``; the batch mean and biased
       variance per channel, in float32 (or wider), differentiable too.
 
     Raises:
-      ValueError: if ``scale`` or ``bias`` is not ``(channels,)``, or the activation
-        name is unknown.
+      ValueError: if ``scale`` or ``bias`` is not ``(channels,)``, ``residual`` is not
+        ``x``'s shape, or the activation name is unknown.
 
     Examples:
       >>> y, _, _ = batch_norm_activation(
@@ -94,10 +99,15 @@ def batch_norm_activation(
                 f"for x of shape {tuple(x.shape)} (at least 2-D, channels last); got "
                 f"{name} of shape {tuple(jnp.shape(value))}"
             )
+    if residual is not None and jnp.shape(residual) != x.shape:
+        raise ValueError(
+            f"batch_norm_activation: residual must have x's shape {tuple(x.shape)}; got "
+            f"residual of shape {tuple(jnp.shape(residual))}"
+        )
     out_dtype = jnp.dtype(dtype or jnp.result_type(x, scale, bias))
     fn = get_activation(activation)
-    native = _native_kernels(x, fn, out_dtype)
-    return _fused(x, scale, bias, float(epsilon), fn, out_dtype, native)
+    native = _native_kernels(x, fn, out_dtype, residual)
+    return _fused(x, scale, bias, residual, float(epsilon), fn, out_dtype, native)
 
 
 NORM_BACKENDS = ("auto", "xla", "native")
@@ -124,12 +134,13 @@ def norm_backend() -> str:
     return env_choice("JAXCNN_NORM_BACKEND", "auto", NORM_BACKENDS)
 
 
-def _native_kernels(x: jax.Array, activation, dtype) -> str | None:
+def _native_kernels(x: jax.Array, activation, dtype, residual=None) -> str | None:
     """The kernels' activation name if this call runs on them, else None (XLA runs it).
 
     They take float32 / bfloat16 ``x`` and ``y``, the activations named in
     ``ffi_norm.ACTIVATIONS`` (identity, ReLU, both GELUs), traced for a single CPU device
-    (XLA cannot split a foreign call over several devices' shards).
+    (XLA cannot split a foreign call over several devices' shards); a residual in
+    ``y``'s dtype (they add it in that dtype).
     """
     choice = norm_backend()
     if choice == "xla":
@@ -139,6 +150,8 @@ def _native_kernels(x: jax.Array, activation, dtype) -> str | None:
     name = {get_activation(n): n for n in ffi_norm.ACTIVATIONS}.get(activation)
     if not ffi_norm.supports(x.dtype, dtype, name) or x.ndim < 2 or x.size == 0:
         return None
+    if residual is not None and jnp.dtype(residual.dtype) != jnp.dtype(dtype):
+        return None
     if jax.default_backend() != "cpu" or jax.device_count() != 1:
         return None
     if choice == "native":
@@ -146,21 +159,21 @@ def _native_kernels(x: jax.Array, activation, dtype) -> str | None:
     return name if build.available() else None
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
-def _fused(x, scale, bias, epsilon, activation, dtype, native):
-    return _forward(x, scale, bias, epsilon, activation, dtype, native)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _fused(x, scale, bias, residual, epsilon, activation, dtype, native):
+    return _forward(x, scale, bias, residual, epsilon, activation, dtype, native)[0]
 
 
 def _compute_dtype(x: jax.Array) -> Any:
     return jnp.promote_types(x.dtype, jnp.float32)
 
 
-def _forward(x, scale, bias, epsilon, activation, dtype, native):
+def _forward(x, scale, bias, residual, epsilon, activation, dtype, native):
     if native is not None:
         from jaxcnn.onednn import ffi_norm
 
-        y, mean, var = ffi_norm.forward(x, scale, bias, epsilon, native, dtype)
-        return (y, mean, var), (x, mean, var, scale, bias)
+        y, mean, var = ffi_norm.forward(x, scale, bias, epsilon, native, dtype, residual)
+        return (y, mean, var), (x, residual, mean, var, scale, bias)
     axes = tuple(range(x.ndim - 1))
     wide = x.astype(_compute_dtype(x))
     # E[x^2] - E[x]^2, clipped at 0: Flax's default (use_fast_variance) in one pass.
@@ -171,8 +184,10 @@ def _forward(x, scale, bias, epsilon, activation, dtype, native):
     # Flax's order: (x - mean) * (rsqrt(var + eps) * scale) + bias.
     c = functools.partial(_per_channel, x.ndim)
     pre = (wide - c(mean)) * c(inv * scale) + c(bias)
+    if residual is not None:
+        pre = pre + residual.astype(pre.dtype)
     y = activation(pre).astype(dtype)
-    return (y, mean, var), (x, mean, inv, raw_var > 0, scale, bias)
+    return (y, mean, var), (x, residual, mean, inv, raw_var > 0, scale, bias)
 
 
 def _per_channel(ndim: int, v: jax.Array) -> jax.Array:
@@ -185,13 +200,13 @@ def _fused_bwd(epsilon, activation, dtype, native, residuals, cotangents):
     if native is not None:
         from jaxcnn.onednn import ffi_norm
 
-        x, mean, var, scale, bias = residuals
+        x, residual, mean, var, scale, bias = residuals
         dy, dmean, dvar = cotangents
-        dx, dscale, dbias = ffi_norm.backward(
-            x, dy, mean, var, scale, bias, dmean, dvar, epsilon, native
+        dx, dresidual, dscale, dbias = ffi_norm.backward(
+            x, dy, mean, var, scale, bias, dmean, dvar, epsilon, native, residual
         )
-        return dx, dscale.astype(scale.dtype), dbias.astype(bias.dtype)
-    x, mean, inv, var_positive, scale, bias = residuals
+        return dx, dscale.astype(scale.dtype), dbias.astype(bias.dtype), dresidual
+    x, residual, mean, inv, var_positive, scale, bias = residuals
     dy, dmean, dvar = cotangents
     axes = tuple(range(x.ndim - 1))
     n = x.size // x.shape[-1]
@@ -201,7 +216,10 @@ def _fused_bwd(epsilon, activation, dtype, native, residuals, cotangents):
     # float32 copies of xhat and of the pre-activation.
     xhat = (wide - c(mean)) * c(inv)
     pre = xhat * c(scale) + c(bias)
+    if residual is not None:
+        pre = pre + residual.astype(pre.dtype)
     dpre = jax.vjp(activation, pre)[1](dy.astype(pre.dtype))[0]
+    dresidual = None if residual is None else dpre.astype(residual.dtype)
     dbias = dpre.sum(axes)
     dscale = (dpre * xhat).sum(axes)
     # d/dx of the normalisation: (scale * inv / n) * (n * dpre - dbias - xhat * dscale).
@@ -211,10 +229,18 @@ def _fused_bwd(epsilon, activation, dtype, native, residuals, cotangents):
     offset = dmean / n - per_n * dbias
     slope = jnp.where(var_positive, 2 * dvar / (n * inv), 0.0) - per_n * dscale
     dx = c(scale * inv) * dpre + c(offset) + c(slope) * xhat
-    return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
+    return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype), dresidual
 
 
 _fused.defvjp(_forward, _fused_bwd)
+
+
+def _check_residual(x: jax.Array, residual: jax.Array) -> None:
+    if jnp.shape(residual) != x.shape:
+        raise ValueError(
+            f"BatchNorm: residual must have the input's shape {tuple(x.shape)}; got "
+            f"residual of shape {tuple(jnp.shape(residual))}"
+        )
 
 
 class BatchNorm(nn.Module):
@@ -235,6 +261,10 @@ class BatchNorm(nn.Module):
       dtype: output dtype (``None``: from input and parameters).
       param_dtype: of ``scale`` and ``bias``.
 
+    ``__call__(x, use_running_average=None, residual=None)``: ``residual``, of ``x``'s
+    shape, is added to the normalised value before the activation (a residual block's
+    shortcut: ``activation(norm(x) + residual)`` with no pass of its own).
+
     Examples:
       >>> norm = BatchNorm(False, momentum=0.9, epsilon=0.0, activation="relu")
       >>> x = jnp.array([[1.0, 0.0], [3.0, 2.0]])
@@ -252,7 +282,13 @@ class BatchNorm(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        use_running_average: bool | None = None,
+        residual: jax.Array | None = None,
+    ) -> jax.Array:
+        """Normalises ``x`` (``residual``: added before the activation, ``x``'s shape)."""
         use_running_average = nn.merge_param(
             "use_running_average", self.use_running_average, use_running_average
         )
@@ -266,9 +302,12 @@ class BatchNorm(nn.Module):
             c = functools.partial(_per_channel, x.ndim)
             y = x - c(ra_mean.value)  # promotes to float32 at least, as Flax's
             y = y * c(lax.rsqrt(ra_var.value + self.epsilon) * scale) + c(bias)
+            if residual is not None:
+                _check_residual(x, residual)
+                y = y + residual
             out_dtype = self.dtype or jnp.result_type(x, scale, bias)
             return activate(fn, y.astype(out_dtype))
-        y, mean, var = batch_norm_activation(x, scale, bias, self.epsilon, fn, self.dtype)
+        y, mean, var = batch_norm_activation(x, scale, bias, self.epsilon, fn, self.dtype, residual)
         if not self.is_initializing():
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
             ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var

@@ -503,7 +503,9 @@ class ConvBlock(nn.Module):
     def _epsilon(self, default: float) -> float:
         return default if self.norm_epsilon is None else self.norm_epsilon
 
-    def _norm_activate(self, x: jax.Array, train: bool) -> jax.Array:
+    def _norm_activate(
+        self, x: jax.Array, train: bool, residual: jax.Array | None = None
+    ) -> jax.Array:
         if self.norm == "batch" and self.fused_norm:
             return BatchNorm(
                 use_running_average=not train,
@@ -513,8 +515,9 @@ class ConvBlock(nn.Module):
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 name="norm",
-            )(x)
-        return activate(self.activation, self._norm(x, train))
+            )(x, residual=residual)
+        y = self._norm(x, train)
+        return activate(self.activation, y if residual is None else y + residual)
 
     def _norm(self, x: jax.Array, train: bool) -> jax.Array:
         if self.norm is None:
@@ -594,7 +597,15 @@ class ConvBlock(nn.Module):
         return self.space_to_depth
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, train: bool = False, residual: jax.Array | None = None
+    ) -> jax.Array:
+        """Runs the block; ``residual`` is added after the norm, before the activation.
+
+        ``residual`` (a residual block's shortcut) must have the shape of the map the
+        norm sees: the conv output, or the pooled one with ``pool_first``. With the
+        fused batch norm it costs no pass of its own (:class:`jaxcnn.batch_norm.BatchNorm`).
+        """
         if not (self.space_to_depth is None or isinstance(self.space_to_depth, bool)):
             raise ValueError(
                 f"{_describe(self)}: space_to_depth={self.space_to_depth!r}; valid: "
@@ -621,7 +632,10 @@ class ConvBlock(nn.Module):
         )
         extra = {} if self.kernel_init is None else {"kernel_init": self.kernel_init}
         use_bias = self.norm is None if self.use_bias is None else self.use_bias
-        fused_window = self._fusable_pool_window(rank, out_spatial, use_bias)
+        # The fused conv -> pool path adds no residual: it runs the plain sequence then.
+        fused_window = (
+            None if residual is not None else self._fusable_pool_window(rank, out_spatial, use_bias)
+        )
         # With a bias the conv's bias-free output is taken from a tap and the bias added
         # by fast_ops.add_channel_bias (its gradient summed in float32: in bfloat16 this is
         # 1.2x the CIFAR net's step); under jit XLA drops nn.Conv's own, unused bias add.
@@ -695,7 +709,13 @@ class ConvBlock(nn.Module):
         chex.assert_shape(y, conv_shape)
         if self.pool_first and pool is not None:
             y, pool = pool(y), None  # pooled already: norm and activation follow
-        y = self._norm_activate(y, train)
+        if residual is not None and residual.shape != y.shape:
+            raise ValueError(
+                f"{_describe(self)}: residual must have the shape of the map the norm sees, "
+                f"{tuple(y.shape)} (the conv output{', pooled' if self.pool_first else ''}); "
+                f"got residual of shape {tuple(residual.shape)}"
+            )
+        y = self._norm_activate(y, train, residual)
         return y if pool is None else pool(y)
 
 

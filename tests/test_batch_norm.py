@@ -70,6 +70,42 @@ def test_value_and_gradient_equal_flax(data, activation):
         assert relative_error(got, want) < 1e-5
 
 
+@pytest.mark.parametrize("activation", [None, "relu", "gelu"])
+def test_a_residual_is_added_before_the_activation(data, activation, monkeypatch):
+    # XLA's path here; tests/test_batch_norm_native.py holds the kernels to it.
+    monkeypatch.setenv("JAXCNN_NORM_BACKEND", "xla")
+    x, scale, bias, probe = data
+    residual = jnp.flip(probe, axis=0) * 1.5
+    fn = get_activation(activation)
+
+    def with_residual(x, scale, bias, residual):
+        return batch_norm.batch_norm_activation(x, scale, bias, EPSILON, fn, residual=residual)
+
+    def reference(x, scale, bias, residual):
+        y, mean, var = flax_reference(x, scale, bias, None)
+        return fn(y + residual), mean, var
+
+    for out, ref in zip(
+        jax.jit(with_residual)(x, scale, bias, residual),
+        jax.jit(reference)(x, scale, bias, residual),
+        strict=True,
+    ):
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+    def grads(f):
+        loss = lambda *a: jnp.sum(f(*a)[0] * probe)  # noqa: E731
+        return jax.jit(jax.grad(loss, (0, 1, 2, 3)))(x, scale, bias, residual)
+
+    for got, want in zip(grads(with_residual), grads(reference), strict=True):
+        assert relative_error(got, want) < 1e-5
+
+
+def test_a_residual_of_another_shape_is_refused(data):
+    x, scale, bias, _ = data
+    with pytest.raises(ValueError, match=r"residual must have x's shape \(4, 5, 5, 3\); got"):
+        batch_norm.batch_norm_activation(x, scale, bias, EPSILON, residual=x[:2])
+
+
 def test_mean_and_var_outputs_have_their_own_gradient(data):
     # The running statistics are outputs too; their cotangents flow into dx.
     x, scale, bias, probe = data
@@ -84,7 +120,7 @@ def test_mean_and_var_outputs_have_their_own_gradient(data):
     relu = jax.nn.relu
     got = loss(lambda *a: batch_norm.batch_norm_activation(*a, EPSILON, relu))
     # XLA's autodiff of the plain forward (native=None), whichever backend runs `got`.
-    want = loss(lambda *a: batch_norm._forward(*a, EPSILON, relu, jnp.float32, None)[0])
+    want = loss(lambda *a: batch_norm._forward(*a, None, EPSILON, relu, jnp.float32, None)[0])
     for g, w in zip(got, want, strict=True):
         assert relative_error(g, w) < 1e-5
 

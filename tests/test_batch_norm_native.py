@@ -23,19 +23,22 @@ needs_native = pytest.mark.skipif(
 EPSILON = 1e-5
 
 
-def run(backend, monkeypatch, x, scale, bias, activation, dtype=None, cotangents=None):
-    """Outputs and (x, scale, bias) gradients of a probe loss, traced under ``backend``."""
+def run(backend, monkeypatch, x, scale, bias, activation, dtype=None, residual=None):
+    """Outputs and gradients (x, scale, bias[, residual]) of a probe loss under ``backend``."""
     monkeypatch.setenv("JAXCNN_NORM_BACKEND", backend)
-    probe = cotangents or (1.0, 0.3, 0.7)
+    args = (x, scale, bias) if residual is None else (x, scale, bias, residual)
 
-    def loss(x, scale, bias):  # a fresh function per call: jit traces it under `backend`
-        y, mean, var = batch_norm.batch_norm_activation(x, scale, bias, EPSILON, activation, dtype)
+    def loss(x, scale, bias, residual=None):  # a fresh function: jit traces it under `backend`
+        y, mean, var = batch_norm.batch_norm_activation(
+            x, scale, bias, EPSILON, activation, dtype, residual
+        )
         weights = jnp.linspace(-1.0, 1.0, y.size).reshape(y.shape)
-        total = jnp.sum(y.astype(jnp.float32) * weights) * probe[0]
-        return total + jnp.sum(mean) * probe[1] + jnp.sum(var * scale) * probe[2], (y, mean, var)
+        total = jnp.sum(y.astype(jnp.float32) * weights)
+        return total + jnp.sum(mean) * 0.3 + jnp.sum(var * scale) * 0.7, (y, mean, var)
 
-    (_, outs), grads = jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True))(x, scale, bias)
-    text = jax.jit(loss).lower(x, scale, bias).as_text()
+    argnums = tuple(range(len(args)))
+    (_, outs), grads = jax.jit(jax.value_and_grad(loss, argnums, has_aux=True))(*args)
+    text = jax.jit(loss).lower(*args).as_text()
     return outs, grads, text
 
 
@@ -68,6 +71,31 @@ def test_values_and_gradients_equal_xla(shape, activation, dtype, monkeypatch):
     for got, want in zip(native[0] + native[1], xla[0] + xla[1], strict=True):
         assert got.dtype == want.dtype and got.shape == want.shape
         close(got, want, dtype)
+
+
+@needs_native
+@pytest.mark.parametrize("activation", [None, "relu", "gelu"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
+def test_a_residual_before_the_activation_equals_xla(activation, dtype, monkeypatch):
+    x, scale, bias = inputs((4, 6, 6, 16), dtype)
+    residual = (jax.random.normal(jax.random.key(3), x.shape) * 1.5).astype(dtype)
+    native = run("native", monkeypatch, x, scale, bias, activation, dtype, residual)
+    xla = run("xla", monkeypatch, x, scale, bias, activation, dtype, residual)
+    assert "jaxcnn_batch_norm_forward" in native[2] and "jaxcnn_batch_norm" not in xla[2]
+    assert native[1][3].dtype == dtype  # the residual's gradient, in its dtype
+    for got, want in zip(native[0] + native[1], xla[0] + xla[1], strict=True):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        close(got, want, dtype)
+
+
+@needs_native
+def test_a_residual_in_another_dtype_than_y_stays_on_xla(monkeypatch):
+    monkeypatch.setenv("JAXCNN_NORM_BACKEND", "native")
+    x, scale, bias = inputs((4, 3, 3, 8), jnp.bfloat16)
+    residual = jnp.ones(x.shape, jnp.float32)  # y is bfloat16: XLA adds it in float32
+    f = jax.jit(lambda x, r: batch_norm.batch_norm_activation(x, scale, bias, EPSILON, "relu",
+                                                              jnp.bfloat16, r))  # fmt: skip
+    assert "jaxcnn_batch_norm" not in f.lower(x, residual).as_text()
 
 
 @needs_native

@@ -571,3 +571,23 @@ def test_fused_pool_in_bfloat16():
     got_all, want_all = jax.tree.leaves((g_fused, gx_fused)), jax.tree.leaves((g_plain, gx_plain))
     for got, want in zip(got_all, want_all, strict=True):
         np.testing.assert_allclose(np.float32(got), np.float32(want), rtol=2e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize("norm", [None, "batch", "group"])
+def test_conv_block_adds_a_residual_before_its_activation(norm):
+    block = ConvBlock(4, (3, 3), padding="SAME", norm=norm, activation="relu")
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 5, 3)), jnp.float32)
+    residual = jnp.asarray(np.random.default_rng(1).normal(size=(2, 5, 5, 4)), jnp.float32)
+    variables = block.init(KEY, x)
+    plain = block.clone(activation=None)
+    pre = plain.apply(variables, x, True, mutable=True)[0]
+    got = block.apply(variables, x, True, residual, mutable=True)[0]
+    np.testing.assert_allclose(got, jnp.maximum(pre + residual, 0.0), rtol=1e-5, atol=1e-5)
+
+
+def test_conv_block_refuses_a_residual_of_another_shape():
+    block = ConvBlock(4, (3, 3), padding="SAME", norm="batch", pool="max")
+    x = jnp.ones((2, 6, 6, 3))
+    variables = block.init(KEY, x)
+    with pytest.raises(ValueError, match=r"residual must have the shape .* \(2, 6, 6, 4\)"):
+        block.apply(variables, x, False, jnp.ones((2, 3, 3, 4)))

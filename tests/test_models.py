@@ -185,6 +185,48 @@ def test_materialized_block_output_changes_nothing_but_speed():
     jax.tree.map(close, grad_on, grad_off)
 
 
+class _AddAfterResidualBlock(models.ResidualBlock):
+    """The basic block as written before session 19: conv2 without activation, then
+    ``activation(y + shortcut)`` as a separate op (same sub-module names)."""
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        from jaxcnn.layers import ConvBlock, activate
+        from jaxcnn.models.residual import _shortcut
+
+        common = {"norm": self.norm, "kernel_init": self.kernel_init, "dtype": self.dtype}
+        conv = lambda stride, act, name: ConvBlock(  # noqa: E731
+            self.features, (3, 3), stride, padding=1, activation=act, name=name, **common
+        )
+        y = conv(self.stride, self.activation, "conv1")(x, train)
+        y = conv(1, None, "conv2")(y, train)
+        shortcut = _shortcut(self, x, self.features, self.stride, train)
+        return activate(self.activation, y + shortcut)
+
+
+@pytest.mark.parametrize("features, stride", [(4, 1), (8, 2)], ids=["identity", "projection"])
+def test_the_shortcut_added_inside_conv2s_norm_changes_no_value(features, stride):
+    # ResidualBlock adds the shortcut inside conv2's batch norm, before the ReLU (one op
+    # with the norm, jaxcnn.batch_norm). Same variables, values and gradients as before.
+    x = jnp.asarray(NP_RNG.normal(size=(2, 6, 6, 4)), jnp.float32)
+    new = models.ResidualBlock(features, stride=stride, materialize_output=False)
+    old = _AddAfterResidualBlock(features, stride=stride, materialize_output=False)
+    variables = new.init(RNGS, x)
+    chex_equal = lambda a, b: np.testing.assert_array_equal(a, b)  # noqa: E731
+    jax.tree.map(chex_equal, variables, old.init(RNGS, x))
+
+    def run(module):
+        def loss(params, x):
+            y, stats = module.apply({**variables, "params": params}, x, True, mutable=True)
+            weights = jnp.linspace(-1.0, 1.0, y.size).reshape(y.shape)
+            return jnp.sum(y * weights), (y, stats)
+
+        return jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(variables["params"], x)
+
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)  # noqa: E731
+    jax.tree.map(close, run(new), run(old))
+
+
 @pytest.mark.parametrize("block_cls", [models.ResidualBlock, models.BottleneckBlock])
 def test_blocks_materialize_their_output_unless_told_not_to(block_cls):
     x = jnp.ones((1, 4, 4, 8))

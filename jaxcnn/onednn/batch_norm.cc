@@ -10,9 +10,10 @@
 //
 // The math is jaxcnn/batch_norm.py's, over rows of C channels (any leading shape):
 //   mean = E[x], var = max(E[x^2] - mean^2, 0), inv = 1 / sqrt(var + epsilon)
-//   y = act((x - mean) * (inv * scale) + bias)
+//   y = act(pre), pre = (x - mean) * (inv * scale) + bias [+ residual]
+// (the residual, when given: a residual block's shortcut, added before the activation)
 // and for the gradient, with xhat = (x - mean) * inv and dpre = act'(pre) * dy:
-//   dbias = sum dpre, dscale = sum dpre * xhat
+//   dresidual = dpre, dbias = sum dpre, dscale = sum dpre * xhat
 //   dx = scale * inv * dpre + (dmean / n - scale * inv / n * dbias)
 //        + ((var > 0 ? 2 dvar / (n inv) : 0) - scale * inv / n * dscale) * xhat
 // (dmean, dvar: the cotangents of the mean and var outputs, zero in a loss).
@@ -26,6 +27,7 @@
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
+#include <type_traits>
 #include <vector>
 
 #include "team.h"
@@ -183,10 +185,20 @@ void ChannelSums(int64_t rows, int64_t channels, int threads, F&& terms, std::ve
   }
 }
 
-template <typename Act, typename TX, typename TY>
-void Forward(const TX* __restrict x, const float* scale, const float* bias, float epsilon,
-             int64_t rows, int64_t channels, int threads, TY* __restrict y,
-             float* mean, float* var) {
+// The residual's element at `i`, or 0 without one (kResidual false: nothing is read).
+template <bool kResidual, typename TY>
+inline float ResidualAt(const TY* __restrict residual, int64_t i) {
+  if constexpr (kResidual) {
+    return Load(residual[i]);
+  } else {
+    return 0.0f;
+  }
+}
+
+template <typename Act, bool kResidual, typename TX, typename TY>
+void Forward(const TX* __restrict x, const TY* __restrict residual, const float* scale,
+             const float* bias, float epsilon, int64_t rows, int64_t channels, int threads,
+             TY* __restrict y, float* mean, float* var) {
   std::vector<double> sum, sum_sq;
   ChannelSums(
       rows, channels, threads,
@@ -219,17 +231,19 @@ void Forward(const TX* __restrict x, const float* scale, const float* bias, floa
       const TX* __restrict row = x + r * channels;
       TY* __restrict out = y + r * channels;
       for (int64_t c = 0; c < channels; ++c) {
-        Store(Act::Value((Load(row[c]) - m[c]) * k[c] + b[c]), out + c);
+        float shortcut = ResidualAt<kResidual>(residual, r * channels + c);
+        Store(Act::Value((Load(row[c]) - m[c]) * k[c] + b[c] + shortcut), out + c);
       }
     }
   }
 }
 
-template <typename Act, typename TX, typename TY>
-void Backward(const TX* __restrict x, const TY* __restrict dy, const float* mean,
-              const float* var, const float* scale, const float* bias, const float* dmean,
-              const float* dvar, float epsilon, int64_t rows, int64_t channels,
-              int threads, TX* __restrict dx, float* dscale, float* dbias) {
+template <typename Act, bool kResidual, typename TX, typename TY>
+void Backward(const TX* __restrict x, const TY* __restrict residual, const TY* __restrict dy,
+              const float* mean, const float* var, const float* scale, const float* bias,
+              const float* dmean, const float* dvar, float epsilon, int64_t rows,
+              int64_t channels, int threads, TX* __restrict dx, TY* __restrict dresidual,
+              float* dscale, float* dbias) {
   std::vector<float> centre(channels), inv(channels), sc(channels), bi(channels);
   for (int64_t c = 0; c < channels; ++c) {
     centre[c] = mean[c];
@@ -249,9 +263,11 @@ void Backward(const TX* __restrict x, const TY* __restrict dy, const float* mean
         const TY* __restrict grad = dy + r * channels;
         for (int64_t c = 0; c < channels; ++c) {
           float xhat = (Load(row[c]) - m[c]) * iv[c];
-          float dpre = Act::Grad(xhat * g[c] + b[c], Load(grad[c]));
+          float shortcut = ResidualAt<kResidual>(residual, r * channels + c);
+          float dpre = Act::Grad(xhat * g[c] + b[c] + shortcut, Load(grad[c]));
           s[c] += dpre;
           q[c] += dpre * xhat;
+          if constexpr (kResidual) Store(dpre, dresidual + r * channels + c);
         }
       },
       sum_dpre, sum_dpre_xhat);
@@ -277,7 +293,8 @@ void Backward(const TX* __restrict x, const TY* __restrict dy, const float* mean
       TX* __restrict out = dx + r * channels;
       for (int64_t c = 0; c < channels; ++c) {
         float xhat = (Load(row[c]) - m[c]) * iv[c];
-        float dpre = Act::Grad(xhat * g[c] + b[c], Load(grad[c]));
+        float shortcut = ResidualAt<kResidual>(residual, r * channels + c);
+        float dpre = Act::Grad(xhat * g[c] + b[c] + shortcut, Load(grad[c]));
         Store(k[c] * dpre + o[c] + l[c] * xhat, out + c);
       }
     }
@@ -299,15 +316,36 @@ void Dispatch(ffi::DataType tx, ffi::DataType ty, F&& f) {
   if (tx == ffi::DataType::BF16 && ty == ffi::DataType::BF16) f(uint16_t{}, uint16_t{});
 }
 
-// Calls `f` with a value of the activation's struct (Check has validated the number).
+// Calls `f` with a value of the activation's struct (Check has validated the number)
+// and whether there is a residual, as a std::bool_constant.
 template <typename F>
-void DispatchActivation(int64_t activation, F&& f) {
+void DispatchActivation(int64_t activation, bool residual, F&& f) {
+  auto with = [&](auto act) {
+    if (residual) {
+      f(act, std::true_type{});
+    } else {
+      f(act, std::false_type{});
+    }
+  };
   switch (activation) {
-    case kIdentity: f(Identity{}); break;
-    case kRelu: f(Relu{}); break;
-    case kGelu: f(Gelu{}); break;
-    case kGeluExact: f(GeluExact{}); break;
+    case kIdentity: with(Identity{}); break;
+    case kRelu: with(Relu{}); break;
+    case kGelu: with(Gelu{}); break;
+    case kGeluExact: with(GeluExact{}); break;
   }
+}
+
+// A residual is either empty (none) or has y's shape and dtype.
+bool NoResidual(ffi::AnyBuffer residual) { return residual.element_count() == 0; }
+
+ffi::Error CheckResidual(ffi::AnyBuffer residual, ffi::AnyBuffer y) {
+  if (NoResidual(residual) ||
+      (residual.element_type() == y.element_type() &&
+       SameShape(residual.dimensions(), y.dimensions()))) {
+    return ffi::Error::Success();
+  }
+  return ffi::Error::InvalidArgument(
+      "jaxcnn batch norm: the residual must be empty or like y (shape and dtype)");
 }
 
 ffi::Error Check(ffi::AnyBuffer x, ffi::AnyBuffer y, int64_t activation,
@@ -330,10 +368,13 @@ ffi::Error Check(ffi::AnyBuffer x, ffi::AnyBuffer y, int64_t activation,
   return ffi::Error::Success();
 }
 
-ffi::Error NormForward(ffi::AnyBuffer x, ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> bias,
-                       ffi::Result<ffi::AnyBuffer> y, ffi::ResultBuffer<ffi::F32> mean,
-                       ffi::ResultBuffer<ffi::F32> var, float epsilon, int64_t activation) {
+ffi::Error NormForward(ffi::AnyBuffer x, ffi::AnyBuffer residual, ffi::Buffer<ffi::F32> scale,
+                       ffi::Buffer<ffi::F32> bias, ffi::Result<ffi::AnyBuffer> y,
+                       ffi::ResultBuffer<ffi::F32> mean, ffi::ResultBuffer<ffi::F32> var,
+                       float epsilon, int64_t activation) {
   ffi::Error error = Check(x, *y, activation, {&scale, &bias});
+  if (error.failure()) return error;
+  error = CheckResidual(residual, *y);
   if (error.failure()) return error;
   int64_t channels = x.dimensions().back();
   int64_t rows = static_cast<int64_t>(x.element_count()) / channels;
@@ -341,24 +382,32 @@ ffi::Error NormForward(ffi::AnyBuffer x, ffi::Buffer<ffi::F32> scale, ffi::Buffe
   Dispatch(x.element_type(), y->element_type(), [&](auto tx, auto ty) {
     using TX = decltype(tx);
     using TY = decltype(ty);
-    DispatchActivation(activation, [&](auto act) {
-      Forward<decltype(act)>(static_cast<const TX*>(x.untyped_data()), scale.typed_data(),
-                             bias.typed_data(), epsilon, rows, channels, team.threads,
-                             static_cast<TY*>(y->untyped_data()), mean->typed_data(),
-                             var->typed_data());
+    DispatchActivation(activation, !NoResidual(residual), [&](auto act, auto with_residual) {
+      Forward<decltype(act), decltype(with_residual)::value>(
+          static_cast<const TX*>(x.untyped_data()),
+          static_cast<const TY*>(residual.untyped_data()), scale.typed_data(),
+          bias.typed_data(), epsilon, rows, channels, team.threads,
+          static_cast<TY*>(y->untyped_data()), mean->typed_data(), var->typed_data());
     });
   });
   return ffi::Error::Success();
 }
 
-ffi::Error NormBackward(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Buffer<ffi::F32> mean,
-                        ffi::Buffer<ffi::F32> var, ffi::Buffer<ffi::F32> scale,
-                        ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> dmean,
-                        ffi::Buffer<ffi::F32> dvar, ffi::Result<ffi::AnyBuffer> dx,
+ffi::Error NormBackward(ffi::AnyBuffer x, ffi::AnyBuffer residual, ffi::AnyBuffer dy,
+                        ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> var,
+                        ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> bias,
+                        ffi::Buffer<ffi::F32> dmean, ffi::Buffer<ffi::F32> dvar,
+                        ffi::Result<ffi::AnyBuffer> dx, ffi::Result<ffi::AnyBuffer> dresidual,
                         ffi::ResultBuffer<ffi::F32> dscale, ffi::ResultBuffer<ffi::F32> dbias,
                         float epsilon, int64_t activation) {
   ffi::Error error = Check(x, dy, activation, {&mean, &var, &scale, &bias, &dmean, &dvar});
   if (error.failure()) return error;
+  error = CheckResidual(residual, dy);
+  if (error.failure()) return error;
+  if (dresidual->element_type() != residual.element_type() ||
+      !SameShape(dresidual->dimensions(), residual.dimensions())) {
+    return ffi::Error::InvalidArgument("jaxcnn batch norm: dresidual must be like the residual");
+  }
   if (dx->element_type() != x.element_type() || !SameShape(dx->dimensions(), x.dimensions())) {
     return ffi::Error::InvalidArgument("jaxcnn batch norm: dx must be like x");
   }
@@ -368,12 +417,15 @@ ffi::Error NormBackward(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Buffer<ffi::F3
   Dispatch(x.element_type(), dy.element_type(), [&](auto tx, auto ty) {
     using TX = decltype(tx);
     using TY = decltype(ty);
-    DispatchActivation(activation, [&](auto act) {
-      Backward<decltype(act)>(
-          static_cast<const TX*>(x.untyped_data()), static_cast<const TY*>(dy.untyped_data()),
-          mean.typed_data(), var.typed_data(), scale.typed_data(), bias.typed_data(),
-          dmean.typed_data(), dvar.typed_data(), epsilon, rows, channels, team.threads,
-          static_cast<TX*>(dx->untyped_data()), dscale->typed_data(), dbias->typed_data());
+    DispatchActivation(activation, !NoResidual(residual), [&](auto act, auto with_residual) {
+      Backward<decltype(act), decltype(with_residual)::value>(
+          static_cast<const TX*>(x.untyped_data()),
+          static_cast<const TY*>(residual.untyped_data()),
+          static_cast<const TY*>(dy.untyped_data()), mean.typed_data(), var.typed_data(),
+          scale.typed_data(), bias.typed_data(), dmean.typed_data(), dvar.typed_data(), epsilon,
+          rows, channels, team.threads, static_cast<TX*>(dx->untyped_data()),
+          static_cast<TY*>(dresidual->untyped_data()), dscale->typed_data(),
+          dbias->typed_data());
     });
   });
   return ffi::Error::Success();
@@ -383,6 +435,7 @@ ffi::Error NormBackward(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Buffer<ffi::F3
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnBatchNormForward, NormForward,
                               ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
@@ -396,12 +449,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnBatchNormBackward, NormBackward,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()

@@ -44,7 +44,18 @@ def _vector(shape) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(shape, jnp.float32)
 
 
-def forward(x, scale, bias, epsilon: float, activation: str, dtype):
+def _residual_operand(residual, like: jax.ShapeDtypeStruct):
+    """The residual as the kernels take it: like ``y``, or an empty array for none."""
+    if residual is None:
+        return jnp.zeros((0,), like.dtype)
+    if residual.shape != like.shape:
+        raise ValueError(
+            f"batch norm: residual must have y's shape {like.shape}; got {residual.shape}"
+        )
+    return residual.astype(like.dtype)
+
+
+def forward(x, scale, bias, epsilon: float, activation: str, dtype, residual=None):
     """``(y, mean, var)`` of training-mode batch norm over the last axis, then ``activation``.
 
     Args:
@@ -53,18 +64,22 @@ def forward(x, scale, bias, epsilon: float, activation: str, dtype):
       epsilon: added to the variance.
       activation: a name in :data:`ACTIVATIONS`.
       dtype: of ``y``, float32 or bfloat16.
+      residual: ``None``, or an array of ``x``'s shape added after the norm, before the
+        activation (a residual block's shortcut; cast to ``dtype``).
 
     Returns:
       ``y`` like ``x`` in ``dtype``; ``mean`` and biased ``var``, float32 ``(C,)``.
     """
     build.require()
     channels = (x.shape[-1],)
+    y = jax.ShapeDtypeStruct(x.shape, dtype)
     return jax.ffi.ffi_call(
         "jaxcnn_batch_norm_forward",
-        (jax.ShapeDtypeStruct(x.shape, dtype), _vector(channels), _vector(channels)),
+        (y, _vector(channels), _vector(channels)),
         vmap_method="sequential",
     )(
         x,
+        _residual_operand(residual, y),
         scale.astype(jnp.float32),
         bias.astype(jnp.float32),
         epsilon=np.float32(epsilon),
@@ -72,21 +87,33 @@ def forward(x, scale, bias, epsilon: float, activation: str, dtype):
     )
 
 
-def backward(x, dy, mean, var, scale, bias, dmean, dvar, epsilon: float, activation: str):
-    """``(dx, dscale, dbias)`` for :func:`forward`'s outputs' cotangents ``dy, dmean, dvar``.
+def backward(
+    x, dy, mean, var, scale, bias, dmean, dvar, epsilon: float, activation: str, residual=None
+):
+    """``(dx, dresidual, dscale, dbias)``: :func:`forward`'s inputs' cotangents.
 
-    ``dx`` has ``x``'s dtype; ``dscale`` and ``dbias`` are float32 ``(C,)``.
+    From its outputs' cotangents ``dy, dmean, dvar``. ``dx`` has ``x``'s dtype,
+    ``dresidual`` (``None`` without a residual) ``dy``'s; ``dscale`` and ``dbias`` are
+    float32 ``(C,)``.
     """
     build.require()
     f32 = [a.astype(jnp.float32) for a in (mean, var, scale, bias, dmean, dvar)]
-    return jax.ffi.ffi_call(
+    operand = _residual_operand(residual, jax.ShapeDtypeStruct(dy.shape, dy.dtype))
+    dx, dresidual, dscale, dbias = jax.ffi.ffi_call(
         "jaxcnn_batch_norm_backward",
-        (jax.ShapeDtypeStruct(x.shape, x.dtype), _vector(scale.shape), _vector(bias.shape)),
+        (
+            jax.ShapeDtypeStruct(x.shape, x.dtype),
+            jax.ShapeDtypeStruct(operand.shape, operand.dtype),
+            _vector(scale.shape),
+            _vector(bias.shape),
+        ),
         vmap_method="sequential",
     )(
         x,
+        operand,
         dy,
         *f32,
         epsilon=np.float32(epsilon),
         activation=np.int64(ACTIVATIONS[activation]),
     )
+    return dx, None if residual is None else dresidual, dscale, dbias
