@@ -9,12 +9,15 @@ foreign call over several devices). Anything else goes to lax.
 
 Backends (``set_conv_backend``, the ``use_conv_backend`` context, or the environment
 variable ``JAXCNN_CONV_BACKEND``; read when a function is traced, so set it before jit).
-``JAXCNN_ONEDNN_ALGORITHM=winograd`` (also read at trace time) runs oneDNN's float32 3x3
-stride-1 convolutions with 16 or more channels as Winograd F(4x4, 3x3): 1.4-2.2x faster
-per convolution alone on AMD Zen 4, 1.2-1.5x on the fast CIFAR net's step, 1.15x on the
-teaching nets' (since their conv2 is cropped to what the pool reads), 0.97x on
-ResNet-20's; rounding errors near 4e-6 of the largest value (``docs/perf_notes.md``,
-items 34 and 37).
+``JAXCNN_ONEDNN_ALGORITHM`` (also read at trace time) chooses oneDNN's algorithm for
+float32 3x3 stride-1 convolutions: ``auto`` (default, since session 19) runs those with 64
+or more channels in and out as Winograd F(4x4, 3x3), the rest direct: the fast CIFAR
+net's step 1.17x and ResNet-20's 1.03x on the Intel Xeon, the teaching nets unchanged
+(their conv2 has 32 channels in, where Winograd lost: x0.84 on the MNIST net's step
+there). ``winograd`` takes every such convolution from 16 channels (on AMD Zen 4 1.2-1.5x
+on the fast CIFAR net, 1.15x on the teaching nets, 0.97x on ResNet-20; on the Xeon 0.82x
+on ResNet-20); ``direct`` none. Winograd's rounding errors are near 4e-6 of the largest
+value (``docs/perf_notes.md``, items 34, 37 and 41).
 
 * ``"auto"`` (default): oneDNN when its library builds here and the CPU is one where it
   measured faster: Intel CPUs (the Xeon of ``docs/perf_notes.md``, items 23-26) and any
@@ -71,16 +74,17 @@ def conv_backend() -> str:
 
 
 def onednn_algorithm() -> str:
-    """oneDNN's algorithm, from ``JAXCNN_ONEDNN_ALGORITHM``: ``"direct"`` (default) or
-    ``"winograd"`` (float32 3x3 stride-1 convolutions; see ``jaxcnn.onednn.conv2d``).
+    """oneDNN's algorithm, from ``JAXCNN_ONEDNN_ALGORITHM``: ``"auto"`` (default: Winograd
+    for float32 3x3 stride-1 convolutions with 64+ channels in and out), ``"direct"`` or
+    ``"winograd"`` (from 16 channels); see ``jaxcnn.onednn.conv2d``.
 
     Examples:
-        >>> onednn_algorithm() in ("direct", "winograd")
+        >>> onednn_algorithm() in ("auto", "direct", "winograd")
         True
     """
     from jaxcnn.onednn.ffi_conv import ALGORITHMS
 
-    return env_choice("JAXCNN_ONEDNN_ALGORITHM", "direct", tuple(ALGORITHMS))
+    return env_choice("JAXCNN_ONEDNN_ALGORITHM", "auto", ("auto", *ALGORITHMS))
 
 
 def set_conv_backend(name: str | None) -> None:

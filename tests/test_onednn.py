@@ -103,14 +103,31 @@ def test_winograd_where_onednn_has_none_runs_direct():
 
 def test_algorithm_names_are_validated_with_the_valid_ones():
     x, kernel = jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 4))
-    with pytest.raises(ValueError, match=r"algorithm='fft'; valid: direct, winograd"):
+    with pytest.raises(ValueError, match=r"algorithm='fft'; valid: auto, direct, winograd"):
         onednn.conv2d(x, kernel, (1, 1), ((0, 0), (0, 0)), algorithm="fft")
+
+
+@pytest.mark.parametrize(
+    "channels, algorithm, expected",
+    [
+        ((64, 256), "auto", "winograd"),  # the fast CIFAR net's wide layers
+        ((32, 64), "auto", "direct"),  # the teaching nets' conv2
+        ((32, 64), "winograd", "winograd"),
+        ((8, 64), "winograd", "direct"),  # too few channels for Winograd's tiles
+        ((64, 256), "direct", "direct"),
+    ],
+)
+def test_which_convolutions_run_winograd(channels, algorithm, expected):
+    x_shape, k_shape = (8, 16, 16, channels[0]), (3, 3, *channels)
+    assert ffi_conv.resolve_algorithm(algorithm, x_shape, k_shape, (1, 1), (1, 1)) == expected
+    # Stride 2 never does.
+    assert ffi_conv.resolve_algorithm(algorithm, x_shape, k_shape, (2, 2), (1, 1)) == "direct"
 
 
 @pytest.mark.parametrize(
     "variable, read, bad, spelled, default",
     [
-        ("JAXCNN_ONEDNN_ALGORITHM", conv_backend.onednn_algorithm, "fft", "winograd", "direct"),
+        ("JAXCNN_ONEDNN_ALGORITHM", conv_backend.onednn_algorithm, "fft", "winograd", "auto"),
         ("JAXCNN_ONEDNN_OVERLAP", build.overlap_policy, "parallel", "single", "wait"),
     ],
 )

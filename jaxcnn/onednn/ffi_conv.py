@@ -67,6 +67,32 @@ def winograd_pays(x_shape, kernel_shape, strides, dilation) -> bool:
     )
 
 
+# "auto" asks for Winograd only from this many channels in and out: the fast CIFAR net's
+# 64- and 256-channel layers (its float32 step x1.17 on the Intel Xeon, x1.21-1.46 on
+# Zen 4), not the teaching nets' 32 -> 64 conv2, where Winograd lost on the Xeon (x0.84,
+# x0.89) (docs/perf_notes.md, items 34, 37 and 41).
+WINOGRAD_AUTO_MIN_CHANNELS = 64
+
+
+def resolve_algorithm(algorithm: str, x_shape, kernel_shape, strides, dilation) -> str:
+    """The algorithm one convolution runs with: ``"direct"`` or ``"winograd"``.
+
+    ``"winograd"`` where :func:`winograd_pays`; ``"auto"`` where it pays and both channel
+    counts are at least ``WINOGRAD_AUTO_MIN_CHANNELS``; else ``"direct"``.
+
+    Examples:
+        >>> resolve_algorithm("auto", (8, 16, 16, 64), (3, 3, 64, 256), (1, 1), (1, 1))
+        'winograd'
+        >>> resolve_algorithm("auto", (8, 15, 15, 32), (3, 3, 32, 64), (1, 1), (1, 1))
+        'direct'
+    """
+    pays = winograd_pays(x_shape, kernel_shape, strides, dilation)
+    if algorithm == "auto":
+        wide = min(x_shape[3], kernel_shape[3]) >= WINOGRAD_AUTO_MIN_CHANNELS
+        return "winograd" if pays and wide else "direct"
+    return "winograd" if algorithm == "winograd" and pays else "direct"
+
+
 def output_shape(x_shape, kernel_shape, strides, padding, dilation) -> tuple[int, ...]:
     """NHWC output shape, by :func:`jaxcnn.shapes.conv_output_shape` on the two spatial axes.
 
@@ -131,6 +157,8 @@ def conv2d(
         no dilation, 16+ channels in and out) and oneDNN has one (float32 on AVX-512);
         direct otherwise. Fewer multiplications but activation reorders: faster on wide
         layers, and a slightly larger rounding error (``docs/perf_notes.md``, item 34).
+        ``"auto"``: Winograd only from ``WINOGRAD_AUTO_MIN_CHANNELS`` channels in and
+        out (:func:`resolve_algorithm`).
 
     Returns:
       (N, OH, OW, F) in ``x``'s dtype, with ``output_shape``'s sizes.
@@ -152,8 +180,8 @@ def conv2d(
         raise ValueError(
             f"x and kernel must share a dtype, float32 or bfloat16; got {x.dtype}, {kernel.dtype}"
         )
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm={algorithm!r}; valid: {', '.join(ALGORITHMS)}")
+    if algorithm not in ("auto", *ALGORITHMS):
+        raise ValueError(f"algorithm={algorithm!r}; valid: auto, {', '.join(ALGORITHMS)}")
     strides, dilation = tuple(map(int, strides)), tuple(map(int, dilation))
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
     if len(strides) != 2 or min(strides) < 1:
@@ -169,6 +197,5 @@ def conv2d(
             f"the kernel {kernel.shape[:2]} (dilation {dilation}) does not fit the padded "
             f"input {x.shape[1:3]} + {padding}: {err}"
         ) from err
-    if algorithm == "winograd" and not winograd_pays(x.shape, kernel.shape, strides, dilation):
-        algorithm = "direct"
+    algorithm = resolve_algorithm(algorithm, x.shape, kernel.shape, strides, dilation)
     return _conv(x, kernel, strides, padding, dilation, algorithm)
