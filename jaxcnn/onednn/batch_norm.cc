@@ -143,6 +143,17 @@ inline void Share(int64_t rows, int t, int nt, int64_t& lo, int64_t& hi) {
   hi = rows * (t + 1) / nt;
 }
 
+// Calls `body(r)` for every row r, the rows shared out over the team's threads.
+template <typename F>
+void EachRow(int64_t rows, int threads, F&& body) {
+#pragma omp parallel num_threads(threads)
+  {
+    int64_t lo, hi;
+    Share(rows, omp_get_thread_num(), omp_get_num_threads(), lo, hi);
+    for (int64_t r = lo; r < hi; ++r) body(r);
+  }
+}
+
 // Rows per block of float sums: short enough for float's rounding (each block's sum is
 // added to a double), long enough that the double adds cost nothing.
 constexpr int64_t kBlockRows = 64;
@@ -223,19 +234,14 @@ void Forward(const TX* __restrict x, const TY* __restrict residual, const float*
   const float* __restrict m = shift.data();
   const float* __restrict k = slope.data();
   const float* __restrict b = offset.data();
-#pragma omp parallel num_threads(threads)
-  {
-    int64_t lo, hi;
-    Share(rows, omp_get_thread_num(), omp_get_num_threads(), lo, hi);
-    for (int64_t r = lo; r < hi; ++r) {
-      const TX* __restrict row = x + r * channels;
-      TY* __restrict out = y + r * channels;
-      for (int64_t c = 0; c < channels; ++c) {
-        float shortcut = ResidualAt<kResidual>(residual, r * channels + c);
-        Store(Act::Value((Load(row[c]) - m[c]) * k[c] + b[c] + shortcut), out + c);
-      }
+  EachRow(rows, threads, [&](int64_t r) {
+    const TX* __restrict row = x + r * channels;
+    TY* __restrict out = y + r * channels;
+    for (int64_t c = 0; c < channels; ++c) {
+      float shortcut = ResidualAt<kResidual>(residual, r * channels + c);
+      Store(Act::Value((Load(row[c]) - m[c]) * k[c] + b[c] + shortcut), out + c);
     }
-  }
+  });
 }
 
 template <typename Act, bool kResidual, typename TX, typename TY>
@@ -283,22 +289,17 @@ void Backward(const TX* __restrict x, const TY* __restrict residual, const TY* _
   const float* __restrict k = gain.data();
   const float* __restrict o = offset.data();
   const float* __restrict l = slope.data();
-#pragma omp parallel num_threads(threads)
-  {
-    int64_t lo, hi;
-    Share(rows, omp_get_thread_num(), omp_get_num_threads(), lo, hi);
-    for (int64_t r = lo; r < hi; ++r) {
-      const TX* __restrict row = x + r * channels;
-      const TY* __restrict grad = dy + r * channels;
-      TX* __restrict out = dx + r * channels;
-      for (int64_t c = 0; c < channels; ++c) {
-        float xhat = (Load(row[c]) - m[c]) * iv[c];
-        float shortcut = ResidualAt<kResidual>(residual, r * channels + c);
-        float dpre = Act::Grad(xhat * g[c] + b[c] + shortcut, Load(grad[c]));
-        Store(k[c] * dpre + o[c] + l[c] * xhat, out + c);
-      }
+  EachRow(rows, threads, [&](int64_t r) {
+    const TX* __restrict row = x + r * channels;
+    const TY* __restrict grad = dy + r * channels;
+    TX* __restrict out = dx + r * channels;
+    for (int64_t c = 0; c < channels; ++c) {
+      float xhat = (Load(row[c]) - m[c]) * iv[c];
+      float shortcut = ResidualAt<kResidual>(residual, r * channels + c);
+      float dpre = Act::Grad(xhat * g[c] + b[c] + shortcut, Load(grad[c]));
+      Store(k[c] * dpre + o[c] + l[c] * xhat, out + c);
     }
-  }
+  });
 }
 
 bool SameShape(ffi::AnyBuffer::Dimensions a, ffi::AnyBuffer::Dimensions b) {
