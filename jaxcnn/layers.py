@@ -35,6 +35,7 @@ from jaxcnn import conv_backend, conv_pool, fast_ops, shapes
 from jaxcnn.activations import ACTIVATIONS as ACTIVATIONS
 from jaxcnn.activations import Activation, activate, get_activation
 from jaxcnn.batch_norm import BatchNorm
+from jaxcnn.dropout import Dropout
 
 NORMS = ("batch", "group", "layer")
 POOL_KINDS = ("max", "avg", "sum")
@@ -325,7 +326,7 @@ class DenseStack(nn.Module):
             if i < len(self.features):
                 x = activate(act, x)
                 if self.dropout_rate > 0:
-                    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+                    x = Dropout(self.dropout_rate, deterministic=not train)(x)
         chex.assert_shape(x, (*in_shape[:-1], sizes[-1] if sizes else in_shape[-1]))
         return x
 

@@ -60,6 +60,7 @@ import jax
 import jax.numpy as jnp
 from flax.core import FrozenDict
 
+from jaxcnn.dropout import Dropout
 from jaxcnn.layers import ConvBlock, Flatten, GlobalPool, Pool, activate, get_activation
 from jaxcnn.models.residual import BottleneckBlock, ResidualBlock
 
@@ -392,7 +393,7 @@ class CNN(nn.Module):
                         **common,
                     )(x, train)
             else:  # dropout
-                x = nn.Dropout(item["rate"], deterministic=not train)(x)
+                x = Dropout(item["rate"], deterministic=not train)(x)
         for item in spec["head"]:
             kind = item["type"]
             if kind == "flatten":
@@ -405,7 +406,7 @@ class CNN(nn.Module):
                 )(x)
                 x = activate(item["activation"], x)
             else:  # dropout
-                x = nn.Dropout(item["rate"], deterministic=not train)(x)
+                x = Dropout(item["rate"], deterministic=not train)(x)
         logits = nn.Dense(
             self.num_classes, use_bias=spec["classifier_bias"], name="classifier", **common
         )(x)
