@@ -148,8 +148,14 @@ def _backward_rule(window, padding, precision, residuals, g):
     x, kernel, z, y = residuals
     rank = len(window)
     dz = first_max_gradient(z, y, g, (rank + 1,))  # the window positions of (N, *P, Q, F)
+    return _conv_gradients(dz, x, kernel, window, padding, precision)
+
+
+def _conv_gradients(dz, x, kernel, window, padding, precision):
+    """``(dx, dkernel)`` from ``dz``, the gradient at each window position (N, *P, Q, F)."""
+    rank = len(window)
     # (N, *pooled, p1, p2, .., F) -> (N, o1*p1, o2*p2, .., F): the conv output's layout.
-    n, pooled, features = y.shape[0], y.shape[1:-1], y.shape[-1]
+    n, pooled, features = dz.shape[0], dz.shape[1 : rank + 1], dz.shape[-1]
     dz = dz.reshape(n, *pooled, *window, features)
     order = (0, *itertools.chain(*((1 + i, 1 + rank + i) for i in range(rank))), 2 * rank + 1)
     covered = [o * p for o, p in zip(pooled, window, strict=True)]
@@ -164,6 +170,87 @@ def _backward_rule(window, padding, precision, residuals, g):
 
 
 _conv_max_pool.defvjp(_forward_rule, _backward_rule)
+
+
+CONV_POOL_BACKENDS = ("auto", "xla", "native")
+# "auto" takes the binding's kernel for at most this many input channels: it computes each
+# output from kh * kw * C products in registers, which beats oneDNN's convolution plus a
+# separate pool when C is small (a first layer: 1 or 3 channels) and no longer pays when
+# the convolution itself dominates.
+NATIVE_MAX_CHANNELS = 4
+
+
+def conv_pool_backend() -> str:
+    """``JAXCNN_CONV_POOL_BACKEND``, validated: who runs :func:`conv_max_pool` on a CPU.
+
+    * ``"auto"`` (default): the binding's fused kernel (``jaxcnn/onednn/conv_pool.cc``:
+      the pooled map computed without writing the conv output, on every core) when the
+      library builds here and the call is one it takes (2-D, float32 or bfloat16, at
+      most :data:`NATIVE_MAX_CHANNELS` input channels, one CPU device), else XLA's
+      space-to-depth convolution;
+    * ``"xla"``: always the space-to-depth convolution;
+    * ``"native"``: the kernel wherever the call allows, any channel count; raises if
+      the library is unavailable.
+
+    Read when a function is traced. ``docs/perf_notes.md``, item 42, has the measurements.
+
+    Examples:
+        >>> conv_pool_backend() in CONV_POOL_BACKENDS
+        True
+    """
+    return conv_backend.env_choice("JAXCNN_CONV_POOL_BACKEND", "auto", CONV_POOL_BACKENDS)
+
+
+def _native_applies(x: jax.Array, kernel: jax.Array, window: tuple) -> bool:
+    """Whether this conv + pool runs on the binding's fused kernel (see conv_pool_backend)."""
+    choice = conv_pool_backend()
+    if choice == "xla":
+        return False
+    from jaxcnn.onednn import build, ffi_conv_pool
+
+    if x.ndim != 4 or jnp.dtype(x.dtype) not in ffi_conv_pool.DTYPES or kernel.dtype != x.dtype:
+        return False
+    # The winning position is stored in one byte; the kernel holds at most 128 taps.
+    if math.prod(window) > 255 or math.prod(kernel.shape[:-1]) > ffi_conv_pool.MAX_TAPS:
+        return False
+    if choice == "auto" and x.shape[-1] > NATIVE_MAX_CHANNELS:
+        return False
+    # One CPU device only: XLA cannot split a foreign call over several devices' shards.
+    if jax.default_backend() != "cpu" or jax.device_count() != 1:
+        return False
+    if choice == "native":
+        build.require()
+    return build.available()
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _native_conv_max_pool(x, kernel, window, padding, precision):
+    return _native_forward(x, kernel, window, padding, precision)[0]
+
+
+def _native_forward(x, kernel, window, padding, precision):
+    from jaxcnn.onednn import ffi_conv_pool
+
+    padded = jnp.pad(x, [(0, 0), *padding, (0, 0)])
+    y, arg = ffi_conv_pool.forward(padded, kernel, window)
+    return y, (x, kernel, arg)
+
+
+def _native_backward(window, padding, precision, residuals, g):
+    from jaxcnn.onednn import ffi_conv_pool
+
+    x, kernel, arg = residuals
+    padded = jnp.pad(x, [(0, 0), *padding, (0, 0)])
+    dkernel = ffi_conv_pool.kernel_grad(padded, arg, g, kernel.shape, window)
+    # The input's gradient through the plain convolution's: a first layer's input (the
+    # images) needs none, and under jit XLA then drops all of this.
+    positions = jnp.arange(math.prod(window), dtype=arg.dtype).reshape(1, 1, 1, -1, 1)
+    dz = jnp.where(arg[..., None, :] == positions, g[..., None, :], jnp.zeros((), g.dtype))
+    dx, _ = _conv_gradients(dz, x, kernel, window, padding, precision)
+    return dx, dkernel.astype(kernel.dtype)
+
+
+_native_conv_max_pool.defvjp(_native_forward, _native_backward)
 
 
 def conv_for_tiled_pool(call: dict, window: Sequence[int]) -> jax.Array | None:
@@ -285,4 +372,6 @@ def conv_max_pool(
     conv_out = shapes.conv_output_shape(spatial, kernel_size, 1, pads)
     if any(o < w for o, w in zip(conv_out, window, strict=True)):
         raise ValueError(f"window {window} is larger than the conv output {tuple(conv_out)}")
+    if _native_applies(x, kernel, window):
+        return _native_conv_max_pool(x, kernel, window, pads, precision)
     return _conv_max_pool(x, kernel, window, pads, precision)

@@ -121,9 +121,9 @@ def _uses_space_to_depth(block, x) -> bool:
     with use_conv_backend("xla"):  # lax's convolutions, so the jaxpr names them
         variables = block.init(jax.random.key(0), x)
         jaxpr = str(jax.make_jaxpr(lambda v: block.apply(v, x))(variables))
-    # The plain conv is traced either way (XLA drops it when unused); the space-to-depth
-    # path adds a second one.
-    return jaxpr.count("conv_general_dilated[") == 2
+    # The plain conv is traced either way (XLA drops it when unused); conv_max_pool adds
+    # a second one (space-to-depth) or the binding's fused kernel.
+    return jaxpr.count("conv_general_dilated[") == 2 or "jaxcnn_conv_max_pool" in jaxpr
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "bfloat16.h"
 #include "team.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -37,22 +38,8 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-inline float Load(float v) { return v; }
-inline float Load(uint16_t v) {  // bfloat16: the high half of a float32
-  uint32_t bits = static_cast<uint32_t>(v) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-
-inline void Store(float v, float* out) { *out = v; }
-inline void Store(float v, uint16_t* out) {  // round to nearest even, as XLA's convert
-  uint32_t bits;
-  std::memcpy(&bits, &v, sizeof bits);
-  uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
-  uint32_t quiet_nan = (bits >> 16) | 0x40u;  // NaN stays NaN
-  *out = static_cast<uint16_t>((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
-}
+using jaxcnn::Load;
+using jaxcnn::Store;
 
 // The activations, as the "activation" attribute numbers them (ffi_norm.ACTIVATIONS).
 // Each is a struct with Value(pre) and Grad(pre, dy) = act'(pre) * dy, so that every

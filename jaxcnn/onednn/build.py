@@ -33,9 +33,10 @@ import tempfile
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
-# Compiled into one library: the convolutions, batch norm's kernels, the team they share.
-SOURCES = (SOURCE, SOURCE.with_name("batch_norm.cc"))
-HEADERS = (SOURCE.with_name("team.h"),)
+# Compiled into one library: the convolutions, batch norm's kernels, the fused first-layer
+# conv + max pool, and the headers they share (the OpenMP team, bfloat16 conversions).
+SOURCES = (SOURCE, SOURCE.with_name("batch_norm.cc"), SOURCE.with_name("conv_pool.cc"))
+HEADERS = (SOURCE.with_name("team.h"), SOURCE.with_name("bfloat16.h"))
 # FFI target name -> the handler symbol the library exports.
 TARGETS = {
     "jaxcnn_onednn_conv_forward": "JaxcnnOnednnConvForward",
@@ -43,6 +44,8 @@ TARGETS = {
     "jaxcnn_onednn_conv_kernel_grad": "JaxcnnOnednnConvKernelGrad",
     "jaxcnn_batch_norm_forward": "JaxcnnBatchNormForward",
     "jaxcnn_batch_norm_backward": "JaxcnnBatchNormBackward",
+    "jaxcnn_conv_max_pool_forward": "JaxcnnConvMaxPoolForward",
+    "jaxcnn_conv_max_pool_kernel_grad": "JaxcnnConvMaxPoolKernelGrad",
 }
 
 

@@ -1,0 +1,71 @@
+"""The fused first-layer conv + tiling max pool of ``conv_pool.cc``: two FFI calls (CPU only).
+
+:func:`forward` computes ``max_pool(conv(x, kernel, "VALID"), window)`` without writing
+the conv output, and which window position won each pooled element; :func:`kernel_grad`
+the kernel's gradient from those positions. :mod:`jaxcnn.conv_pool` calls them (with its
+own custom VJP) when its ``_native_applies`` says so.
+
+Examples (tests/test_conv_pool_native.py runs them where the binding builds):
+    >>> import jax.numpy as jnp
+    >>> x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+    >>> y, arg = forward(x, jnp.ones((1, 1, 1, 1)), (2, 2))
+    >>> y[0, :, :, 0].tolist(), arg[0, :, :, 0].tolist()  # the bottom-right of each window
+    ([[5.0, 7.0], [13.0, 15.0]], [[3, 3], [3, 3]])
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcnn.onednn import build
+
+DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+MAX_TAPS = 128  # KH * KW * C: conv_pool.cc's kMaxTaps
+
+
+def pooled_shape(x_shape, kernel_shape, window) -> tuple[int, int, int, int]:
+    """``(N, OH, OW, F)``: the VALID conv's output pooled by ``window`` (floor).
+
+    Examples:
+        >>> pooled_shape((128, 28, 28, 1), (3, 3, 1, 32), (2, 2))
+        (128, 13, 13, 32)
+    """
+    n, h, w, _ = x_shape
+    kh, kw, _, f = kernel_shape
+    return n, (h - kh + 1) // window[0], (w - kw + 1) // window[1], f
+
+
+def forward(x: jax.Array, kernel: jax.Array, window: tuple[int, int]):
+    """``(y, arg)``: the pooled VALID convolution and each element's winning position.
+
+    Args:
+      x: ``(N, H, W, C)`` (padded already), float32 or bfloat16.
+      kernel: ``(KH, KW, C, F)`` in ``x``'s dtype.
+      window: the pool's ``(PH, PW)``, equal to its stride.
+
+    Returns:
+      ``y`` ``(N, OH, OW, F)`` in ``x``'s dtype, and ``arg``, uint8 of the same shape:
+      the row-major position ``a * PW + b`` in its window of the first maximum.
+    """
+    build.require()
+    shape = pooled_shape(x.shape, kernel.shape, window)
+    return jax.ffi.ffi_call(
+        "jaxcnn_conv_max_pool_forward",
+        (jax.ShapeDtypeStruct(shape, x.dtype), jax.ShapeDtypeStruct(shape, jnp.uint8)),
+        vmap_method="sequential",
+    )(x, kernel, window_h=np.int64(window[0]), window_w=np.int64(window[1]))
+
+
+def kernel_grad(x, arg, dy, kernel_shape, window: tuple[int, int]) -> jax.Array:
+    """The kernel's cotangent, in ``x``'s dtype, from ``y``'s cotangent ``dy``.
+
+    ``dy`` may be float32 or bfloat16; ``arg`` is :func:`forward`'s.
+    """
+    build.require()
+    return jax.ffi.ffi_call(
+        "jaxcnn_conv_max_pool_kernel_grad",
+        jax.ShapeDtypeStruct(tuple(kernel_shape), x.dtype),
+        vmap_method="sequential",
+    )(x, arg, dy, window_h=np.int64(window[0]), window_w=np.int64(window[1]))
