@@ -173,11 +173,13 @@ _conv_max_pool.defvjp(_forward_rule, _backward_rule)
 
 
 CONV_POOL_BACKENDS = ("auto", "xla", "native")
-# "auto" takes the binding's kernel for at most this many input channels: it computes each
-# output from kh * kw * C products in registers, which beats oneDNN's convolution plus a
-# separate pool when C is small (a first layer: 1 or 3 channels) and no longer pays when
-# the convolution itself dominates.
-NATIVE_MAX_CHANNELS = 4
+# "auto" takes the binding's kernel for at most this many input channels, by dtype. It
+# computes each output from kh * kw * C float32 products in registers, which beats a
+# convolution plus separate pooling passes when C is small (a first layer) and no longer
+# pays when the convolution itself dominates. In bfloat16 oneDNN's space-to-depth
+# convolution runs on AMX on the Intel Xeon and won from 3 channels (the CIFAR net's step
+# x0.91 on the kernel; the MNIST net's, 1 channel, x1.20): docs/perf_notes.md, item 42.
+NATIVE_MAX_CHANNELS = {"float32": 4, "bfloat16": 1}
 
 
 def conv_pool_backend() -> str:
@@ -186,8 +188,8 @@ def conv_pool_backend() -> str:
     * ``"auto"`` (default): the binding's fused kernel (``jaxcnn/onednn/conv_pool.cc``:
       the pooled map computed without writing the conv output, on every core) when the
       library builds here and the call is one it takes (2-D, float32 or bfloat16, at
-      most :data:`NATIVE_MAX_CHANNELS` input channels, one CPU device), else XLA's
-      space-to-depth convolution;
+      most :data:`NATIVE_MAX_CHANNELS` input channels for its dtype, one CPU device),
+      else the space-to-depth convolution;
     * ``"xla"``: always the space-to-depth convolution;
     * ``"native"``: the kernel wherever the call allows, any channel count; raises if
       the library is unavailable.
@@ -213,7 +215,7 @@ def _native_applies(x: jax.Array, kernel: jax.Array, window: tuple) -> bool:
     # The winning position is stored in one byte; the kernel holds at most 128 taps.
     if math.prod(window) > 255 or math.prod(kernel.shape[:-1]) > ffi_conv_pool.MAX_TAPS:
         return False
-    if choice == "auto" and x.shape[-1] > NATIVE_MAX_CHANNELS:
+    if choice == "auto" and x.shape[-1] > NATIVE_MAX_CHANNELS[jnp.dtype(x.dtype).name]:
         return False
     # One CPU device only: XLA cannot split a foreign call over several devices' shards.
     if jax.default_backend() != "cpu" or jax.device_count() != 1:
@@ -241,13 +243,13 @@ def _native_backward(window, padding, precision, residuals, g):
 
     x, kernel, arg = residuals
     padded = jnp.pad(x, [(0, 0), *padding, (0, 0)])
-    dkernel = ffi_conv_pool.kernel_grad(padded, arg, g, kernel.shape, window)
+    dkernel = ffi_conv_pool.kernel_grad(padded, arg, g, kernel, window)
     # The input's gradient through the plain convolution's: a first layer's input (the
     # images) needs none, and under jit XLA then drops all of this.
     positions = jnp.arange(math.prod(window), dtype=arg.dtype).reshape(1, 1, 1, -1, 1)
     dz = jnp.where(arg[..., None, :] == positions, g[..., None, :], jnp.zeros((), g.dtype))
     dx, _ = _conv_gradients(dz, x, kernel, window, padding, precision)
-    return dx, dkernel.astype(kernel.dtype)
+    return dx, dkernel
 
 
 _native_conv_max_pool.defvjp(_native_forward, _native_backward)

@@ -104,6 +104,9 @@ def test_nan_propagates_like_max(monkeypatch):
     [
         ("auto", jnp.ones((1, 8, 8, 3)), True),
         ("auto", jnp.ones((1, 8, 8, 8)), False),  # more than NATIVE_MAX_CHANNELS
+        ("auto", jnp.ones((1, 8, 8, 1), jnp.bfloat16), True),
+        ("auto", jnp.ones((1, 8, 8, 3), jnp.bfloat16), False),  # AMX's convolution wins
+        ("native", jnp.ones((1, 8, 8, 3), jnp.bfloat16), True),
         ("native", jnp.ones((1, 8, 8, 8)), True),
         ("xla", jnp.ones((1, 8, 8, 3)), False),
         ("auto", jnp.ones((1, 8, 3)), False),  # 1-D

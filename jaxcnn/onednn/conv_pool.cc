@@ -21,8 +21,10 @@
 //   arg[n, i, j, f] = the first q (row-major, q = a PW + b) reaching that maximum
 //   dkernel[u, v, c, f] = sum_{n, i, j} dy[n, i, j, f] x[n, i PH + a + u, j PW + b + v, c]
 //                         with (a, b) = arg[n, i, j, f]
-// Sums are in float (the products of a window: registers; dkernel: float within a row of
-// pooled outputs, then double). x, kernel, y, dy and dkernel are float32 or bfloat16.
+// Sums are in float (a conv output: registers; dkernel: float within a row of pooled
+// outputs, then double). x is float32 (a first layer's input is small, and each value is
+// read at every tap: the caller casts it once); kernel, y, dy and dkernel are float32 or
+// bfloat16.
 
 #include <omp.h>
 
@@ -113,10 +115,6 @@ struct Geometry {
   int64_t taps() const { return kh * kw * c; }
   int64_t padded_f() const { return (f + kLanes - 1) / kLanes * kLanes; }
   int64_t positions() const { return ph * pw; }
-  // The first input pixel of window position q of pooled output (n, i, j).
-  int64_t Corner(int64_t n_, int64_t i, int64_t j, int64_t q) const {
-    return ((n_ * h + i * ph + q / pw) * w + j * pw + q % pw) * c;
-  }
 };
 
 template <typename T>
@@ -140,67 +138,124 @@ void EachPooledRow(const Geometry& g, int threads, Body&& body) {
   }
 }
 
-// The kernel's taps (KH * KW * C) that a call may have: a block's weights and kernel
-// gradient sums are held in kMaxTaps vectors at most (registers, for the shapes below).
+// The most taps (KH * KW * C) a kernel may have: a first layer's, with room to spare.
+// (A row's kernel gradient sums are one vector per tap.)
 constexpr int64_t kMaxTaps = 128;
 
 // The loops below are compiled for the shapes of first layers (3x3 or 5x5, 1-4 channels):
-// with the kernel's shape known, a block's weights (forward) or gradient sums (backward)
-// stay in registers and every loop over the taps unrolls. Any other shape runs the same
-// code with the sizes read at run time (Dims<0, 0, 0>), correct but about 3x slower.
+// with the kernel's shape known, every loop over the taps unrolls. Any other shape runs
+// the same code with the sizes read at run time (Dims<0, 0, 0>).
 template <int64_t KH, int64_t KW, int64_t C>
 struct Dims {
   static constexpr bool kFixed = KH > 0;
-  static constexpr int64_t kTaps = kFixed ? KH * KW * C : kMaxTaps;
   const int64_t kh, kw, c;
   explicit Dims(const Geometry& g)
       : kh(kFixed ? KH : g.kh), kw(kFixed ? KW : g.kw), c(kFixed ? C : g.c) {}
   int64_t taps() const { return kh * kw * c; }
 };
 
-// The taps of one window position's receptive field, in the kernel's (u, v, c) order:
-// `each(tap, value)` for the input pixel channels under the kernel placed at `in`.
-template <typename D, typename T, typename Each>
-inline void ForTaps(const D& d, const Geometry& g, const T* in, Each&& each) {
+// Conv outputs are computed in strips of kStrip neighbours along a conv output row: each
+// weight vector, loaded once, serves the strip's kStrip independent sums (enough chains
+// to keep both FMA units busy), and each input value is one broadcast load per FMA.
+constexpr int64_t kStrip = 8;
+
+// For every tap k = (u, v, c) of the kernel: each(k, p) with p pointing at the input
+// value that tap reads for the strip's first pixel, whose receptive field starts at `in`
+// (the strip's pixel s reads p[s * d.c]).
+template <typename D, typename Each>
+inline void ForTaps(const D& d, const Geometry& g, const float* in, Each&& each) {
   for (int64_t u = 0; u < d.kh; ++u) {
     for (int64_t v = 0; v < d.kw; ++v) {
-      for (int64_t c = 0; c < d.c; ++c) each((u * d.kw + v) * d.c + c, Load(in[(u * g.w + v) * g.c + c]));
+      for (int64_t c = 0; c < d.c; ++c) each((u * d.kw + v) * d.c + c, in + (u * g.w + v) * d.c + c);
     }
   }
 }
 
-template <typename D, typename T>
-void Forward(const T* x, const T* kernel, const Geometry& g, int threads, T* y, uint8_t* arg) {
-  std::vector<float> w = PaddedKernel(kernel, g);
+// The input pixel where conv output (n, row, col)'s receptive field starts.
+inline int64_t Pixel(const Geometry& g, int64_t n, int64_t row, int64_t col) {
+  return ((n * g.h + row) * g.w + col) * g.c;
+}
+
+// sums[s] = the conv output at the strip's pixel s (S of them, from `in`), for the block
+// of output channels whose padded kernel rows start at w.
+template <int64_t S, typename D>
+inline void ConvStrip(const D& d, const Geometry& g, const float* in, const float* w, Vec* sums) {
   int64_t fp = g.padded_f();
+  for (int64_t s = 0; s < S; ++s) sums[s] = Vec{};
+  ForTaps(d, g, in, [&](int64_t k, const float* p) {
+    Vec weight = LoadVec(w + k * fp);
+    for (int64_t s = 0; s < S; ++s) sums[s] += p[s * d.c] * weight;
+  });
+}
+
+// row[k] += sum over the strip's S pixels s of input(s, tap k) * grads[s], every tap k.
+template <int64_t S, typename D>
+inline void KernelGradStrip(const D& d, const Geometry& g, const float* in, const Vec* grads,
+                            Vec* row) {
+  ForTaps(d, g, in, [&](int64_t k, const float* p) {
+    Vec even = {}, odd = {};  // two chains, half as long
+    for (int64_t s = 0; s + 1 < S; s += 2) {
+      even += p[s * d.c] * grads[s];
+      odd += p[(s + 1) * d.c] * grads[s + 1];
+    }
+    if (S % 2) even += p[(S - 1) * d.c] * grads[S - 1];
+    row[k] += even + odd;
+  });
+}
+
+// Calls strip(S, col) over the conv output columns [0, OW * PW) that pools read: strips of
+// kStrip, then single pixels.
+template <typename Strip>
+inline void EachStrip(const Geometry& g, Strip&& strip) {
+  int64_t cols = g.ow * g.pw, col = 0;
+  for (; col + kStrip <= cols; col += kStrip) strip(std::integral_constant<int64_t, kStrip>{}, col);
+  for (; col < cols; ++col) strip(std::integral_constant<int64_t, 1>{}, col);
+}
+
+template <typename D, typename T>
+void Forward(const float* x, const T* kernel, const Geometry& g, int threads, T* y, uint8_t* arg) {
+  std::vector<float> w = PaddedKernel(kernel, g);
   EachPooledRow(g, threads, [&](int, int64_t n, int64_t i) {
     D d(g);
+    // Per-thread scratch, reached through plain pointers: a thread_local in a shared
+    // library costs a call (__tls_get_addr) at every use.
+    thread_local std::vector<Vec> best_storage;
+    thread_local std::vector<Mask> won_storage;
+    best_storage.resize(g.ow);
+    won_storage.resize(g.ow);
+    Vec* best = best_storage.data();
+    Mask* won = won_storage.data();
     for (int64_t f0 = 0; f0 < g.f; f0 += kLanes) {
-      Vec weights[D::kTaps];
-      for (int64_t k = 0; k < d.taps(); ++k) weights[k] = LoadVec(w.data() + k * fp + f0);
+      // Window positions q = a PW + b in row-major order: rows a of the window outside,
+      // columns inside, so the first maximum is the one kept.
+      for (int64_t a = 0; a < g.ph; ++a) {
+        int64_t row = i * g.ph + a;
+        EachStrip(g, [&](auto size, int64_t col) {
+          constexpr int64_t S = decltype(size)::value;
+          Vec sums[S];
+          ConvStrip<S>(d, g, x + Pixel(g, n, row, col), w.data() + f0, sums);
+          for (int64_t s = 0; s < S; ++s) {
+            int64_t j = (col + s) / g.pw, q = a * g.pw + (col + s) % g.pw;
+            // Compared as stored: in bfloat16 outputs that round to the same value tie
+            // and the first wins, as in max_pool(conv(x)) computed in bfloat16. A NaN
+            // replaces a number once and then stays (as jnp.max propagates NaN).
+            Vec v = Rounded<T>(sums[s]);
+            Mask take = (v > best[j]) | ((v != v) & (best[j] == best[j]));
+            if (q == 0) take = take == take;  // all lanes
+            best[j] = take ? v : best[j];
+            won[j] = take ? static_cast<int32_t>(q) : won[j];
+          }
+        });
+      }
       for (int64_t j = 0; j < g.ow; ++j) {
-        Vec best = {};
-        Mask won = {};
-        for (int64_t q = 0; q < g.positions(); ++q) {
-          Vec acc = {};
-          ForTaps(d, g, x + g.Corner(n, i, j, q), [&](int64_t k, float v) { acc += v * weights[k]; });
-          // Compared as stored: in bfloat16 outputs that round to the same value tie and
-          // the first wins, as in max_pool(conv(x)) computed in bfloat16. A NaN replaces
-          // a number once and then stays (as jnp.max propagates NaN).
-          acc = Rounded<T>(acc);
-          Mask take = (acc > best) | ((acc != acc) & (best == best));
-          if (q == 0) take = take == take;  // all lanes
-          best = take ? acc : best;
-          won = take ? static_cast<int32_t>(q) : won;
-        }
         int64_t out = ((n * g.oh + i) * g.ow + j) * g.f + f0;
         if (f0 + kLanes <= g.f) {
-          StoreLanes(best, y + out);
-          StoreBytes(won, arg + out);
+          StoreLanes(best[j], y + out);
+          StoreBytes(won[j], arg + out);
         } else {
           for (int64_t l = 0; l < g.f - f0; ++l) {
-            Store(best[l], y + out + l);
-            arg[out + l] = static_cast<uint8_t>(won[l]);
+            Store(best[j][l], y + out + l);
+            arg[out + l] = static_cast<uint8_t>(won[j][l]);
           }
         }
       }
@@ -209,37 +264,51 @@ void Forward(const T* x, const T* kernel, const Geometry& g, int threads, T* y, 
 }
 
 template <typename D, typename T, typename TY>
-void KernelGrad(const T* x, const uint8_t* arg, const TY* dy, const Geometry& g, int threads,
+void KernelGrad(const float* x, const uint8_t* arg, const TY* dy, const Geometry& g, int threads,
                 T* dkernel) {
   int64_t fp = g.padded_f(), size = g.taps() * fp;
   std::vector<double> parts(static_cast<size_t>(threads * size), 0.0);
   EachPooledRow(g, threads, [&](int t, int64_t n, int64_t i) {
     D d(g);
+    thread_local std::vector<Vec> grad_storage, row_storage;  // as in Forward
+    thread_local std::vector<Mask> won_storage;
+    grad_storage.resize(g.ow);
+    won_storage.resize(g.ow);
+    row_storage.resize(d.taps());
+    Vec* grad = grad_storage.data();
+    Vec* row = row_storage.data();
+    Mask* won = won_storage.data();
     double* part = &parts[static_cast<size_t>(t * size)];
     for (int64_t f0 = 0; f0 < g.f; f0 += kLanes) {
-      // One row's sums in float (at most OW * positions terms each), then into double.
-      Vec sums[D::kTaps];
-      for (int64_t k = 0; k < d.taps(); ++k) sums[k] = Vec{};
       for (int64_t j = 0; j < g.ow; ++j) {
         int64_t out = ((n * g.oh + i) * g.ow + j) * g.f + f0;
-        Vec grad = {};
-        Mask won = {};
         if (f0 + kLanes <= g.f) {
-          grad = LoadLanes(dy + out);
-          won = LoadBytes(arg + out);
+          grad[j] = LoadLanes(dy + out);
+          won[j] = LoadBytes(arg + out);
         } else {
+          grad[j] = Vec{};
+          won[j] = Mask{};
           for (int64_t l = 0; l < g.f - f0; ++l) {
-            grad[l] = Load(dy[out + l]);
-            won[l] = arg[out + l];
+            grad[j][l] = Load(dy[out + l]);
+            won[j][l] = arg[out + l];
           }
         }
-        for (int64_t q = 0; q < g.positions(); ++q) {
-          Vec masked = won == static_cast<int32_t>(q) ? grad : Vec{};
-          ForTaps(d, g, x + g.Corner(n, i, j, q), [&](int64_t k, float v) { sums[k] += v * masked; });
-        }
+      }
+      // One row's sums in float (at most OW * positions terms each), then into double.
+      for (int64_t k = 0; k < d.taps(); ++k) row[k] = Vec{};
+      for (int64_t a = 0; a < g.ph; ++a) {
+        EachStrip(g, [&](auto size, int64_t col) {
+          constexpr int64_t S = decltype(size)::value;
+          Vec grads[S];  // each conv output's gradient: its pooled output's where it won
+          for (int64_t s = 0; s < S; ++s) {
+            int64_t j = (col + s) / g.pw, q = a * g.pw + (col + s) % g.pw;
+            grads[s] = won[j] == static_cast<int32_t>(q) ? grad[j] : Vec{};
+          }
+          KernelGradStrip<S>(d, g, x + Pixel(g, n, i * g.ph + a, col), grads, row);
+        });
       }
       for (int64_t k = 0; k < d.taps(); ++k) {
-        for (int64_t l = 0; l < kLanes; ++l) part[k * fp + f0 + l] += sums[k][l];
+        for (int64_t l = 0; l < kLanes; ++l) part[k * fp + f0 + l] += row[k][l];
       }
     }
   });
@@ -270,9 +339,8 @@ bool IsFloat(ffi::DataType t) { return t == ffi::DataType::F32 || t == ffi::Data
 
 // The geometry of x (N, H, W, C) and kernel (KH, KW, C, F) pooled by (PH, PW), or an
 // error naming what is wrong.
-ffi::Error Measure(ffi::AnyBuffer x, ffi::Span<const int64_t> kernel_dims, int64_t ph,
+ffi::Error Measure(ffi::Span<const int64_t> xd, ffi::Span<const int64_t> kernel_dims, int64_t ph,
                    int64_t pw, Geometry& g) {
-  auto xd = x.dimensions();
   if (xd.size() != 4 || kernel_dims.size() != 4 || kernel_dims[2] != xd[3]) {
     return ffi::Error::InvalidArgument(
         "jaxcnn conv_max_pool: x must be (N, H, W, C) and kernel (KH, KW, C, F)");
@@ -292,17 +360,17 @@ bool Pooled(ffi::Span<const int64_t> d, const Geometry& g) {
   return d.size() == 4 && d[0] == g.n && d[1] == g.oh && d[2] == g.ow && d[3] == g.f;
 }
 
-ffi::Error ConvMaxPoolForward(ffi::AnyBuffer x, ffi::AnyBuffer kernel,
+ffi::Error ConvMaxPoolForward(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer kernel,
                               ffi::Result<ffi::AnyBuffer> y,
                               ffi::ResultBuffer<ffi::U8> arg, int64_t window_h,
                               int64_t window_w) {
   Geometry g;
-  ffi::Error error = Measure(x, kernel.dimensions(), window_h, window_w, g);
+  ffi::Error error = Measure(x.dimensions(), kernel.dimensions(), window_h, window_w, g);
   if (error.failure()) return error;
-  ffi::DataType t = x.element_type();
-  if (!IsFloat(t) || kernel.element_type() != t || y->element_type() != t) {
+  ffi::DataType t = kernel.element_type();
+  if (!IsFloat(t) || y->element_type() != t) {
     return ffi::Error::InvalidArgument(
-        "jaxcnn conv_max_pool: x, kernel and y must all be float32 or all bfloat16");
+        "jaxcnn conv_max_pool: kernel and y must both be float32 or both bfloat16");
   }
   if (!Pooled(y->dimensions(), g) || !Pooled(arg->dimensions(), g)) {
     return ffi::Error::InvalidArgument("jaxcnn conv_max_pool: y and arg must be (N, OH, OW, F)");
@@ -311,8 +379,8 @@ ffi::Error ConvMaxPoolForward(ffi::AnyBuffer x, ffi::AnyBuffer kernel,
   auto run = [&](auto zero) {
     using T = decltype(zero);
     DispatchDims(g, [&](auto dims) {
-      Forward<decltype(dims)>(static_cast<const T*>(x.untyped_data()), static_cast<const T*>(kernel.untyped_data()),
-            g, team.threads, static_cast<T*>(y->untyped_data()), arg->typed_data());
+      Forward<decltype(dims)>(x.typed_data(), static_cast<const T*>(kernel.untyped_data()), g,
+                              team.threads, static_cast<T*>(y->untyped_data()), arg->typed_data());
     });
   };
   if (t == ffi::DataType::F32) run(float{});
@@ -320,17 +388,16 @@ ffi::Error ConvMaxPoolForward(ffi::AnyBuffer x, ffi::AnyBuffer kernel,
   return ffi::Error::Success();
 }
 
-ffi::Error ConvMaxPoolKernelGrad(ffi::AnyBuffer x, ffi::Buffer<ffi::U8> arg, ffi::AnyBuffer dy,
+ffi::Error ConvMaxPoolKernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::U8> arg, ffi::AnyBuffer dy,
                                  ffi::Result<ffi::AnyBuffer> dkernel, int64_t window_h,
                                  int64_t window_w) {
   Geometry g;
-  ffi::Error error = Measure(x, dkernel->dimensions(), window_h, window_w, g);
+  ffi::Error error = Measure(x.dimensions(), dkernel->dimensions(), window_h, window_w, g);
   if (error.failure()) return error;
-  ffi::DataType t = x.element_type();
-  if (!IsFloat(t) || dkernel->element_type() != t || !IsFloat(dy.element_type())) {
+  ffi::DataType t = dkernel->element_type();
+  if (!IsFloat(t) || !IsFloat(dy.element_type())) {
     return ffi::Error::InvalidArgument(
-        "jaxcnn conv_max_pool: x and dkernel must both be float32 or both bfloat16, dy "
-        "float32 or bfloat16");
+        "jaxcnn conv_max_pool: dkernel and dy must be float32 or bfloat16");
   }
   if (!Pooled(dy.dimensions(), g) || !Pooled(arg.dimensions(), g)) {
     return ffi::Error::InvalidArgument("jaxcnn conv_max_pool: dy and arg must be (N, OH, OW, F)");
@@ -340,7 +407,7 @@ ffi::Error ConvMaxPoolKernelGrad(ffi::AnyBuffer x, ffi::Buffer<ffi::U8> arg, ffi
     using T = decltype(zero);
     using TY = decltype(dy_zero);
     DispatchDims(g, [&](auto dims) {
-      KernelGrad<decltype(dims)>(static_cast<const T*>(x.untyped_data()), arg.typed_data(),
+      KernelGrad<decltype(dims)>(x.typed_data(), arg.typed_data(),
                                  static_cast<const TY*>(dy.untyped_data()), g, team.threads,
                                  static_cast<T*>(dkernel->untyped_data()));
     });
@@ -355,7 +422,7 @@ ffi::Error ConvMaxPoolKernelGrad(ffi::AnyBuffer x, ffi::Buffer<ffi::U8> arg, ffi
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnConvMaxPoolForward, ConvMaxPoolForward,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::Buffer<ffi::U8>>()
@@ -364,7 +431,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnConvMaxPoolForward, ConvMaxPoolForward,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnConvMaxPoolKernelGrad, ConvMaxPoolKernelGrad,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::U8>>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()

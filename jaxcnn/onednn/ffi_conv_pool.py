@@ -41,31 +41,33 @@ def forward(x: jax.Array, kernel: jax.Array, window: tuple[int, int]):
     """``(y, arg)``: the pooled VALID convolution and each element's winning position.
 
     Args:
-      x: ``(N, H, W, C)`` (padded already), float32 or bfloat16.
-      kernel: ``(KH, KW, C, F)`` in ``x``'s dtype.
+      x: ``(N, H, W, C)`` (padded already); the kernel reads it as float32 (a first
+        layer's input is small: the cast costs little, and saves converting each value
+        at every tap).
+      kernel: ``(KH, KW, C, F)``, float32 or bfloat16.
       window: the pool's ``(PH, PW)``, equal to its stride.
 
     Returns:
-      ``y`` ``(N, OH, OW, F)`` in ``x``'s dtype, and ``arg``, uint8 of the same shape:
-      the row-major position ``a * PW + b`` in its window of the first maximum.
+      ``y`` ``(N, OH, OW, F)`` in ``kernel``'s dtype, and ``arg``, uint8 of the same
+      shape: the row-major position ``a * PW + b`` in its window of the first maximum.
     """
     build.require()
     shape = pooled_shape(x.shape, kernel.shape, window)
     return jax.ffi.ffi_call(
         "jaxcnn_conv_max_pool_forward",
-        (jax.ShapeDtypeStruct(shape, x.dtype), jax.ShapeDtypeStruct(shape, jnp.uint8)),
+        (jax.ShapeDtypeStruct(shape, kernel.dtype), jax.ShapeDtypeStruct(shape, jnp.uint8)),
         vmap_method="sequential",
-    )(x, kernel, window_h=np.int64(window[0]), window_w=np.int64(window[1]))
+    )(x.astype(jnp.float32), kernel, window_h=np.int64(window[0]), window_w=np.int64(window[1]))
 
 
-def kernel_grad(x, arg, dy, kernel_shape, window: tuple[int, int]) -> jax.Array:
-    """The kernel's cotangent, in ``x``'s dtype, from ``y``'s cotangent ``dy``.
+def kernel_grad(x, arg, dy, kernel, window: tuple[int, int]) -> jax.Array:
+    """The cotangent of :func:`forward`'s ``kernel`` (its shape and dtype) from ``y``'s, ``dy``.
 
-    ``dy`` may be float32 or bfloat16; ``arg`` is :func:`forward`'s.
+    ``dy`` may be float32 or bfloat16; ``x`` and ``arg`` are :func:`forward`'s.
     """
     build.require()
     return jax.ffi.ffi_call(
         "jaxcnn_conv_max_pool_kernel_grad",
-        jax.ShapeDtypeStruct(tuple(kernel_shape), x.dtype),
+        jax.ShapeDtypeStruct(kernel.shape, kernel.dtype),
         vmap_method="sequential",
-    )(x, arg, dy, window_h=np.int64(window[0]), window_w=np.int64(window[1]))
+    )(x.astype(jnp.float32), arg, dy, window_h=np.int64(window[0]), window_w=np.int64(window[1]))
