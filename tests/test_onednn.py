@@ -129,6 +129,15 @@ def test_which_convolutions_run_winograd(channels, algorithm, expected):
     [
         ("JAXCNN_ONEDNN_ALGORITHM", conv_backend.onednn_algorithm, "fft", "winograd", "auto"),
         ("JAXCNN_ONEDNN_OVERLAP", build.overlap_policy, "parallel", "single", "wait"),
+        (
+            "JAXCNN_ONEDNN_KERNEL_GRAD",
+            lambda: ffi_conv.kernel_grad_method(
+                (1, 6, 6, 4), (3, 3, 4, 4), "bfloat16", (1, 1), ((0, 0), (0, 0)), (1, 1)
+            ),
+            "transposed",
+            "direct",
+            "swapped",
+        ),
     ],
 )
 def test_onednn_settings_are_validated_with_the_valid_ones(
@@ -158,6 +167,43 @@ def test_bfloat16_matches_lax_to_bfloat16_rounding():
         np.testing.assert_allclose(
             got.astype(jnp.float32), want.astype(jnp.float32), atol=0.02 * scale
         )
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize(
+    "x_shape, k_shape, padding",
+    [((4, 6, 6, 16), (3, 3, 16, 8), "VALID"), ((3, 4, 5, 6), (3, 2, 6, 5), ((1, 1), (2, 0)))],
+)
+def test_swapped_kernel_gradient_equals_backward_weights(monkeypatch, dtype, x_shape, k_shape,
+                                                         padding):  # fmt: skip
+    x, kernel = normal(0, x_shape, dtype), normal(1, k_shape, dtype)
+    grads = {}
+    for method in ("direct", "swapped"):
+        monkeypatch.setenv("JAXCNN_ONEDNN_KERNEL_GRAD", method)
+        _, grads[method], _ = conv_with("onednn", x, kernel, (1, 1), padding)
+    want_dx, want_dk = (g.astype(jnp.float32) for g in grads["direct"])
+    got_dx, got_dk = (g.astype(jnp.float32) for g in grads["swapped"])
+    np.testing.assert_array_equal(got_dx, want_dx)  # the input gradient is unchanged
+    # The same sums, accumulated in another order: float32 rounding, or one bfloat16 step.
+    tolerance = 1e-5 if dtype == jnp.float32 else 2.0**-7
+    np.testing.assert_allclose(got_dk, want_dk, atol=tolerance * float(jnp.abs(want_dk).max()))
+
+
+@pytest.mark.parametrize(
+    "x_shape, dtype, strides, expected",
+    [
+        ((128, 6, 6, 64), "bfloat16", (1, 1), "swapped"),  # 4x4 outputs: the CIFAR net's conv3
+        ((128, 6, 6, 64), "float32", (1, 1), "direct"),  # slower in float32
+        ((128, 10, 10, 64), "bfloat16", (1, 1), "direct"),  # 8x8: ResNet-20's step lost
+        ((128, 9, 9, 64), "bfloat16", (2, 2), "direct"),  # strided: not swapped
+    ],
+)
+def test_which_kernel_gradients_auto_swaps(monkeypatch, x_shape, dtype, strides, expected):
+    monkeypatch.delenv("JAXCNN_ONEDNN_KERNEL_GRAD", raising=False)
+    valid = ((0, 0), (0, 0))
+    method = ffi_conv.kernel_grad_method(x_shape, (3, 3, 64, 64), dtype, strides, valid, (1, 1))
+    assert method == expected
 
 
 @needs_onednn

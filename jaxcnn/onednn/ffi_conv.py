@@ -123,10 +123,76 @@ def _backward_rule(strides, padding, dilation, algorithm, residuals, dy):
     x, kernel = residuals
     geometry = (strides, padding, dilation, algorithm)
     dy = dy.astype(x.dtype)
-    # d(loss)/dx: oneDNN's backward-data; d(loss)/dkernel: its backward-weights.
+    # d(loss)/dx: oneDNN's backward-data; d(loss)/dkernel: its backward-weights, or its
+    # forward convolution with batch and channels swapped where that measured faster.
     dx = _call("jaxcnn_onednn_conv_input_grad", _like(x), dy, kernel, *geometry)
-    dkernel = _call("jaxcnn_onednn_conv_kernel_grad", _like(kernel), x, dy, *geometry)
+    if kernel_grad_method(x.shape, kernel.shape, x.dtype, strides, padding, dilation) == "swapped":
+        dkernel = _kernel_grad_swapped(x, dy, kernel.shape, padding)
+    else:
+        dkernel = _call("jaxcnn_onednn_conv_kernel_grad", _like(kernel), x, dy, *geometry)
     return dx, dkernel
+
+
+KERNEL_GRAD_METHODS = ("auto", "direct", "swapped")
+# "auto" swaps where the output map is small, in bfloat16: oneDNN 2.6's AMX
+# backward-weights kernel is slow there, its forward one is not. Alone, batch 128, on the
+# Intel Xeon: 4x4 outputs 64 -> 64 channels 1.22 -> 0.54 ms, 256 -> 256 10.1 -> 2.5 ms.
+# At 6x6 and 8x8 outputs it won alone too (1.75 -> 0.96 ms at 64 channels) but ResNet-20's
+# bfloat16 step (8x8, 64 channels) lost (x0.95), and at 12x12 or in float32 it lost
+# alone. docs/perf_notes.md, item 44.
+SWAP_MAX_PIXELS = 16  # output pixels (OH * OW) up to which "auto" swaps
+
+
+def kernel_grad_method(x_shape, kernel_shape, dtype, strides, padding, dilation) -> str:
+    """How the kernel gradient of one convolution runs: ``"direct"`` or ``"swapped"``.
+
+    ``JAXCNN_ONEDNN_KERNEL_GRAD`` (read at trace time): ``auto`` (default) swaps bfloat16
+    convolutions with stride 1, no dilation and at most ``SWAP_MAX_PIXELS`` output
+    pixels; ``swapped`` every stride-1 undilated one; ``direct`` none. ``"swapped"`` is
+    oneDNN's *forward* convolution of the input, batch and channels exchanged, with the
+    output gradient as its kernel (:func:`_kernel_grad_swapped`).
+
+    Examples:
+        >>> valid = ((0, 0), (0, 0))
+        >>> kernel_grad_method((128, 6, 6, 64), (3, 3, 64, 64), "bfloat16", (1, 1), valid, (1, 1))
+        'swapped'
+        >>> kernel_grad_method((128, 14, 14, 32), (3, 3, 32, 64), "bfloat16", (1, 1), valid, (1, 1))
+        'direct'
+    """
+    from jaxcnn.conv_backend import env_choice
+
+    choice = env_choice("JAXCNN_ONEDNN_KERNEL_GRAD", "auto", KERNEL_GRAD_METHODS)
+    if choice == "direct" or tuple(strides) != (1, 1) or tuple(dilation) != (1, 1):
+        return "direct"
+    if choice == "swapped":
+        return "swapped"
+    out = shapes.conv_output_shape(x_shape[1:3], kernel_shape[:2], 1, padding)
+    small = out[0] * out[1] <= SWAP_MAX_PIXELS
+    return "swapped" if np.dtype(dtype) == jax.numpy.bfloat16 and small else "direct"
+
+
+def _kernel_grad_swapped(x, dy, kernel_shape, padding):
+    """dkernel of a stride-1 convolution as oneDNN's forward convolution of x with dy.
+
+    dkernel[u, v, c, o] = sum over n, i, j of x_pad[n, i + u, j + v, c] dy[n, i, j, o]:
+    a VALID convolution whose batch is x's channels, whose input channels are x's batch,
+    and whose (OH, OW, N, O) kernel is dy; its (C, KH, KW, O) output, transposed.
+    """
+    kh, kw = kernel_shape[:2]
+    oh, ow = dy.shape[1:3]
+    x = jax.numpy.pad(x, ((0, 0), *padding, (0, 0)))[:, : kh + oh - 1, : kw + ow - 1, :]
+    out = jax.ShapeDtypeStruct((x.shape[3], kh, kw, dy.shape[3]), x.dtype)
+    swapped = _call(
+        "jaxcnn_onednn_conv_forward",
+        out,
+        x.transpose(3, 1, 2, 0),
+        dy.transpose(1, 2, 0, 3),
+        (1, 1),
+        ((0, 0), (0, 0)),
+        (1, 1),
+        "direct",
+    )
+    return swapped.transpose(1, 2, 0, 3)
 
 
 def _like(array) -> jax.ShapeDtypeStruct:
