@@ -138,8 +138,9 @@ void EachPooledRow(const Geometry& g, int threads, Body&& body) {
   }
 }
 
-// The most taps (KH * KW * C) a kernel may have: a first layer's, with room to spare.
-// (A row's kernel gradient sums are one vector per tap.)
+// The most taps (KH * KW * C) a kernel may have: a first layer's with room to spare. The
+// kernel is written for few taps (each thread keeps one vector of kernel-gradient sums
+// per tap, and one broadcast load per tap and output); wider layers belong to oneDNN.
 constexpr int64_t kMaxTaps = 128;
 
 // The loops below are compiled for the shapes of first layers (3x3 or 5x5, 1-4 channels):
