@@ -38,7 +38,11 @@ namespace ffi = xla::ffi;
 
 namespace {
 
+using jaxcnn::Dispatch;
+using jaxcnn::EachRow;
+using jaxcnn::Floating;
 using jaxcnn::Load;
+using jaxcnn::Share;
 using jaxcnn::Store;
 
 // The activations, as the "activation" attribute numbers them (ffi_norm.ACTIVATIONS).
@@ -124,23 +128,6 @@ struct GeluExact {
   }
 };
 
-// Rows [lo, hi) of `rows` for thread t of nt.
-inline void Share(int64_t rows, int t, int nt, int64_t& lo, int64_t& hi) {
-  lo = rows * t / nt;
-  hi = rows * (t + 1) / nt;
-}
-
-// Calls `body(r)` for every row r, the rows shared out over the team's threads.
-template <typename F>
-void EachRow(int64_t rows, int threads, F&& body) {
-#pragma omp parallel num_threads(threads)
-  {
-    int64_t lo, hi;
-    Share(rows, omp_get_thread_num(), omp_get_num_threads(), lo, hi);
-    for (int64_t r = lo; r < hi; ++r) body(r);
-  }
-}
-
 // Rows per block of float sums: short enough for float's rounding (each block's sum is
 // added to a double), long enough that the double adds cost nothing.
 constexpr int64_t kBlockRows = 64;
@@ -221,7 +208,7 @@ void Forward(const TX* __restrict x, const TY* __restrict residual, const float*
   const float* __restrict m = shift.data();
   const float* __restrict k = slope.data();
   const float* __restrict b = offset.data();
-  EachRow(rows, threads, [&](int64_t r) {
+  EachRow(rows, threads, [&](int, int64_t r) {
     const TX* __restrict row = x + r * channels;
     TY* __restrict out = y + r * channels;
     for (int64_t c = 0; c < channels; ++c) {
@@ -276,7 +263,7 @@ void Backward(const TX* __restrict x, const TY* __restrict residual, const TY* _
   const float* __restrict k = gain.data();
   const float* __restrict o = offset.data();
   const float* __restrict l = slope.data();
-  EachRow(rows, threads, [&](int64_t r) {
+  EachRow(rows, threads, [&](int, int64_t r) {
     const TX* __restrict row = x + r * channels;
     const TY* __restrict grad = dy + r * channels;
     TX* __restrict out = dx + r * channels;
@@ -291,17 +278,6 @@ void Backward(const TX* __restrict x, const TY* __restrict residual, const TY* _
 
 bool SameShape(ffi::AnyBuffer::Dimensions a, ffi::AnyBuffer::Dimensions b) {
   return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin());
-}
-
-bool Floating(ffi::DataType t) { return t == ffi::DataType::F32 || t == ffi::DataType::BF16; }
-
-// Calls `f` with x's and y's element pointers cast to float / uint16_t (bfloat16).
-template <typename F>
-void Dispatch(ffi::DataType tx, ffi::DataType ty, F&& f) {
-  if (tx == ffi::DataType::F32 && ty == ffi::DataType::F32) f(float{}, float{});
-  if (tx == ffi::DataType::F32 && ty == ffi::DataType::BF16) f(float{}, uint16_t{});
-  if (tx == ffi::DataType::BF16 && ty == ffi::DataType::F32) f(uint16_t{}, float{});
-  if (tx == ffi::DataType::BF16 && ty == ffi::DataType::BF16) f(uint16_t{}, uint16_t{});
 }
 
 // Calls `f` with a value of the activation's struct (Check has validated the number)

@@ -42,6 +42,7 @@ namespace ffi = xla::ffi;
 
 namespace {
 
+using jaxcnn::Floating;
 using jaxcnn::Load;
 using jaxcnn::Store;
 
@@ -127,15 +128,11 @@ std::vector<float> PaddedKernel(const T* kernel, const Geometry& g) {
   return out;
 }
 
-// The rows (n, i) of the pooled map, shared out over the team's threads.
+// Calls body(t, n, i) for the rows (n, i) of the pooled map, shared out over the team's
+// threads (t: the thread's number in the team).
 template <typename Body>
 void EachPooledRow(const Geometry& g, int threads, Body&& body) {
-  int64_t rows = g.n * g.oh;
-#pragma omp parallel num_threads(threads)
-  {
-    int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    for (int64_t r = rows * t / nt; r < rows * (t + 1) / nt; ++r) body(t, r / g.oh, r % g.oh);
-  }
+  jaxcnn::EachRow(g.n * g.oh, threads, [&](int t, int64_t r) { body(t, r / g.oh, r % g.oh); });
 }
 
 // The most taps (KH * KW * C) a kernel may have: a first layer's with room to spare. The
@@ -336,8 +333,6 @@ void DispatchDims(const Geometry& g, F&& f) {
   return f(Dims<0, 0, 0>(g));
 }
 
-bool IsFloat(ffi::DataType t) { return t == ffi::DataType::F32 || t == ffi::DataType::BF16; }
-
 // The geometry of x (N, H, W, C) and kernel (KH, KW, C, F) pooled by (PH, PW), or an
 // error naming what is wrong.
 ffi::Error Measure(ffi::Span<const int64_t> xd, ffi::Span<const int64_t> kernel_dims, int64_t ph,
@@ -369,7 +364,7 @@ ffi::Error ConvMaxPoolForward(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer kernel,
   ffi::Error error = Measure(x.dimensions(), kernel.dimensions(), window_h, window_w, g);
   if (error.failure()) return error;
   ffi::DataType t = kernel.element_type();
-  if (!IsFloat(t) || y->element_type() != t) {
+  if (!Floating(t) || y->element_type() != t) {
     return ffi::Error::InvalidArgument(
         "jaxcnn conv_max_pool: kernel and y must both be float32 or both bfloat16");
   }
@@ -396,7 +391,7 @@ ffi::Error ConvMaxPoolKernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::U8> a
   ffi::Error error = Measure(x.dimensions(), dkernel->dimensions(), window_h, window_w, g);
   if (error.failure()) return error;
   ffi::DataType t = dkernel->element_type();
-  if (!IsFloat(t) || !IsFloat(dy.element_type())) {
+  if (!Floating(t) || !Floating(dy.element_type())) {
     return ffi::Error::InvalidArgument(
         "jaxcnn conv_max_pool: dkernel and dy must be float32 or bfloat16");
   }
@@ -404,7 +399,7 @@ ffi::Error ConvMaxPoolKernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::U8> a
     return ffi::Error::InvalidArgument("jaxcnn conv_max_pool: dy and arg must be (N, OH, OW, F)");
   }
   jaxcnn::InFlight team;
-  auto run = [&](auto zero, auto dy_zero) {
+  jaxcnn::Dispatch(t, dy.element_type(), [&](auto zero, auto dy_zero) {
     using T = decltype(zero);
     using TY = decltype(dy_zero);
     DispatchDims(g, [&](auto dims) {
@@ -412,10 +407,7 @@ ffi::Error ConvMaxPoolKernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::U8> a
                                  static_cast<const TY*>(dy.untyped_data()), g, team.threads,
                                  static_cast<T*>(dkernel->untyped_data()));
     });
-  };
-  bool dy_f32 = dy.element_type() == ffi::DataType::F32;
-  if (t == ffi::DataType::F32) dy_f32 ? run(float{}, float{}) : run(float{}, uint16_t{});
-  if (t == ffi::DataType::BF16) dy_f32 ? run(uint16_t{}, float{}) : run(uint16_t{}, uint16_t{});
+  });
   return ffi::Error::Success();
 }
 

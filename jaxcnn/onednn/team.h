@@ -6,6 +6,7 @@
 #include <omp.h>
 
 #include <atomic>
+#include <cstdint>
 #include <mutex>
 
 namespace jaxcnn {
@@ -42,5 +43,24 @@ struct InFlight {
     if (!turn.owns_lock()) in_flight.fetch_sub(1);  // counted in only under "single"
   }
 };
+
+// Rows [lo, hi) of `rows` for thread t of nt.
+inline void Share(int64_t rows, int t, int nt, int64_t& lo, int64_t& hi) {
+  lo = rows * t / nt;
+  hi = rows * (t + 1) / nt;
+}
+
+// Calls `body(t, r)` for every row r, the rows shared out over a team of `threads`; t is
+// the calling thread's number in the team (for per-thread partial sums).
+template <typename F>
+void EachRow(int64_t rows, int threads, F&& body) {
+#pragma omp parallel num_threads(threads)
+  {
+    int t = omp_get_thread_num();
+    int64_t lo, hi;
+    Share(rows, t, omp_get_num_threads(), lo, hi);
+    for (int64_t r = lo; r < hi; ++r) body(t, r);
+  }
+}
 
 }  // namespace jaxcnn
