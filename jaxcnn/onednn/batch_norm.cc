@@ -135,6 +135,8 @@ constexpr int64_t kBlockRows = 64;
 // Per-channel sums over every row of two terms, `terms(row, a, b)` adding row's terms
 // to the float arrays a and b; float within blocks of rows, double across blocks and
 // threads. The innermost loops run over channels, contiguous in memory: vectorised.
+// `channels` here is the row width: a Layout's period (see below), folded back to the
+// real channels by the caller.
 template <typename F>
 void ChannelSums(int64_t rows, int64_t channels, int threads, F&& terms, std::vector<double>& a,
                  std::vector<double>& b) {
@@ -170,6 +172,47 @@ void ChannelSums(int64_t rows, int64_t channels, int threads, F&& terms, std::ve
   }
 }
 
+// Rows as the loops see them. With few channels (ResNet-20's first stage has 16) a loop
+// over one row's channels is too short to vectorise well: per row it pays the loop's
+// set-up and tail for one or two vectors. When C divides kPeriod and the element count
+// is a multiple of it, the loops instead run over "rows" of kPeriod elements (a
+// compile-time trip count, fully vectorised) holding kPeriod / C consecutive pixels;
+// lane j is channel j % C, the per-channel vectors are tiled to kPeriod lanes, and sums
+// per lane are folded back to channels. Otherwise a row is one pixel's C channels.
+constexpr int64_t kPeriod = 64;
+
+struct Layout {
+  int64_t channels, width, rows;  // width: elements per loop row (kPeriod or C)
+  Layout(int64_t elements, int64_t c)
+      : channels(c),
+        width(kPeriod % c == 0 && elements % kPeriod == 0 ? kPeriod : c),
+        rows(elements / width) {}
+  bool tiled() const { return width != channels; }
+  // A per-channel vector repeated over the row's lanes.
+  std::vector<float> Tile(const std::vector<float>& v) const {
+    std::vector<float> out(width);
+    for (int64_t j = 0; j < width; ++j) out[j] = v[j % channels];
+    return out;
+  }
+  // Per-lane sums added up per channel.
+  std::vector<double> Fold(const std::vector<double>& lanes) const {
+    std::vector<double> out(channels, 0.0);
+    for (int64_t j = 0; j < width; ++j) out[j % channels] += lanes[j];
+    return out;
+  }
+};
+
+// Calls f with the row width as a compile-time constant when it is kPeriod (so that
+// loops over it are unrolled and vectorised without a tail), else as a run-time value.
+template <typename F>
+void WithWidth(const Layout& layout, F&& f) {
+  if (layout.width == kPeriod) {
+    f(std::integral_constant<int64_t, kPeriod>{});
+  } else {
+    f(layout.width);
+  }
+}
+
 // The residual's element at `i`, or 0 without one (kResidual false: nothing is read).
 template <bool kResidual, typename TY>
 inline float ResidualAt(const TY* __restrict residual, int64_t i) {
@@ -184,18 +227,23 @@ template <typename Act, bool kResidual, typename TX, typename TY>
 void Forward(const TX* __restrict x, const TY* __restrict residual, const float* scale,
              const float* bias, float epsilon, int64_t rows, int64_t channels, int threads,
              TY* __restrict y, float* mean, float* var) {
+  Layout layout(rows * channels, channels);
   std::vector<double> sum, sum_sq;
-  ChannelSums(
-      rows, channels, threads,
-      [&](int64_t r, float* __restrict s, float* __restrict q) {
-        const TX* __restrict row = x + r * channels;
-        for (int64_t c = 0; c < channels; ++c) {
-          float v = Load(row[c]);
-          s[c] += v;
-          q[c] += v * v;
-        }
-      },
-      sum, sum_sq);
+  WithWidth(layout, [&](auto width) {
+    ChannelSums(
+        layout.rows, width, threads,
+        [&](int64_t r, float* __restrict s, float* __restrict q) {
+          const TX* __restrict row = x + r * width;
+          for (int64_t c = 0; c < width; ++c) {
+            float v = Load(row[c]);
+            s[c] += v;
+            q[c] += v * v;
+          }
+        },
+        sum, sum_sq);
+  });
+  sum = layout.Fold(sum);
+  sum_sq = layout.Fold(sum_sq);
   std::vector<float> shift(channels), slope(channels), offset(channels);
   for (int64_t c = 0; c < channels; ++c) {
     double m = sum[c] / rows;
@@ -205,16 +253,21 @@ void Forward(const TX* __restrict x, const TY* __restrict residual, const float*
     slope[c] = (1.0f / std::sqrt(var[c] + epsilon)) * scale[c];
     offset[c] = bias[c];
   }
+  shift = layout.Tile(shift);
+  slope = layout.Tile(slope);
+  offset = layout.Tile(offset);
   const float* __restrict m = shift.data();
   const float* __restrict k = slope.data();
   const float* __restrict b = offset.data();
-  EachRow(rows, threads, [&](int, int64_t r) {
-    const TX* __restrict row = x + r * channels;
-    TY* __restrict out = y + r * channels;
-    for (int64_t c = 0; c < channels; ++c) {
-      float shortcut = ResidualAt<kResidual>(residual, r * channels + c);
-      Store(Act::Value((Load(row[c]) - m[c]) * k[c] + b[c] + shortcut), out + c);
-    }
+  WithWidth(layout, [&](auto width) {
+    EachRow(layout.rows, threads, [&](int, int64_t r) {
+      const TX* __restrict row = x + r * width;
+      TY* __restrict out = y + r * width;
+      for (int64_t c = 0; c < width; ++c) {
+        float shortcut = ResidualAt<kResidual>(residual, r * width + c);
+        Store(Act::Value((Load(row[c]) - m[c]) * k[c] + b[c] + shortcut), out + c);
+      }
+    });
   });
 }
 
@@ -224,6 +277,7 @@ void Backward(const TX* __restrict x, const TY* __restrict residual, const TY* _
               const float* dmean, const float* dvar, float epsilon, int64_t rows,
               int64_t channels, int threads, TX* __restrict dx, TY* __restrict dresidual,
               float* dscale, float* dbias) {
+  Layout layout(rows * channels, channels);
   std::vector<float> centre(channels), inv(channels), sc(channels), bi(channels);
   for (int64_t c = 0; c < channels; ++c) {
     centre[c] = mean[c];
@@ -231,26 +285,32 @@ void Backward(const TX* __restrict x, const TY* __restrict residual, const TY* _
     sc[c] = scale[c];
     bi[c] = bias[c];
   }
-  const float* __restrict m = centre.data();
-  const float* __restrict iv = inv.data();
-  const float* __restrict g = sc.data();
-  const float* __restrict b = bi.data();
+  std::vector<float> centre_lanes = layout.Tile(centre), inv_lanes = layout.Tile(inv),
+                     scale_lanes = layout.Tile(sc), bias_lanes = layout.Tile(bi);
+  const float* __restrict m = centre_lanes.data();
+  const float* __restrict iv = inv_lanes.data();
+  const float* __restrict g = scale_lanes.data();
+  const float* __restrict b = bias_lanes.data();
   std::vector<double> sum_dpre, sum_dpre_xhat;
-  ChannelSums(
-      rows, channels, threads,
-      [&](int64_t r, float* __restrict s, float* __restrict q) {
-        const TX* __restrict row = x + r * channels;
-        const TY* __restrict grad = dy + r * channels;
-        for (int64_t c = 0; c < channels; ++c) {
-          float xhat = (Load(row[c]) - m[c]) * iv[c];
-          float shortcut = ResidualAt<kResidual>(residual, r * channels + c);
-          float dpre = Act::Grad(xhat * g[c] + b[c] + shortcut, Load(grad[c]));
-          s[c] += dpre;
-          q[c] += dpre * xhat;
-          if constexpr (kResidual) Store(dpre, dresidual + r * channels + c);
-        }
-      },
-      sum_dpre, sum_dpre_xhat);
+  WithWidth(layout, [&](auto width) {
+    ChannelSums(
+        layout.rows, width, threads,
+        [&](int64_t r, float* __restrict s, float* __restrict q) {
+          const TX* __restrict row = x + r * width;
+          const TY* __restrict grad = dy + r * width;
+          for (int64_t c = 0; c < width; ++c) {
+            float xhat = (Load(row[c]) - m[c]) * iv[c];
+            float shortcut = ResidualAt<kResidual>(residual, r * width + c);
+            float dpre = Act::Grad(xhat * g[c] + b[c] + shortcut, Load(grad[c]));
+            s[c] += dpre;
+            q[c] += dpre * xhat;
+            if constexpr (kResidual) Store(dpre, dresidual + r * width + c);
+          }
+        },
+        sum_dpre, sum_dpre_xhat);
+  });
+  sum_dpre = layout.Fold(sum_dpre);
+  sum_dpre_xhat = layout.Fold(sum_dpre_xhat);
   std::vector<float> gain(channels), offset(channels), slope(channels);
   for (int64_t c = 0; c < channels; ++c) {
     dbias[c] = static_cast<float>(sum_dpre[c]);
@@ -260,19 +320,24 @@ void Backward(const TX* __restrict x, const TY* __restrict residual, const TY* _
     offset[c] = dmean[c] / rows - per_n * dbias[c];
     slope[c] = (var[c] > 0.0f ? 2.0f * dvar[c] / (rows * inv[c]) : 0.0f) - per_n * dscale[c];
   }
+  gain = layout.Tile(gain);
+  offset = layout.Tile(offset);
+  slope = layout.Tile(slope);
   const float* __restrict k = gain.data();
   const float* __restrict o = offset.data();
   const float* __restrict l = slope.data();
-  EachRow(rows, threads, [&](int, int64_t r) {
-    const TX* __restrict row = x + r * channels;
-    const TY* __restrict grad = dy + r * channels;
-    TX* __restrict out = dx + r * channels;
-    for (int64_t c = 0; c < channels; ++c) {
-      float xhat = (Load(row[c]) - m[c]) * iv[c];
-      float shortcut = ResidualAt<kResidual>(residual, r * channels + c);
-      float dpre = Act::Grad(xhat * g[c] + b[c] + shortcut, Load(grad[c]));
-      Store(k[c] * dpre + o[c] + l[c] * xhat, out + c);
-    }
+  WithWidth(layout, [&](auto width) {
+    EachRow(layout.rows, threads, [&](int, int64_t r) {
+      const TX* __restrict row = x + r * width;
+      const TY* __restrict grad = dy + r * width;
+      TX* __restrict out = dx + r * width;
+      for (int64_t c = 0; c < width; ++c) {
+        float xhat = (Load(row[c]) - m[c]) * iv[c];
+        float shortcut = ResidualAt<kResidual>(residual, r * width + c);
+        float dpre = Act::Grad(xhat * g[c] + b[c] + shortcut, Load(grad[c]));
+        Store(k[c] * dpre + o[c] + l[c] * xhat, out + c);
+      }
+    });
   });
 }
 
