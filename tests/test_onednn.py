@@ -169,6 +169,65 @@ def test_bfloat16_matches_lax_to_bfloat16_rounding():
         )
 
 
+needs_onednn3 = pytest.mark.skipif(
+    not onednn.available() or not build.onednn3_serves(jnp.bfloat16),
+    reason=f"no second (oneDNN 3) library: {build._load_onednn3()}",
+)
+
+
+@needs_onednn3
+def test_bfloat16_runs_on_onednn3_beside_the_main_library(monkeypatch):
+    x, kernel = normal(0, (2, 12, 12, 16), jnp.bfloat16), normal(1, (3, 3, 16, 8), jnp.bfloat16)
+    runs = {}
+    for choice in ("auto", "main"):
+        monkeypatch.setenv("JAXCNN_ONEDNN_BFLOAT16", choice)
+        runs[choice] = conv_with("onednn", x, kernel, (1, 1), "SAME")
+        with conv_backend.use_conv_backend("onednn"):
+            step = jax.grad(
+                lambda a, b: (
+                    conv_backend.conv_general_dilated(a, b, (1, 1), "SAME", dimension_numbers=NHWC)
+                    .astype(jnp.float32)
+                    .sum()
+                ),
+                (0, 1),
+            )
+            runs[choice] = (*runs[choice], jax.jit(step).lower(x, kernel).as_text())
+    # auto: the bfloat16 gradients on oneDNN 3; main: none. float32 stays on the main one.
+    assert runs["auto"][3].count("jaxcnn_onednn3_conv_input_grad") == 1
+    assert runs["auto"][3].count("jaxcnn_onednn3_conv_kernel_grad") == 1
+    assert "jaxcnn_onednn3_conv_forward" in runs["auto"][2]
+    assert "jaxcnn_onednn3" not in runs["main"][2] + runs["main"][3]
+    assert "jaxcnn_onednn_conv_kernel_grad" in runs["main"][3]
+    monkeypatch.setenv("JAXCNN_ONEDNN_BFLOAT16", "auto")
+    f32 = conv_with("onednn", x.astype(jnp.float32), kernel.astype(jnp.float32), (1, 1), "SAME")
+    assert "jaxcnn_onednn3" not in f32[2]
+    assert build.onednn_versions()["onednn3"].startswith("3.")
+    assert not build.onednn_versions()["main"].startswith("3.")
+    # The two oneDNNs sum in other orders: one bfloat16 rounding step of the largest value.
+    auto, main = runs["auto"], runs["main"]
+    for got, want in zip((auto[0], *auto[1]), (main[0], *main[1]), strict=True):
+        got, want = got.astype(jnp.float32), want.astype(jnp.float32)
+        np.testing.assert_allclose(got, want, atol=2.0**-7 * float(jnp.abs(want).max()))
+
+
+def test_bfloat16_switch_is_validated(monkeypatch):
+    monkeypatch.setenv("JAXCNN_ONEDNN_BFLOAT16", "v3")
+    with pytest.raises(ValueError, match=r"JAXCNN_ONEDNN_BFLOAT16='v3'; valid: auto, main"):
+        build.onednn3_serves(jnp.bfloat16)
+
+
+def test_the_main_library_prefers_the_given_root_then_the_systems(monkeypatch, tmp_path):
+    monkeypatch.setenv("JAXCNN_ONEDNN_ROOT", str(tmp_path))
+    assert build.main_root() == str(tmp_path)
+    assert f"-I{tmp_path}/include" in build.compile_command(tmp_path / "x.so")
+    monkeypatch.delenv("JAXCNN_ONEDNN_ROOT")
+    monkeypatch.setattr(build, "SYSTEM_HEADERS", (tmp_path / "none.hpp",))
+    pip = build.pip_onednn_root()
+    assert build.main_root() == (None if pip is None else str(pip))
+    monkeypatch.setattr(build, "SYSTEM_HEADERS", (tmp_path,))  # exists: the system's
+    assert build.main_root() is None
+
+
 @needs_onednn
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize(

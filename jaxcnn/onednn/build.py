@@ -7,9 +7,22 @@ jaxlib (``jax.ffi.include_dir()``). It is compiled once per source, jax version 
 compiler (about 3 s) into ``JAXCNN_CACHE_DIR`` (default ``~/.cache/jaxcnn``), written to
 a temporary name and renamed, so an interrupted build leaves no half-written library.
 
+Which oneDNN. The main library links the one under ``JAXCNN_ONEDNN_ROOT``, else the
+system's (Debian 12's ``libdnnl-dev`` is oneDNN 2.6), else oneDNN 3.2 from PyPI
+(``onednn-cpu-gomp`` and ``onednn-devel-cpu-gomp``, jaxcnn's dependencies on Linux x86-64,
+installed under the environment's prefix: :func:`pip_onednn_root`). When the main one is
+older than 3, the convolutions alone are also built against the PyPI oneDNN 3 as a second
+library, whose targets (``jaxcnn_onednn3_conv_*``) run bfloat16 convolutions
+(:func:`onednn3_serves`): its AMX gradient kernels took 0.5-0.7x oneDNN 2.6's time on the
+Intel Xeon (the CIFAR net's bfloat16 step 1.13x), while float32 stays on 2.6, which still
+has Winograd (oneDNN 3 dropped it on AVX-512). Both libraries share one OpenMP team
+policy: team.h's inline variables are unique symbols across the process.
+
 Environment (read at first use):
 
 * ``JAXCNN_ONEDNN_ROOT``: a oneDNN install prefix outside the system paths.
+* ``JAXCNN_ONEDNN_BFLOAT16``: ``auto`` (default: the second library, as above) or
+  ``main`` (bfloat16 convolutions on the main library too). Read at trace time.
 * ``CXX``: the compiler (default ``g++``, else ``c++``).
 * ``JAXCNN_CACHE_DIR``: where built libraries are kept.
 * ``JAXCNN_ONEDNN_OVERLAP``: what a convolution does when XLA starts it while another
@@ -29,6 +42,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -47,6 +61,23 @@ TARGETS = {
     "jaxcnn_conv_max_pool_forward": "JaxcnnConvMaxPoolForward",
     "jaxcnn_conv_max_pool_kernel_grad": "JaxcnnConvMaxPoolKernelGrad",
 }
+
+
+# The second library's targets: the convolutions' names with "onednn3" (see onednn3_serves).
+CONV_TARGETS = tuple(t for t in TARGETS if t.startswith("jaxcnn_onednn_conv_"))
+SYSTEM_HEADERS = tuple(
+    Path(prefix, "include/oneapi/dnnl/dnnl.hpp") for prefix in ("/usr", "/usr/local")
+)
+
+
+def onednn3_target(target: str) -> str:
+    """The second library's name for a convolution target.
+
+    Examples:
+        >>> onednn3_target("jaxcnn_onednn_conv_forward")
+        'jaxcnn_onednn3_conv_forward'
+    """
+    return target.replace("jaxcnn_onednn_", "jaxcnn_onednn3_", 1)
 
 
 class OnednnUnavailable(RuntimeError):
@@ -79,8 +110,40 @@ def _cpu_identity() -> str:
     return "\n".join(keep[:2])
 
 
-def compile_command(output: Path) -> list[str]:
-    """The compiler command line that builds the library into ``output``.
+def pip_onednn_root() -> Path | None:
+    """The prefix where PyPI's oneDNN 3 (``onednn-devel-cpu-gomp``) is installed, or None.
+
+    Its wheels put ``include/oneapi/dnnl`` and ``lib/libdnnl.so.3`` under the
+    environment's prefix (``sys.prefix``: the virtualenv).
+
+    Examples:
+        >>> root = pip_onednn_root()
+        >>> root is None or (root / "include/oneapi/dnnl/dnnl.hpp").exists()
+        True
+    """
+    prefix = Path(sys.prefix)
+    if (prefix / "include/oneapi/dnnl/dnnl.hpp").exists() and any(
+        (prefix / "lib").glob("libdnnl.so.3*")
+    ):
+        return prefix
+    return None
+
+
+def main_root() -> str | None:
+    """The oneDNN prefix the main library links: ``JAXCNN_ONEDNN_ROOT``, else None for the
+    system's (when its headers are there), else :func:`pip_onednn_root` (None if absent)."""
+    if os.environ.get("JAXCNN_ONEDNN_ROOT"):
+        return os.environ["JAXCNN_ONEDNN_ROOT"]
+    if any(header.exists() for header in SYSTEM_HEADERS):
+        return None
+    pip = pip_onednn_root()
+    return None if pip is None else str(pip)
+
+
+def compile_command(output: Path, sources=None, root: str | None = "main") -> list[str]:
+    """The compiler command line that builds ``sources`` (default all) into ``output``.
+
+    ``root`` is the oneDNN prefix, None for the system's; ``"main"``: :func:`main_root`.
 
     Examples:
         >>> cmd = compile_command(Path("/tmp/x.so"))
@@ -89,7 +152,7 @@ def compile_command(output: Path) -> list[str]:
     """
     import jax
 
-    root = os.environ.get("JAXCNN_ONEDNN_ROOT")
+    root = main_root() if root == "main" else root
     extra = [] if not root else [f"-I{root}/include", f"-L{root}/lib", f"-Wl,-rpath,{root}/lib"]
     return [
         os.environ.get("CXX") or "g++",
@@ -103,7 +166,7 @@ def compile_command(output: Path) -> list[str]:
         "-fPIC",
         f"-I{jax.ffi.include_dir()}",
         *extra,
-        *map(str, SOURCES),
+        *map(str, SOURCES if sources is None else sources),
         "-fopenmp",  # Debian's oneDNN runs on OpenMP; the binding sets team sizes
         "-ldnnl",
         "-o",
@@ -113,29 +176,33 @@ def compile_command(output: Path) -> list[str]:
     ]
 
 
-def library_path() -> Path:
+def library_path(sources=None, root: str | None = "main", name: str = "onednn_conv") -> Path:
     """Builds the library if this source, jax and compiler have no cached build yet.
+
+    Args: as :func:`compile_command`'s; ``name`` starts the cached file's name.
 
     Raises:
       OnednnUnavailable: no compiler, or the build failed (its last error lines quoted).
     """
     import jax
 
+    sources = SOURCES if sources is None else sources
+    root = main_root() if root == "main" else root
     compiler = _compiler()
     digest = hashlib.sha256()
-    for part in (*(f.read_bytes() for f in SOURCES + HEADERS), jax.__version__.encode(),
+    for part in (*(f.read_bytes() for f in (*sources, *HEADERS)), jax.__version__.encode(),
                  compiler.encode()):  # fmt: skip
         digest.update(part)
-    digest.update(" ".join(compile_command(Path("-"))).encode())  # flags, include paths
+    digest.update(" ".join(compile_command(Path("-"), sources, root)).encode())  # flags, paths
     digest.update(_cpu_identity().encode())  # -march=native: a shared cache, another CPU
-    target = _cache_dir() / f"onednn_conv-{digest.hexdigest()[:16]}.so"
+    target = _cache_dir() / f"{name}-{digest.hexdigest()[:16]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, partial = tempfile.mkstemp(suffix=".so.partial", dir=target.parent)
     os.close(fd)
     try:
-        cmd = compile_command(Path(partial))
+        cmd = compile_command(Path(partial), sources, root)
         cmd[0] = compiler
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
@@ -143,7 +210,8 @@ def library_path() -> Path:
             shown = "\n".join((errors or done.stderr.splitlines())[-5:])
             raise OnednnUnavailable(
                 f"building {', '.join(f.name for f in SOURCES)} failed ({' '.join(cmd[:2])} ... "
-                f"exit {done.returncode}); is oneDNN installed (apt install libdnnl-dev, or set "
+                f"exit {done.returncode}); is oneDNN installed (pip install "
+                f"onednn-devel-cpu-gomp==2023.2.0, apt install libdnnl-dev, or set "
                 f"JAXCNN_ONEDNN_ROOT)?\n{shown}"
             )
         os.replace(partial, target)  # atomic: readers see no library or a whole one
@@ -188,7 +256,77 @@ def _load() -> str | None:
     library.JaxcnnOnednnSetOverlap(ctypes.c_int64(int(single)))
     for target, symbol in TARGETS.items():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)))
+    _versions["main"] = _version_of(library)
     return None
+
+
+_versions: dict[str, str] = {}  # "main" / "onednn3" -> the oneDNN version each links
+
+
+def _version_of(library) -> str:
+    library.JaxcnnOnednnVersion.restype = ctypes.c_int64
+    number = library.JaxcnnOnednnVersion()
+    return f"{number // 10000}.{number // 100 % 100}.{number % 100}"
+
+
+@functools.cache
+def _load_onednn3() -> str | None:
+    """Builds, loads and registers the second library (oneDNN 3's convolutions); returns
+    why not, or None. Only where the main library loaded and links an older oneDNN."""
+    import jax
+
+    reason = _load()
+    if reason is not None:
+        return reason
+    if int(_versions["main"].split(".")[0]) >= 3:
+        return f"the main library already links oneDNN {_versions['main']}"
+    root = pip_onednn_root()
+    if root is None:
+        return "PyPI's oneDNN 3 is not installed (pip install onednn-devel-cpu-gomp==2023.2.0)"
+    try:
+        library = ctypes.CDLL(str(library_path((SOURCE,), str(root), "onednn3_conv")))
+    except OnednnUnavailable as err:
+        return str(err)
+    except OSError as err:
+        return f"loading the oneDNN 3 convolution library failed: {err}"
+    for target in CONV_TARGETS:
+        capsule = jax.ffi.pycapsule(getattr(library, TARGETS[target]))
+        jax.ffi.register_ffi_target(onednn3_target(target), capsule)
+    _versions["onednn3"] = _version_of(library)
+    return None
+
+
+BFLOAT16_CHOICES = ("auto", "main")
+
+
+def onednn3_serves(dtype) -> bool:
+    """Whether convolutions of ``dtype`` run on the second library (oneDNN 3): bfloat16
+    ones under ``JAXCNN_ONEDNN_BFLOAT16=auto`` (the default) where it builds and the main
+    library links an older oneDNN. Builds it on first use (about 20 s).
+
+    Examples:
+        >>> onednn3_serves("float32")
+        False
+    """
+    import numpy as np
+    from jax import numpy as jnp
+
+    from jaxcnn.conv_backend import env_choice
+
+    choice = env_choice("JAXCNN_ONEDNN_BFLOAT16", "auto", BFLOAT16_CHOICES)
+    if choice == "main" or np.dtype(dtype) != jnp.bfloat16:
+        return False
+    return _load_onednn3() is None
+
+
+def onednn_versions() -> dict[str, str]:
+    """The oneDNN versions loaded: ``{"main": ..., "onednn3": ...}`` (those that are).
+
+    Examples:
+        >>> sorted(onednn_versions()) in ([], ["main"], ["main", "onednn3"])
+        True
+    """
+    return dict(_versions)
 
 
 def unavailable_reason() -> str | None:

@@ -32,6 +32,8 @@ ALGORITHMS = {"direct": 0, "winograd": 1}
 
 def _call(target: str, out: jax.ShapeDtypeStruct, a, b, strides, padding, dilation, algorithm):
     build.require()
+    if build.onednn3_serves(out.dtype):  # bfloat16 on oneDNN 3 where it runs beside 2.x
+        target = build.onednn3_target(target)
     return jax.ffi.ffi_call(target, out, vmap_method="sequential")(
         a,
         b,

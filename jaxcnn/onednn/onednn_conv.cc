@@ -133,11 +133,36 @@ dnnl::algorithm AlgorithmOf(const Geometry& g) {
                                              : dnnl::algorithm::convolution_direct;
 }
 
+// oneDNN 3 builds a primitive descriptor from the engine and the shapes directly; oneDNN
+// 2 (Debian 12's libdnnl-dev) from an operation descriptor first.
 dnnl::convolution_forward::primitive_desc ForwardHint(const Geometry& g) {
+#if DNNL_VERSION_MAJOR >= 3
+  return dnnl::convolution_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_training, AlgorithmOf(g), Activation(g.src, g),
+      AnyKernel(g), Activation(g.dst, g), g.strides, g.dilates, g.pad_lo, g.pad_hi,
+      UserScratchpad());
+#else
   dnnl::convolution_forward::desc desc(
       dnnl::prop_kind::forward_training, AlgorithmOf(g), Activation(g.src, g),
       AnyKernel(g), Activation(g.dst, g), g.strides, g.dilates, g.pad_lo, g.pad_hi);
   return dnnl::convolution_forward::primitive_desc(desc, UserScratchpad(), Engine());
+#endif
+}
+
+template <typename Primitive>
+typename Primitive::primitive_desc BackwardDesc(
+    const Geometry& g, const dnnl::convolution_forward::primitive_desc& hint) {
+#if DNNL_VERSION_MAJOR >= 3
+  return typename Primitive::primitive_desc(Engine(), AlgorithmOf(g), Activation(g.src, g),
+                                            AnyKernel(g), Activation(g.dst, g), g.strides,
+                                            g.dilates, g.pad_lo, g.pad_hi, hint,
+                                            UserScratchpad());
+#else
+  typename Primitive::desc desc(AlgorithmOf(g), Activation(g.src, g), AnyKernel(g),
+                                Activation(g.dst, g), g.strides, g.dilates, g.pad_lo,
+                                g.pad_hi);
+  return typename Primitive::primitive_desc(desc, UserScratchpad(), Engine(), hint);
+#endif
 }
 
 // A reorder between XLA's NHWC buffer and `desc`, in the direction the data flows.
@@ -152,7 +177,6 @@ void ActivationReorder(const memory::desc& desc, const memory::desc& nhwc, bool 
 }
 
 std::shared_ptr<Entry> BuildFor(Kind kind, const Geometry& g) {
-  auto src = Activation(g.src, g), dst = Activation(g.dst, g), any_kernel = AnyKernel(g);
   auto hint = ForwardHint(g);
   auto entry = std::make_shared<Entry>();
   entry->plain_kernel = memory::desc(g.weights, g.type, tag::hwio);
@@ -166,11 +190,7 @@ std::shared_ptr<Entry> BuildFor(Kind kind, const Geometry& g) {
       entry->dst_is_output = true;
       break;
     case Kind::kInputGrad: {
-      dnnl::convolution_backward_data::desc desc(AlgorithmOf(g), src,
-                                                 any_kernel, dst, g.strides, g.dilates,
-                                                 g.pad_lo, g.pad_hi);
-      dnnl::convolution_backward_data::primitive_desc pd(desc, UserScratchpad(), Engine(),
-                                                         hint);
+      auto pd = BackwardDesc<dnnl::convolution_backward_data>(g, hint);
       entry->conv = dnnl::convolution_backward_data(pd);
       entry->kernel_desc = pd.weights_desc();
       entry->conv_scratchpad = pd.scratchpad_desc();
@@ -180,11 +200,7 @@ std::shared_ptr<Entry> BuildFor(Kind kind, const Geometry& g) {
       break;
     }
     case Kind::kKernelGrad: {
-      dnnl::convolution_backward_weights::desc desc(AlgorithmOf(g), src,
-                                                    any_kernel, dst, g.strides, g.dilates,
-                                                    g.pad_lo, g.pad_hi);
-      dnnl::convolution_backward_weights::primitive_desc pd(desc, UserScratchpad(), Engine(),
-                                                            hint);
+      auto pd = BackwardDesc<dnnl::convolution_backward_weights>(g, hint);
       entry->conv = dnnl::convolution_backward_weights(pd);
       entry->kernel_desc = pd.diff_weights_desc();
       entry->conv_scratchpad = pd.scratchpad_desc();
@@ -379,6 +395,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnConvInputGrad, InputGrad,
                               JAXCNN_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnConvKernelGrad, KernelGrad,
                               JAXCNN_CONV_BINDING);
+
+// The oneDNN version this library runs, as major * 10000 + minor * 100 + patch.
+extern "C" int64_t JaxcnnOnednnVersion() {
+  const dnnl_version_t* v = dnnl_version();
+  return v->major * 10000 + v->minor * 100 + v->patch;
+}
 
 // The overlap policy (0 "wait", 1 "single"); build.py calls it once, right after loading.
 extern "C" void JaxcnnOnednnSetOverlap(int64_t single) {
