@@ -1,8 +1,9 @@
 """Batch norm on the binding's kernels (``JAXCNN_NORM_BACKEND``) equals XLA's, and routes right.
 
-The equality tests need the binding (a C++ compiler and oneDNN: ``apt install
-libdnnl-dev``) and skip with the build's reason when it is missing; the switch's
-validation and the fallback for other activations are tested everywhere.
+The equality tests need the binding (a C++ compiler and oneDNN: PyPI's
+``onednn-devel-cpu-gomp``, a dependency, or ``apt install libdnnl-dev``) and skip with the
+build's reason when it is missing; the switch's validation and the fallback for other
+activations are tested everywhere.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The binding's fused conv + max pool (``JAXCNN_CONV_POOL_BACKEND``) equals XLA's; routing.
 
-The equality tests need the binding (a C++ compiler and oneDNN: ``apt install
-libdnnl-dev``) and skip with the build's reason when it is missing; the switch's
-validation and routing are tested everywhere.
+The equality tests need the binding (a C++ compiler and oneDNN: PyPI's
+``onednn-devel-cpu-gomp``, a dependency, or ``apt install libdnnl-dev``) and skip with the
+build's reason when it is missing; the switch's validation and routing are tested
+everywhere.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """oneDNN convolutions through XLA's FFI equal lax's, and the backend switch routes right.
 
-The equality tests need the library (a C++ compiler and oneDNN: ``apt install
-libdnnl-dev``) and skip with the build's reason when it is missing; the switch's
-validation and fallback rules are tested everywhere.
+The equality tests need the library (a C++ compiler and oneDNN: PyPI's
+``onednn-devel-cpu-gomp``, a dependency, or ``apt install libdnnl-dev``) and skip with the
+build's reason when it is missing; the switch's validation and fallback rules are tested
+everywhere.
 """
 
 from __future__ import annotations

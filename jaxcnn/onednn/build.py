@@ -4,7 +4,7 @@ The library needs a C++17 compiler, oneDNN's headers and library (Debian/Ubuntu:
 ``apt install libdnnl-dev``; elsewhere set ``JAXCNN_ONEDNN_ROOT`` to a prefix holding
 ``include/oneapi/dnnl`` and ``lib/libdnnl.so``) and XLA's FFI headers, which ship with
 jaxlib (``jax.ffi.include_dir()``). It is compiled once per source, jax version and
-compiler (about 3 s) into ``JAXCNN_CACHE_DIR`` (default ``~/.cache/jaxcnn``), written to
+compiler (10-30 s) into ``JAXCNN_CACHE_DIR`` (default ``~/.cache/jaxcnn``), written to
 a temporary name and renamed, so an interrupted build leaves no half-written library.
 
 Which oneDNN. The main library links the one under ``JAXCNN_ONEDNN_ROOT``, else the
@@ -13,9 +13,10 @@ system's (Debian 12's ``libdnnl-dev`` is oneDNN 2.6), else oneDNN 3.2 from PyPI
 installed under the environment's prefix: :func:`pip_onednn_root`). When the main one is
 older than 3, the convolutions alone are also built against the PyPI oneDNN 3 as a second
 library, whose targets (``jaxcnn_onednn3_conv_*``) run bfloat16 convolutions
-(:func:`onednn3_serves`): its AMX gradient kernels took 0.5-0.7x oneDNN 2.6's time on the
-Intel Xeon (the CIFAR net's bfloat16 step 1.13x), while float32 stays on 2.6, which still
-has Winograd (oneDNN 3 dropped it on AVX-512). Both libraries share one OpenMP team
+(:func:`onednn3_serves`): its AMX gradient kernels took 0.5-0.7x oneDNN 2.6's time alone
+on the Intel Xeon (the steps moved within the machine's noise: ``docs/perf_notes.md``,
+item 46), while float32 stays on 2.6, which still has Winograd (oneDNN 3 dropped it on
+AVX-512). Both libraries share one OpenMP team
 policy: team.h's inline variables are unique symbols across the process.
 
 Environment (read at first use):
@@ -41,6 +42,7 @@ import functools
 import hashlib
 import os
 import shutil
+import site
 import subprocess
 import sys
 import tempfile
@@ -114,18 +116,18 @@ def pip_onednn_root() -> Path | None:
     """The prefix where PyPI's oneDNN 3 (``onednn-devel-cpu-gomp``) is installed, or None.
 
     Its wheels put ``include/oneapi/dnnl`` and ``lib/libdnnl.so.3`` under the
-    environment's prefix (``sys.prefix``: the virtualenv).
+    environment's prefix (``sys.prefix``: the virtualenv), or the user's with ``--user``.
 
     Examples:
         >>> root = pip_onednn_root()
         >>> root is None or (root / "include/oneapi/dnnl/dnnl.hpp").exists()
         True
     """
-    prefix = Path(sys.prefix)
-    if (prefix / "include/oneapi/dnnl/dnnl.hpp").exists() and any(
-        (prefix / "lib").glob("libdnnl.so.3*")
-    ):
-        return prefix
+    for prefix in (Path(sys.prefix), Path(site.getuserbase())):  # pip install [--user]
+        if (prefix / "include/oneapi/dnnl/dnnl.hpp").exists() and any(
+            (prefix / "lib").glob("libdnnl.so.3*")
+        ):
+            return prefix
     return None
 
 
@@ -209,7 +211,7 @@ def library_path(sources=None, root: str | None = "main", name: str = "onednn_co
             errors = [line for line in done.stderr.splitlines() if "error" in line]
             shown = "\n".join((errors or done.stderr.splitlines())[-5:])
             raise OnednnUnavailable(
-                f"building {', '.join(f.name for f in SOURCES)} failed ({' '.join(cmd[:2])} ... "
+                f"building {', '.join(f.name for f in sources)} failed ({' '.join(cmd[:2])} ... "
                 f"exit {done.returncode}); is oneDNN installed (pip install "
                 f"onednn-devel-cpu-gomp==2023.2.0, apt install libdnnl-dev, or set "
                 f"JAXCNN_ONEDNN_ROOT)?\n{shown}"
