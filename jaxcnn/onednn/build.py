@@ -16,8 +16,8 @@ library, whose targets (``jaxcnn_onednn3_conv_*``) run bfloat16 convolutions
 (:func:`onednn3_serves`): its AMX gradient kernels took 0.5-0.7x oneDNN 2.6's time alone
 on the Intel Xeon (the steps moved within the machine's noise: ``docs/perf_notes.md``,
 item 46), while float32 stays on 2.6, which still has Winograd (oneDNN 3 dropped it on
-AVX-512). Both libraries share one OpenMP team
-policy: team.h's inline variables are unique symbols across the process.
+AVX-512). Built by GCC, both libraries share one OpenMP team policy and wait for each
+other: team.h's inline variables are unique symbols across the process.
 
 Environment (read at first use):
 
@@ -291,6 +291,9 @@ def _load_onednn3() -> str | None:
         return str(err)
     except OSError as err:
         return f"loading the oneDNN 3 convolution library failed: {err}"
+    # The same policy, in case this library has its own team state: GCC makes team.h's
+    # inline variables one per process (unique symbols); a compiler that does not, not.
+    library.JaxcnnOnednnSetOverlap(ctypes.c_int64(int(overlap_policy() == "single")))
     for target in CONV_TARGETS:
         capsule = jax.ffi.pycapsule(getattr(library, TARGETS[target]))
         jax.ffi.register_ffi_target(onednn3_target(target), capsule)
