@@ -185,9 +185,8 @@ struct Layout {
   int64_t channels, width, rows;  // width: elements per loop row (kPeriod or C)
   Layout(int64_t elements, int64_t c)
       : channels(c),
-        width(kPeriod % c == 0 && elements % kPeriod == 0 ? kPeriod : c),
-        rows(elements / width) {}
-  bool tiled() const { return width != channels; }
+        width(c > 0 && kPeriod % c == 0 && elements % kPeriod == 0 ? kPeriod : c),
+        rows(width > 0 ? elements / width : 0) {}
   // A per-channel vector repeated over the row's lanes.
   std::vector<float> Tile(const std::vector<float>& v) const {
     std::vector<float> out(width);
@@ -406,6 +405,7 @@ ffi::Error NormForward(ffi::AnyBuffer x, ffi::AnyBuffer residual, ffi::Buffer<ff
   error = CheckResidual(residual, *y);
   if (error.failure()) return error;
   int64_t channels = x.dimensions().back();
+  if (channels == 0) return ffi::Error::Success();  // all outputs empty; XLA skips these
   int64_t rows = static_cast<int64_t>(x.element_count()) / channels;
   jaxcnn::InFlight team;
   Dispatch(x.element_type(), y->element_type(), [&](auto tx, auto ty) {
@@ -441,6 +441,7 @@ ffi::Error NormBackward(ffi::AnyBuffer x, ffi::AnyBuffer residual, ffi::AnyBuffe
     return ffi::Error::InvalidArgument("jaxcnn batch norm: dx must be like x");
   }
   int64_t channels = x.dimensions().back();
+  if (channels == 0) return ffi::Error::Success();  // all outputs empty; XLA skips these
   int64_t rows = static_cast<int64_t>(x.element_count()) / channels;
   jaxcnn::InFlight team;
   Dispatch(x.element_type(), dy.element_type(), [&](auto tx, auto ty) {
