@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcnn import shapes
 from jaxcnn.onednn import build
 
 DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
@@ -26,15 +27,16 @@ MAX_TAPS = 128  # KH * KW * C: conv_pool.cc's kMaxTaps
 
 
 def pooled_shape(x_shape, kernel_shape, window) -> tuple[int, int, int, int]:
-    """``(N, OH, OW, F)``: the VALID conv's output pooled by ``window`` (floor).
+    """``(N, OH, OW, F)``: the VALID conv's output pooled by ``window`` (floor), by
+    :mod:`jaxcnn.shapes`' calculator.
 
     Examples:
         >>> pooled_shape((128, 28, 28, 1), (3, 3, 1, 32), (2, 2))
         (128, 13, 13, 32)
     """
-    n, h, w, _ = x_shape
-    kh, kw, _, f = kernel_shape
-    return n, (h - kh + 1) // window[0], (w - kw + 1) // window[1], f
+    conv = shapes.conv_output_shape(x_shape[1:3], kernel_shape[:2])
+    pooled = shapes.pool_output_shape(conv, window, stride=window)
+    return (x_shape[0], *pooled, kernel_shape[3])
 
 
 def forward(x: jax.Array, kernel: jax.Array, window: tuple[int, int]):
