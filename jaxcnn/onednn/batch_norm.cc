@@ -132,42 +132,42 @@ struct GeluExact {
 // added to a double), long enough that the double adds cost nothing.
 constexpr int64_t kBlockRows = 64;
 
-// Per-channel sums over every row of two terms, `terms(row, a, b)` adding row's terms
-// to the float arrays a and b; float within blocks of rows, double across blocks and
-// threads. The innermost loops run over channels, contiguous in memory: vectorised.
-// `channels` here is the row width: a Layout's period (see below), folded back to the
-// real channels by the caller.
+// Per-lane sums over every row of two terms, `terms(row, a, b)` adding row's terms to
+// the float arrays a and b of `lanes` elements; float within blocks of rows, double
+// across blocks and threads. The innermost loops run over the lanes, contiguous in
+// memory: vectorised. The lanes are a Layout's row (see below): the channels, or a
+// period of them that the caller folds back to channels.
 template <typename F>
-void ChannelSums(int64_t rows, int64_t channels, int threads, F&& terms, std::vector<double>& a,
+void ChannelSums(int64_t rows, int64_t lanes, int threads, F&& terms, std::vector<double>& a,
                  std::vector<double>& b) {
-  std::vector<double> parts(static_cast<size_t>(threads) * 2 * channels, 0.0);
+  std::vector<double> parts(static_cast<size_t>(threads) * 2 * lanes, 0.0);
 #pragma omp parallel num_threads(threads)
   {
     int t = omp_get_thread_num(), nt = omp_get_num_threads();
     int64_t lo, hi;
     Share(rows, t, nt, lo, hi);
-    double* __restrict da = &parts[static_cast<size_t>(t) * 2 * channels];
-    double* __restrict db = da + channels;
-    std::vector<float> block(2 * channels);
+    double* __restrict da = &parts[static_cast<size_t>(t) * 2 * lanes];
+    double* __restrict db = da + lanes;
+    std::vector<float> block(2 * lanes);
     float* __restrict fa = block.data();
-    float* __restrict fb = fa + channels;
+    float* __restrict fb = fa + lanes;
     for (int64_t start = lo; start < hi; start += kBlockRows) {
       std::fill(block.begin(), block.end(), 0.0f);
       int64_t stop = std::min(hi, start + kBlockRows);
       for (int64_t r = start; r < stop; ++r) terms(r, fa, fb);
-      for (int64_t c = 0; c < channels; ++c) {
+      for (int64_t c = 0; c < lanes; ++c) {
         da[c] += fa[c];
         db[c] += fb[c];
       }
     }
   }
-  a.assign(channels, 0.0);
-  b.assign(channels, 0.0);
+  a.assign(lanes, 0.0);
+  b.assign(lanes, 0.0);
   for (int t = 0; t < threads; ++t) {
-    const double* sa = &parts[static_cast<size_t>(t) * 2 * channels];
-    for (int64_t c = 0; c < channels; ++c) {
+    const double* sa = &parts[static_cast<size_t>(t) * 2 * lanes];
+    for (int64_t c = 0; c < lanes; ++c) {
       a[c] += sa[c];
-      b[c] += sa[channels + c];
+      b[c] += sa[lanes + c];
     }
   }
 }
