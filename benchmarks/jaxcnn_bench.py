@@ -179,6 +179,9 @@ def main(argv=None) -> int:
 
     common.use_jax_device(args.device)  # before the flags: --device cpu makes them apply
     added = xla_flags.configure_cpu() if options["flags"] == "default" else ()
+    from jaxcnn import cpu_malloc
+
+    malloc = cpu_malloc.state()  # what configure_cpu did to glibc malloc (item 47)
     try:
         common.jax_device_info(args.device)  # starts the backend, with the flags in place
     except common.DeviceUnavailable as error:
@@ -217,10 +220,10 @@ def main(argv=None) -> int:
     if engine is not None and options["impl"] != "standin":
         run_with_engine(args, model, engine, impl=f"{impl}; step: {engine_why}; {convolutions}",
                         batch_splits=0 if splits == "auto" else int(splits),
-                        flags_added=list(added))  # fmt: skip
+                        flags_added=list(added), malloc=malloc)  # fmt: skip
     else:
         impl = f"{impl}; step: minimal loop ({engine_why}); {convolutions}"
-        flax_minimal.run(args, model, "jaxcnn", impl=impl, flags_added=list(added))
+        flax_minimal.run(args, model, "jaxcnn", impl=impl, flags_added=list(added), malloc=malloc)
     return 0
 
 

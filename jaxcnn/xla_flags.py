@@ -13,7 +13,7 @@ Why these flags (measurements in ``docs/perf_notes.md``):
 
 Environment overrides (read at call time):
 
-* ``JAXCNN_NO_XLA_FLAGS=1``: add nothing (opt-out).
+* ``JAXCNN_NO_XLA_FLAGS=1``: add no flags (opt-out; ``jaxcnn.cpu_malloc`` has its own).
 * ``JAXCNN_XLA_FLAGS="--flag=value --other=value"``: use these instead of the defaults.
 
 Examples:
@@ -88,6 +88,8 @@ def configure_cpu(flags: Sequence[str] | None = None) -> tuple[str, ...]:
     """Adds jaxcnn's CPU XLA flags to ``XLA_FLAGS`` if JAX has not started a backend yet.
 
     Call it before the first JAX computation (``jaxcnn.train.fit`` and the benchmark do).
+    It also applies :func:`jaxcnn.cpu_malloc.configure` (its own switch, ``JAXCNN_MALLOC``;
+    ``JAXCNN_NO_XLA_FLAGS`` leaves it on).
 
     Args:
       flags: flags to add; default ``$JAXCNN_XLA_FLAGS`` (split on spaces) if set, else
@@ -104,6 +106,9 @@ def configure_cpu(flags: Sequence[str] | None = None) -> tuple[str, ...]:
       ()
       >>> del os.environ["JAXCNN_NO_XLA_FLAGS"]
     """
+    from jaxcnn import cpu_malloc
+
+    cpu_malloc.configure()  # the same deadline: before the backend's threads start
     if os.environ.get("JAXCNN_NO_XLA_FLAGS", "") not in ("", "0"):
         return ()
     if flags is None:
@@ -125,7 +130,7 @@ def explain() -> str:
     """One line saying which flags are in force and why (for logs and the benchmark).
 
     Returns:
-      E.g. ``"XLA_FLAGS='--xla_cpu_...' (backend initialised: yes)"``.
+      E.g. ``"XLA_FLAGS='--xla_cpu_...' (backend initialised: yes); malloc reuse: ..."``.
 
     Examples:
       >>> explain().startswith("XLA_FLAGS=")
@@ -136,4 +141,7 @@ def explain() -> str:
     state = "yes" if xla_bridge.backends_are_initialized() else "no"
     problem = _platform_problem()
     where = f"; not applied on this platform: {problem}" if problem else ""
-    return f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} (backend initialised: {state}{where})"
+    from jaxcnn import cpu_malloc
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    return f"XLA_FLAGS={flags!r} (backend initialised: {state}{where}); malloc {cpu_malloc.state()}"

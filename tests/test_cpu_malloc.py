@@ -1,0 +1,95 @@
+"""jaxcnn.cpu_malloc: glibc keeps XLA's large scratch block mapped between calls.
+
+Each case runs in a fresh interpreter: the settings act only before JAX's backend starts.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from jaxcnn import cpu_malloc
+
+glibc_only = pytest.mark.skipif(cpu_malloc._glibc() is None, reason="needs glibc (Linux)")
+
+# A jitted call whose temporaries (the barriers keep y) are one 96 MB block: above the
+# 64 MB that a worker thread's glibc arena can hold, so by default it is a fresh mmap
+# that faults in all of its 24,576 pages on every call.
+_FAULTS_PER_CALL = """
+    import resource
+    import jax, jax.numpy as jnp
+    from jaxcnn import cpu_malloc, xla_flags
+    xla_flags.configure_cpu()
+    x = jnp.ones((24 * 2**20,), jnp.float32)
+
+    @jax.jit
+    def f(x):
+        y = jax.lax.optimization_barrier(x * 2.0)
+        z = jax.lax.optimization_barrier(y * y + 1.0)
+        return z.sum() + y.sum()
+
+    assert f.lower(x).compile().memory_analysis().temp_size_in_bytes >= 96 * 2**20
+
+    for _ in range(2):
+        f(x).block_until_ready()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(4):
+        f(x).block_until_ready()
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4
+    print(cpu_malloc.state().split(":")[0], int(faults))
+"""
+
+
+def _run(script: str, **env) -> str:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAXCNN_"))}
+    clean.pop("JAX_PLATFORMS", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True, text=True, timeout=180, env={**clean, **env},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    return proc.stdout.strip().splitlines()[-1]
+
+
+@glibc_only
+@pytest.mark.parametrize("choice", ["reuse", "system"])
+def test_the_scratch_block_faults_on_every_call_only_under_glibcs_defaults(choice):
+    state, faults = _run(_FAULTS_PER_CALL, JAXCNN_MALLOC=choice).split()
+    assert state == choice
+    if choice == "reuse":
+        assert int(faults) < 2_000, f"{faults} page faults per call with the block kept"
+    else:  # the case the settings exist for: 24,576 pages, faulted in again each call
+        assert int(faults) > 20_000, f"only {faults} page faults per call by default"
+
+
+@glibc_only
+def test_too_late_once_the_backend_has_started():
+    out = _run(
+        """
+        import jax.numpy as jnp
+        from jaxcnn import cpu_malloc
+        jnp.ones(3).block_until_ready()
+        print(cpu_malloc.configure())
+        """
+    )
+    assert out == "unchanged: the JAX backend had started (its threads keep their arenas)"
+
+
+def test_not_applied_off_cpu():
+    out = _run("from jaxcnn import cpu_malloc; print(cpu_malloc.configure())", JAX_PLATFORMS="tpu")
+    assert out == "unchanged: JAX_PLATFORMS='tpu' does not start with cpu"
+
+
+def test_an_invalid_choice_names_the_variable_and_the_valid_values(monkeypatch):
+    monkeypatch.setenv("JAXCNN_MALLOC", "jemalloc")
+    with pytest.raises(ValueError, match=r"JAXCNN_MALLOC='jemalloc'; valid: reuse, system"):
+        cpu_malloc.configure()
+
+
+def test_the_benchmark_line_reports_it():
+    out = _run("from jaxcnn import xla_flags; print(xla_flags.explain())", JAXCNN_MALLOC="system")
+    assert out.endswith("; malloc unchanged: configure() not called")
