@@ -178,9 +178,12 @@ def main(argv=None) -> int:
     from jaxcnn import xla_flags  # imports jax but starts no backend
 
     common.use_jax_device(args.device)  # before the flags: --device cpu makes them apply
-    added = xla_flags.configure_cpu() if options["flags"] == "default" else ()
     from jaxcnn import cpu_malloc
 
+    scratch = None  # the zoo model's step scratch, estimated before the backend starts
+    if options["impl"] != "standin" and (zoo := _zoo_model(args.net, args.dtype)[0]) is not None:
+        scratch = cpu_malloc.activation_bytes(zoo, common.NETS[args.net][0], args.batch)
+    added = xla_flags.configure_cpu(scratch_bytes=scratch) if options["flags"] == "default" else ()
     malloc = cpu_malloc.state()  # what configure_cpu did to glibc malloc (item 47)
     try:
         common.jax_device_info(args.device)  # starts the backend, with the flags in place

@@ -7,7 +7,8 @@ and frees it when the step ends. glibc serves a block that large from a fresh ``
 ``free``, so every page of it faults on first touch, every step. ResNet-20 at batch 128 in
 bfloat16 asks for a 103 MB block: 25,157 page faults per step, 85 ms per step instead of
 72 (``docs/perf_notes.md``, item 47). The small teaching nets' blocks stay under the limit
-and never fault.
+and never fault, and there the settings cost: all threads then share one heap lock, and
+the CIFAR net's bfloat16 step measured 1.25x faster without them.
 
 What: :func:`configure` calls glibc's ``mallopt`` so that every thread allocates from the
 main heap (``M_ARENA_MAX`` = 1), never from ``mmap`` (``M_MMAP_MAX`` = 0), and a freed block
@@ -21,14 +22,19 @@ does nothing (and says why) once a backend exists, off CPU, or where the C libra
 glibc. ``jaxcnn.xla_flags.configure_cpu`` calls it; ``jaxcnn.train.fit`` and the benchmark
 call that before anything else.
 
-Switch (read at call time): ``JAXCNN_MALLOC`` = ``reuse`` (default) or ``system`` (leave
-glibc's defaults).
+So ``auto`` (the default) applies them only when the caller's estimate of the step's
+scratch (:func:`activation_bytes`: every layer output of one training forward pass, times
+the batch) is at least ``REUSE_FROM_BYTES``; ``jaxcnn.train.fit`` and the benchmark pass
+one. Switch (read at call time): ``JAXCNN_MALLOC`` = ``auto``, ``reuse`` (always) or
+``system`` (never).
 
 Examples:
     >>> SETTINGS["M_MMAP_MAX"]
     (-4, 0)
     >>> state().split(":")[0] in ("reuse", "system", "unchanged")
     True
+    >>> REUSE_FROM_BYTES >> 20
+    48
 """
 
 from __future__ import annotations
@@ -36,7 +42,11 @@ from __future__ import annotations
 import ctypes
 import sys
 
-CHOICES = ("reuse", "system")
+CHOICES = ("auto", "reuse", "system")
+# glibc mmaps any block above 32 MB (its largest dynamic mmap threshold); the estimate runs
+# above XLA's block (ResNet-20 bfloat16, batch 128: 159 MB against 103), the teaching nets
+# at batch 128 estimate 10-26 MB.
+REUSE_FROM_BYTES = 48 * 2**20
 # mallopt's parameter numbers (glibc's malloc.h) and the values set.
 SETTINGS = {
     "M_ARENA_MAX": (-8, 1),
@@ -45,21 +55,6 @@ SETTINGS = {
 }
 
 _state = "unchanged: configure() not called"
-
-
-def choice() -> str:
-    """``$JAXCNN_MALLOC``, validated: ``"reuse"`` (the default) or ``"system"``.
-
-    Raises:
-      ValueError: naming the variable, its value and the valid ones.
-
-    Examples:
-      >>> choice() in CHOICES
-      True
-    """
-    from jaxcnn.conv_backend import env_choice
-
-    return env_choice("JAXCNN_MALLOC", "reuse", CHOICES)
 
 
 def _glibc():
@@ -75,23 +70,72 @@ def _glibc():
         return None
 
 
-def configure() -> str:
-    """Applies :data:`SETTINGS` if JAX has no backend yet, the run is on CPU and libc is glibc.
+def activation_bytes(model, example_shape, batch_size: int) -> int | None:
+    """Bytes of every layer output of one training forward pass of ``batch_size`` examples.
+
+    Traced abstractly (``jax.eval_shape``), without starting a JAX backend: the layers'
+    backend checks are told "one CPU device" meanwhile. None if the model cannot be traced
+    so (then :func:`configure`'s ``auto`` keeps glibc's defaults).
+
+    Examples:
+        >>> import flax.linen as nn
+        >>> activation_bytes(nn.Dense(4), (3,), batch_size=10)  # 10 x 4 float32 outputs
+        160
+    """
+    import jax
+    import jax.numpy as jnp
+
+    def intermediates(x):
+        keys = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+        try:
+            variables = model.init(keys, x, train=False)
+            kwargs = {"train": True}
+        except TypeError:  # a module without a train flag
+            variables, kwargs = model.init(keys, x), {}
+        _, state = model.apply(variables, x, capture_intermediates=True, mutable=True,
+                               rngs={"dropout": keys["dropout"]}, **kwargs)  # fmt: skip
+        return state["intermediates"]
+
+    saved = jax.default_backend, jax.device_count
+    jax.default_backend, jax.device_count = (lambda: "cpu"), (lambda *a, **k: 1)
+    try:
+        x = jax.ShapeDtypeStruct((1, *example_shape), jnp.float32)
+        leaves = jax.tree.leaves(jax.eval_shape(intermediates, x))
+    except Exception:  # any model jaxcnn cannot trace abstractly: no estimate
+        return None
+    finally:
+        jax.default_backend, jax.device_count = saved
+    return batch_size * sum(leaf.size * leaf.dtype.itemsize for leaf in leaves)
+
+
+def configure(scratch_bytes: int | None = None) -> str:
+    """Applies :data:`SETTINGS` where they pay and can still act (see the module's text).
+
+    Args:
+      scratch_bytes: the caller's estimate of a step's scratch (:func:`activation_bytes`);
+        under ``auto`` the settings apply only from ``REUSE_FROM_BYTES``.
 
     Returns:
       :func:`state`'s line: ``"reuse: ..."`` when applied (now or by an earlier call),
-      ``"system: ..."`` when ``JAXCNN_MALLOC=system``, else ``"unchanged: <why>"``.
+      ``"system: <why>"`` when glibc's defaults are kept by choice, else
+      ``"unchanged: <why>"``.
 
     Raises:
-      ValueError: for an invalid ``JAXCNN_MALLOC``.
+      ValueError: for an invalid ``JAXCNN_MALLOC``, naming it and the valid values.
       OSError: glibc refused a setting (it never does for these values).
     """
+    from jaxcnn.conv_backend import env_choice
+
     global _state
-    wanted = choice()
+    wanted = env_choice("JAXCNN_MALLOC", "auto", CHOICES)
     if _state.startswith("reuse"):
         return _state
+    estimate = "no estimate" if scratch_bytes is None else f"~{scratch_bytes / 2**20:.0f} MB"
     if wanted == "system":
         _state = "system: JAXCNN_MALLOC=system"
+        return _state
+    if wanted == "auto" and (scratch_bytes is None or scratch_bytes < REUSE_FROM_BYTES):
+        _state = f"system: auto, the step's scratch ({estimate}) under {REUSE_FROM_BYTES >> 20} MB"
         return _state
     from jax._src import xla_bridge  # asks without starting a backend
 
@@ -109,7 +153,7 @@ def configure() -> str:
             if libc.mallopt(parameter, value) != 1:
                 raise OSError(f"glibc mallopt({name}, {value}) failed")
         settings = ", ".join(f"{name}={value}" for name, (_, value) in SETTINGS.items())
-        _state = f"reuse: mallopt {settings}"
+        _state = f"reuse: mallopt {settings} ({wanted}; scratch {estimate})"
     return _state
 
 

@@ -84,16 +84,19 @@ def _platform_problem() -> str | None:
     return None
 
 
-def configure_cpu(flags: Sequence[str] | None = None) -> tuple[str, ...]:
+def configure_cpu(
+    flags: Sequence[str] | None = None, scratch_bytes: int | None = None
+) -> tuple[str, ...]:
     """Adds jaxcnn's CPU XLA flags to ``XLA_FLAGS`` if JAX has not started a backend yet.
 
     Call it before the first JAX computation (``jaxcnn.train.fit`` and the benchmark do).
-    It also applies :func:`jaxcnn.cpu_malloc.configure` (its own switch, ``JAXCNN_MALLOC``;
-    ``JAXCNN_NO_XLA_FLAGS`` leaves it on).
+    It also calls :func:`jaxcnn.cpu_malloc.configure` with ``scratch_bytes`` (its own
+    switch, ``JAXCNN_MALLOC``; ``JAXCNN_NO_XLA_FLAGS`` leaves it on).
 
     Args:
       flags: flags to add; default ``$JAXCNN_XLA_FLAGS`` (split on spaces) if set, else
         ``DEFAULT_CPU_FLAGS``.
+      scratch_bytes: the step's scratch estimate for ``cpu_malloc.configure`` (None: none).
 
     Returns:
       The flags added (empty if nothing was added: opted out, backend already initialised,
@@ -108,7 +111,7 @@ def configure_cpu(flags: Sequence[str] | None = None) -> tuple[str, ...]:
     """
     from jaxcnn import cpu_malloc
 
-    cpu_malloc.configure()  # the same deadline: before the backend's threads start
+    cpu_malloc.configure(scratch_bytes)  # the same deadline: before the backend's threads
     if os.environ.get("JAXCNN_NO_XLA_FLAGS", "") not in ("", "0"):
         return ()
     if flags is None:

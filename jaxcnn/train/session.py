@@ -16,6 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxcnn import cpu_malloc
 from jaxcnn.train import sharding as sharding_lib
 from jaxcnn.train.checkpoint import CheckpointStore, tree_shapes
 from jaxcnn.train.components import (
@@ -68,9 +69,13 @@ class TrainingSession:
     def __init__(self, config: ml_collections.ConfigDict, workdir: Path):
         self.config = config
         self.workdir = workdir
+        self.data: TrainingData = load_training_data(config)
+        # glibc's malloc for this step's scratch, before make_mesh starts the backend.
+        model = build_model(config, self.data.num_classes, self.data.example_shape[-1])
+        scratch = cpu_malloc.activation_bytes(model, self.data.example_shape, config.batch_size)
+        cpu_malloc.configure(scratch)
         self.mesh = sharding_lib.make_mesh(config.num_devices)
         sharding_lib.check_batch_size(config.batch_size, self.mesh)
-        self.data: TrainingData = load_training_data(config)
         self.steps_per_epoch = len(self.data.train) // config.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(
@@ -78,7 +83,7 @@ class TrainingSession:
                 f"({len(self.data.train)} examples); use at most {len(self.data.train)}"
             )
         self.top5 = self.data.num_classes > 5
-        self.model = build_model(config, self.data.num_classes, self.data.example_shape[-1])
+        self.model = model
         try:  # the schedule's lengths are only known now (steps per epoch): check them here
             _, self.schedule = build_tx(config, self.steps_per_epoch)
         except ValueError as error:
