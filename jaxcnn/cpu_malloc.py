@@ -19,14 +19,14 @@ resident, so the peak RSS is higher (the fast CIFAR net in bfloat16: 578 -> 851 
 When: a thread keeps the arena it first allocated from, and XLA's worker threads start with
 the backend, so the settings act only if made before JAX's first computation. ``configure``
 does nothing (and says why) once a backend exists, off CPU, or where the C library is not
-glibc. ``jaxcnn.xla_flags.configure_cpu`` calls it; ``jaxcnn.train.fit`` and the benchmark
-call that before anything else.
+glibc.
 
-So ``auto`` (the default) applies them only when the caller's estimate of the step's
+Where: ``auto`` (the default) applies them only when the caller's estimate of the step's
 scratch (:func:`activation_bytes`: every layer output of one training forward pass, times
-the batch) is at least ``REUSE_FROM_BYTES``; ``jaxcnn.train.fit`` and the benchmark pass
-one. Switch (read at call time): ``JAXCNN_MALLOC`` = ``auto``, ``reuse`` (always) or
-``system`` (never).
+the batch) is at least ``REUSE_FROM_BYTES``. ``jaxcnn.train.fit``'s session passes its
+model's estimate before it creates the device mesh; the benchmark passes one to
+``jaxcnn.xla_flags.configure_cpu``, which calls :func:`configure`. Switch (read at call
+time): ``JAXCNN_MALLOC`` = ``auto``, ``reuse`` (always) or ``system`` (never).
 
 Examples:
     >>> SETTINGS["M_MMAP_MAX"]
