@@ -53,17 +53,24 @@ def _validated(name: str, where: str, valid=BACKENDS) -> str:
     return name
 
 
+class SwitchError(ValueError):
+    """A ``JAXCNN_*`` environment switch holds a value it does not take (the CLI prints it)."""
+
+
 def env_choice(variable: str, default: str, valid: tuple[str, ...]) -> str:
     """The environment variable's value, stripped and lower-cased, checked against ``valid``.
 
-    Unset or empty gives ``default``; anything else not in ``valid`` raises ``ValueError``
-    naming the variable, its value and the valid ones.
+    Unset or empty gives ``default``; anything else not in ``valid`` raises
+    :class:`SwitchError` (a ``ValueError``) naming the variable, its value and the valid ones.
 
     Examples:
         >>> env_choice("JAXCNN_UNSET_EXAMPLE", "direct", ("direct", "winograd"))
         'direct'
     """
-    return _validated(os.environ.get(variable, "").strip().lower() or default, variable, valid)
+    value = os.environ.get(variable, "").strip().lower() or default
+    if value not in valid:
+        raise SwitchError(f"{variable}={value!r}; valid: {', '.join(valid)}")
+    return value
 
 
 def conv_backend() -> str:

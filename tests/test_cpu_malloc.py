@@ -36,11 +36,11 @@ _FAULTS_PER_CALL = """
     assert f.lower(x).compile().memory_analysis().temp_size_in_bytes >= 96 * 2**20
 
     faults = []  # per call; the fewest, once the heap has grown to its steady size
-    for _ in range(8):
+    for _ in range(12):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         f(x).block_until_ready()
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    print(cpu_malloc.state().split(":")[0], min(faults[2:]))
+    print(cpu_malloc.state().split(":")[0], min(faults[4:]))
 """
 
 

@@ -35,3 +35,9 @@ def test_a_schedule_longer_than_the_run_fails_cleanly(tmp_path, capsys):
     # configs/default.py warms up for one epoch: a one-epoch run has no steps left.
     err = _refused_run("--config.num_epochs=1", tmp_path, capsys)
     assert "config.schedule.warmup_epochs must give fewer warm-up steps" in err
+
+
+def test_an_invalid_environment_switch_fails_cleanly(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("JAXCNN_MALLOC", "jemalloc")
+    err = _refused_run("--config.num_epochs=2", tmp_path, capsys)
+    assert "JAXCNN_MALLOC='jemalloc'; valid: auto, reuse, system" in err

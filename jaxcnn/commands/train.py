@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{_PROG}: {error}", file=sys.stderr)
         return 2
 
+    from jaxcnn.conv_backend import SwitchError
     from jaxcnn.data import DataError
     from jaxcnn.train import CheckpointMismatchError, ConfigError, NonFiniteLossError, fit
 
@@ -129,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"workdir: {workdir}")
     try:
         result = fit(config, workdir)
-    except (ConfigError, DataError, CheckpointMismatchError, NonFiniteLossError) as error:
+    except (ConfigError, DataError, CheckpointMismatchError, NonFiniteLossError,
+            SwitchError) as error:  # fmt: skip
         print(f"{_PROG}: error: {error}", file=sys.stderr)
         return 1
     if result.interrupted:
