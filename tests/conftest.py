@@ -57,6 +57,30 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def fresh_python():
+    """Runs a script in a new interpreter, without this process's XLA_*, JAXCNN_* and
+    JAX_PLATFORMS settings (plus ``env``), and returns the last line it printed.
+
+    For what acts only before JAX's backend starts (XLA flags, glibc's malloc settings).
+    """
+    import subprocess
+    import sys
+    import textwrap
+
+    def run(script: str, **env) -> str:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAXCNN_"))}
+        clean.pop("JAX_PLATFORMS", None)
+        proc = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(script)],
+            capture_output=True, text=True, timeout=180, env={**clean, **env},
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-1500:]
+        return proc.stdout.strip().splitlines()[-1]
+
+    return run
+
+
 # digits, the small zoo net, 2 epochs (two points make a curve): ~15 s on 2 CPU cores,
 # most of it compilation, so test_viz and test_report share one run per session.
 TINY_EPOCHS = 2

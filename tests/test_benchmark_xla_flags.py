@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 
 from jaxcnn import xla_flags
@@ -22,19 +17,8 @@ def test_merge_rejects_a_flag_without_dashes():
         xla_flags.merge_flags("", ["xla_a=1"])
 
 
-def _run(script: str, **env) -> str:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAXCNN_"))}
-    clean.pop("JAX_PLATFORMS", None)
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)],
-        capture_output=True, text=True, timeout=120, env={**clean, **env},
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-1500:]
-    return proc.stdout.strip()
-
-
-def test_flags_are_added_before_the_backend_starts_and_xla_accepts_them():
-    out = _run(
+def test_flags_are_added_before_the_backend_starts_and_xla_accepts_them(fresh_python):
+    out = fresh_python(
         """
         import os
         from jaxcnn import xla_flags
@@ -60,5 +44,8 @@ def test_flags_are_added_before_the_backend_starts_and_xla_accepts_them():
         ({"JAX_PLATFORMS": "tpu"}, "()"),
     ],
 )  # fmt: skip
-def test_environment_overrides(env, expected):
-    assert _run("from jaxcnn import xla_flags; print(xla_flags.configure_cpu())", **env) == expected
+def test_environment_overrides(env, expected, fresh_python):
+    assert (
+        fresh_python("from jaxcnn import xla_flags; print(xla_flags.configure_cpu())", **env)
+        == expected
+    )

@@ -5,11 +5,6 @@ Each case runs in a fresh interpreter: the settings act only before JAX's backen
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 
 from jaxcnn import cpu_malloc
@@ -44,25 +39,16 @@ _FAULTS_PER_CALL = """
 """
 
 
-def _run(script: str, **env) -> str:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAXCNN_"))}
-    clean.pop("JAX_PLATFORMS", None)
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)],
-        capture_output=True, text=True, timeout=180, env={**clean, **env},
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-1500:]
-    return proc.stdout.strip().splitlines()[-1]
-
-
 @glibc_only
 @pytest.mark.parametrize(
     "choice, scratch, kept",
     [("auto", 96 << 20, True), ("reuse", 0, True),
      ("auto", 16 << 20, False), ("system", 96 << 20, False)],
 )  # fmt: skip
-def test_the_scratch_block_is_kept_mapped_only_where_chosen(choice, scratch, kept):
-    state, faults = _run(_FAULTS_PER_CALL, JAXCNN_MALLOC=choice, SCRATCH=str(scratch)).split()
+def test_the_scratch_block_is_kept_mapped_only_where_chosen(choice, scratch, kept, fresh_python):
+    state, faults = fresh_python(
+        _FAULTS_PER_CALL, JAXCNN_MALLOC=choice, SCRATCH=str(scratch)
+    ).split()
     assert state == ("reuse" if kept else "system")
     if kept:
         assert int(faults) < 2_000, f"{faults} page faults per call with the block kept"
@@ -70,8 +56,8 @@ def test_the_scratch_block_is_kept_mapped_only_where_chosen(choice, scratch, kep
         assert int(faults) > 20_000, f"only {faults} page faults per call by default"
 
 
-def test_the_estimate_counts_every_layer_output_without_starting_jax():
-    out = _run(
+def test_the_estimate_counts_every_layer_output_without_starting_jax(fresh_python):
+    out = fresh_python(
         """
         import jax.numpy as jnp
         from jax._src import xla_bridge
@@ -85,8 +71,8 @@ def test_the_estimate_counts_every_layer_output_without_starting_jax():
 
 
 @glibc_only
-def test_too_late_once_the_backend_has_started():
-    out = _run(
+def test_too_late_once_the_backend_has_started(fresh_python):
+    out = fresh_python(
         """
         import jax.numpy as jnp
         from jaxcnn import cpu_malloc
@@ -97,8 +83,8 @@ def test_too_late_once_the_backend_has_started():
     assert out == "unchanged: the JAX backend had started (its threads keep their arenas)"
 
 
-def test_not_applied_off_cpu():
-    out = _run(
+def test_not_applied_off_cpu(fresh_python):
+    out = fresh_python(
         "from jaxcnn import cpu_malloc; print(cpu_malloc.configure(1 << 30))", JAX_PLATFORMS="tpu"
     )
     assert out == "unchanged: JAX_PLATFORMS='tpu' does not start with cpu"
@@ -110,6 +96,8 @@ def test_an_invalid_choice_names_the_variable_and_the_valid_values(monkeypatch):
         cpu_malloc.configure()
 
 
-def test_the_benchmark_line_reports_it():
-    out = _run("from jaxcnn import xla_flags; print(xla_flags.explain())", JAXCNN_MALLOC="system")
+def test_the_benchmark_line_reports_it(fresh_python):
+    out = fresh_python(
+        "from jaxcnn import xla_flags; print(xla_flags.explain())", JAXCNN_MALLOC="system"
+    )
     assert out.endswith("; malloc unchanged: configure() not called")
