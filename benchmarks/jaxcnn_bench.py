@@ -180,9 +180,12 @@ def main(argv=None) -> int:
     common.use_jax_device(args.device)  # before the flags: --device cpu makes them apply
     from jaxcnn import cpu_malloc
 
-    scratch = None  # the zoo model's step scratch, estimated before the backend starts
-    if options["impl"] != "standin" and (zoo := _zoo_model(args.net, args.dtype)[0]) is not None:
-        scratch = cpu_malloc.activation_bytes(zoo, common.NETS[args.net][0], args.batch)
+    def scratch():  # the zoo model's step scratch, estimated before the backend starts
+        zoo = None if options["impl"] == "standin" else _zoo_model(args.net, args.dtype)[0]
+        if zoo is not None:
+            return cpu_malloc.activation_bytes(zoo, common.NETS[args.net][0], args.batch)
+        return None
+
     added = xla_flags.configure_cpu(scratch_bytes=scratch) if options["flags"] == "default" else ()
     malloc = cpu_malloc.state()  # what configure_cpu did to glibc malloc (item 47)
     try:

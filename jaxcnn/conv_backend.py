@@ -47,14 +47,14 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 _choice: str | None = None  # set_conv_backend's value; None: the environment decides
 
 
-def _validated(name: str, where: str, valid=BACKENDS) -> str:
-    if name not in valid:
-        raise ValueError(f"{where}={name!r}; valid: {', '.join(valid)}")
-    return name
-
-
 class SwitchError(ValueError):
     """A ``JAXCNN_*`` environment switch holds a value it does not take (the CLI prints it)."""
+
+
+def _validated(name: str, where: str, valid=BACKENDS, error=ValueError) -> str:
+    if name not in valid:
+        raise error(f"{where}={name!r}; valid: {', '.join(valid)}")
+    return name
 
 
 def env_choice(variable: str, default: str, valid: tuple[str, ...]) -> str:
@@ -68,9 +68,7 @@ def env_choice(variable: str, default: str, valid: tuple[str, ...]) -> str:
         'direct'
     """
     value = os.environ.get(variable, "").strip().lower() or default
-    if value not in valid:
-        raise SwitchError(f"{variable}={value!r}; valid: {', '.join(valid)}")
-    return value
+    return _validated(value, variable, valid, error=SwitchError)
 
 
 def conv_backend() -> str:

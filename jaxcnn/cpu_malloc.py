@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
+from collections.abc import Callable
 
 CHOICES = ("auto", "reuse", "system")
 # glibc mmaps any block above 32 MB (its largest dynamic mmap threshold); the estimate runs
@@ -108,11 +109,12 @@ def activation_bytes(model, example_shape, batch_size: int) -> int | None:
     return batch_size * sum(leaf.size * leaf.dtype.itemsize for leaf in leaves)
 
 
-def configure(scratch_bytes: int | None = None) -> str:
+def configure(scratch_bytes: int | Callable[[], int | None] | None = None) -> str:
     """Applies :data:`SETTINGS` where they pay and can still act (see the module's text).
 
     Args:
-      scratch_bytes: the caller's estimate of a step's scratch (:func:`activation_bytes`);
+      scratch_bytes: the caller's estimate of a step's scratch (:func:`activation_bytes`),
+        or a function returning it, called only when ``auto`` has that choice to make;
         under ``auto`` the settings apply only from ``REUSE_FROM_BYTES``.
 
     Returns:
@@ -124,36 +126,43 @@ def configure(scratch_bytes: int | None = None) -> str:
       ValueError: for an invalid ``JAXCNN_MALLOC``, naming it and the valid values.
       OSError: glibc refused a setting (it never does for these values).
     """
+    from jax._src import xla_bridge  # asks without starting a backend
+
     from jaxcnn.conv_backend import env_choice
+    from jaxcnn.xla_flags import _platform_problem
 
     global _state
     wanted = env_choice("JAXCNN_MALLOC", "auto", CHOICES)
     if _state.startswith("reuse"):
         return _state
-    estimate = "no estimate" if scratch_bytes is None else f"~{scratch_bytes / 2**20:.0f} MB"
     if wanted == "system":
         _state = "system: JAXCNN_MALLOC=system"
         return _state
-    if wanted == "auto" and (scratch_bytes is None or scratch_bytes < REUSE_FROM_BYTES):
-        _state = f"system: auto, the step's scratch ({estimate}) under {REUSE_FROM_BYTES >> 20} MB"
-        return _state
-    from jax._src import xla_bridge  # asks without starting a backend
-
-    from jaxcnn.xla_flags import _platform_problem
-
     libc = _glibc()
     if xla_bridge.backends_are_initialized():
         _state = "unchanged: the JAX backend had started (its threads keep their arenas)"
-    elif (problem := _platform_problem()) is not None:
+        return _state
+    if (problem := _platform_problem()) is not None:
         _state = f"unchanged: {problem}"
-    elif libc is None:
+        return _state
+    if libc is None:
         _state = f"unchanged: the C library is not glibc ({sys.platform})"
-    else:
-        for name, (parameter, value) in SETTINGS.items():
-            if libc.mallopt(parameter, value) != 1:
-                raise OSError(f"glibc mallopt({name}, {value}) failed")
-        settings = ", ".join(f"{name}={value}" for name, (_, value) in SETTINGS.items())
-        _state = f"reuse: mallopt {settings} ({wanted}; scratch {estimate})"
+        return _state
+    reason = wanted
+    if wanted == "auto":  # the estimate (a trace of the model) only where it decides
+        scratch = scratch_bytes() if callable(scratch_bytes) else scratch_bytes
+        estimate = "no estimate" if scratch is None else f"~{scratch / 2**20:.0f} MB"
+        if scratch is None or scratch < REUSE_FROM_BYTES:
+            _state = (
+                f"system: auto, the step's scratch ({estimate}) under {REUSE_FROM_BYTES >> 20} MB"
+            )
+            return _state
+        reason = f"auto; scratch {estimate}"
+    for name, (parameter, value) in SETTINGS.items():
+        if libc.mallopt(parameter, value) != 1:
+            raise OSError(f"glibc mallopt({name}, {value}) failed")
+    settings = ", ".join(f"{name}={value}" for name, (_, value) in SETTINGS.items())
+    _state = f"reuse: mallopt {settings} ({reason})"
     return _state
 
 

@@ -24,7 +24,7 @@ Examples:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 DEFAULT_CPU_FLAGS: tuple[str, ...] = (
     "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
@@ -85,7 +85,7 @@ def _platform_problem() -> str | None:
 
 
 def configure_cpu(
-    flags: Sequence[str] | None = None, scratch_bytes: int | None = None
+    flags: Sequence[str] | None = None, scratch_bytes: int | Callable[[], int | None] | None = None
 ) -> tuple[str, ...]:
     """Adds jaxcnn's CPU XLA flags to ``XLA_FLAGS`` if JAX has not started a backend yet.
 
@@ -96,7 +96,8 @@ def configure_cpu(
     Args:
       flags: flags to add; default ``$JAXCNN_XLA_FLAGS`` (split on spaces) if set, else
         ``DEFAULT_CPU_FLAGS``.
-      scratch_bytes: the step's scratch estimate for ``cpu_malloc.configure`` (None: none).
+      scratch_bytes: the step's scratch estimate for ``cpu_malloc.configure``, or a function
+        returning it (None: none).
 
     Returns:
       The flags added (empty if nothing was added: opted out, backend already initialised,

@@ -72,8 +72,9 @@ class TrainingSession:
         self.data: TrainingData = load_training_data(config)
         # glibc's malloc for this step's scratch, before make_mesh starts the backend.
         model = build_model(config, self.data.num_classes, self.data.example_shape[-1])
-        scratch = cpu_malloc.activation_bytes(model, self.data.example_shape, config.batch_size)
-        cpu_malloc.configure(scratch)
+        cpu_malloc.configure(  # traces the model only where auto has that choice to make
+            lambda: cpu_malloc.activation_bytes(model, self.data.example_shape, config.batch_size)
+        )
         self.mesh = sharding_lib.make_mesh(config.num_devices)
         sharding_lib.check_batch_size(config.batch_size, self.mesh)
         self.steps_per_epoch = len(self.data.train) // config.batch_size
