@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxcnn import placement
 from jaxcnn.activations import Activation, activate, get_activation
 
 
@@ -150,7 +151,7 @@ def _native_kernels(x: jax.Array, activation, dtype, residual=None) -> str | Non
         return None
     if residual is not None and jnp.dtype(residual.dtype) != jnp.dtype(dtype):
         return None
-    if jax.default_backend() != "cpu" or jax.device_count() != 1:
+    if not placement.one_cpu_device():
         return None
     if choice == "native":
         build.require()

@@ -42,6 +42,8 @@ from collections.abc import Iterator
 import jax
 from jax import lax
 
+from jaxcnn import placement
+
 BACKENDS = ("auto", "xla", "onednn")
 _NHWC = ("NHWC", "HWIO", "NHWC")
 _choice: str | None = None  # set_conv_backend's value; None: the environment decides
@@ -167,9 +169,7 @@ def _onednn_runs(lhs, rhs, padding, lhs_dilation, dimension_numbers, feature_gro
                  batch_group_count, preferred_element_type) -> bool:  # fmt: skip
     """Whether oneDNN's binding takes this call exactly as lax would compute it."""
     # One CPU device only: XLA cannot split a foreign call over several devices' shards.
-    if lhs.ndim != 4 or rhs.ndim != 4 or jax.default_backend() != "cpu":
-        return False
-    if jax.device_count() != 1:
+    if lhs.ndim != 4 or rhs.ndim != 4 or not placement.one_cpu_device():
         return False
     if lhs.dtype != rhs.dtype or lhs.dtype not in (jax.numpy.float32, jax.numpy.bfloat16):
         return False

@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcnn import conv_backend, shapes
+from jaxcnn import conv_backend, placement, shapes
 from jaxcnn.fast_ops import first_max_gradient
 
 
@@ -225,7 +225,7 @@ def _native_applies(x: jax.Array, kernel: jax.Array, window: tuple) -> bool:
     if choice == "auto" and x.shape[-1] > NATIVE_MAX_CHANNELS[jnp.dtype(x.dtype).name]:
         return False
     # One CPU device only: XLA cannot split a foreign call over several devices' shards.
-    if jax.default_backend() != "cpu" or jax.device_count() != 1:
+    if not placement.one_cpu_device():
         return False
     if choice == "native":
         build.require()

@@ -74,8 +74,9 @@ def _glibc():
 def activation_bytes(model, example_shape, batch_size: int) -> int | None:
     """Bytes of every layer output of one training forward pass of ``batch_size`` examples.
 
-    Traced abstractly (``jax.eval_shape``), without starting a JAX backend: the layers'
-    backend checks are told "one CPU device" meanwhile. None if the model cannot be traced
+    Traced abstractly (``jax.eval_shape``) without starting a JAX backend: the layers'
+    "one CPU device?" checks are answered by :func:`jaxcnn.placement.assume_one_cpu_device`
+    meanwhile. None if the model cannot be traced
     so (then :func:`configure`'s ``auto`` keeps glibc's defaults).
 
     Examples:
@@ -85,6 +86,8 @@ def activation_bytes(model, example_shape, batch_size: int) -> int | None:
     """
     import jax
     import jax.numpy as jnp
+
+    from jaxcnn import placement
 
     def intermediates(x):
         keys = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
@@ -97,15 +100,12 @@ def activation_bytes(model, example_shape, batch_size: int) -> int | None:
                                rngs={"dropout": keys["dropout"]}, **kwargs)  # fmt: skip
         return state["intermediates"]
 
-    saved = jax.default_backend, jax.device_count
-    jax.default_backend, jax.device_count = (lambda: "cpu"), (lambda *a, **k: 1)
     try:
-        x = jax.ShapeDtypeStruct((1, *example_shape), jnp.float32)
-        leaves = jax.tree.leaves(jax.eval_shape(intermediates, x))
+        with placement.assume_one_cpu_device():
+            x = jax.ShapeDtypeStruct((1, *example_shape), jnp.float32)
+            leaves = jax.tree.leaves(jax.eval_shape(intermediates, x))
     except Exception:  # any model jaxcnn cannot trace abstractly: no estimate
         return None
-    finally:
-        jax.default_backend, jax.device_count = saved
     return batch_size * sum(leaf.size * leaf.dtype.itemsize for leaf in leaves)
 
 

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcnn import conv_backend, conv_pool, fast_ops, shapes
+from jaxcnn import conv_backend, conv_pool, fast_ops, placement, shapes
 
 # Re-exported: they lived here before jaxcnn.activations.
 from jaxcnn.activations import ACTIVATIONS as ACTIVATIONS
@@ -587,7 +587,7 @@ class ConvBlock(nn.Module):
             and (not isinstance(call["padding"], str) or call["padding"] in ("VALID", "SAME"))
         )
         if self.space_to_depth is None:
-            return applies and in_channels <= 4 and jax.default_backend() == "cpu"
+            return applies and in_channels <= 4 and placement.on_cpu()
         if self.space_to_depth and not applies:
             raise ValueError(
                 f"{_describe(self)}: space_to_depth=True needs a stride-1 convolution "

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
 
-from jaxcnn import conv_backend
+from jaxcnn import conv_backend, placement
 from jaxcnn.train.losses import add_metrics, batch_metrics, cross_entropy
 from jaxcnn.train.tta import check_fill, check_tta_mode, tta_logits
 
@@ -97,8 +97,7 @@ def auto_batch_splits(batch_size: int, has_batch_norm: bool) -> int:
       >>> auto_batch_splits(128, has_batch_norm=True)
       1
     """
-    on_one_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
-    if not on_one_cpu or has_batch_norm or batch_size < 64:
+    if not placement.one_cpu_device() or has_batch_norm or batch_size < 64:
         return 1
     return 1 if conv_backend.resolved_backend() == "onednn" else 4
 
