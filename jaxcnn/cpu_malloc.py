@@ -76,8 +76,8 @@ def activation_bytes(model, example_shape, batch_size: int) -> int | None:
 
     Traced abstractly (``jax.eval_shape``) without starting a JAX backend: the layers'
     "one CPU device?" checks are answered by :func:`jaxcnn.placement.assume_one_cpu_device`
-    meanwhile. None if the model cannot be traced
-    so (then :func:`configure`'s ``auto`` keeps glibc's defaults).
+    meanwhile. None if the model cannot be traced so (then :func:`configure`'s ``auto``
+    keeps glibc's defaults).
 
     Examples:
         >>> import flax.linen as nn
