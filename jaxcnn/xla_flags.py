@@ -84,6 +84,20 @@ def _platform_problem() -> str | None:
     return None
 
 
+def chosen_cpu_flags() -> tuple[str, ...]:
+    """The flags :func:`configure_cpu` adds by default: ``$JAXCNN_XLA_FLAGS``, else ours.
+
+    Examples:
+        >>> import os
+        >>> os.environ["JAXCNN_XLA_FLAGS"] = "--xla_a=1 --xla_b=2"
+        >>> chosen_cpu_flags()
+        ('--xla_a=1', '--xla_b=2')
+        >>> del os.environ["JAXCNN_XLA_FLAGS"]
+    """
+    override = os.environ.get("JAXCNN_XLA_FLAGS")
+    return tuple(override.split()) if override is not None else DEFAULT_CPU_FLAGS
+
+
 def configure_cpu(
     flags: Sequence[str] | None = None, scratch_bytes: int | Callable[[], int | None] | None = None
 ) -> tuple[str, ...]:
@@ -115,10 +129,7 @@ def configure_cpu(
     cpu_malloc.configure(scratch_bytes)  # the same deadline: before the backend's threads
     if os.environ.get("JAXCNN_NO_XLA_FLAGS", "") not in ("", "0"):
         return ()
-    if flags is None:
-        override = os.environ.get("JAXCNN_XLA_FLAGS")
-        flags = tuple(override.split()) if override is not None else DEFAULT_CPU_FLAGS
-    flags = tuple(flags)
+    flags = chosen_cpu_flags() if flags is None else tuple(flags)
     from jax._src import xla_bridge  # the only way to ask without starting a backend
 
     if xla_bridge.backends_are_initialized() or _platform_problem() is not None:

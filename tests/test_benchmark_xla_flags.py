@@ -17,6 +17,15 @@ def test_merge_rejects_a_flag_without_dashes():
         xla_flags.merge_flags("", ["xla_a=1"])
 
 
+def test_chosen_flags_follow_the_environment(monkeypatch):
+    monkeypatch.delenv("JAXCNN_XLA_FLAGS", raising=False)
+    assert xla_flags.chosen_cpu_flags() == xla_flags.DEFAULT_CPU_FLAGS
+    monkeypatch.setenv("JAXCNN_XLA_FLAGS", "--xla_a=1  --xla_b=2")
+    assert xla_flags.chosen_cpu_flags() == ("--xla_a=1", "--xla_b=2")
+    monkeypatch.setenv("JAXCNN_XLA_FLAGS", "")  # set but empty: no flags at all
+    assert xla_flags.chosen_cpu_flags() == ()
+
+
 def test_flags_are_added_before_the_backend_starts_and_xla_accepts_them(fresh_python):
     out = fresh_python(
         """

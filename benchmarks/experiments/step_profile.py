@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     extra = ["--xla_cpu_enable_xprof_traceme=true"]
     if args.devices > 1:
         extra.append(f"--xla_force_host_platform_device_count={args.devices}")
-    xla_flags.configure_cpu((*xla_flags.DEFAULT_CPU_FLAGS, *extra))
+    xla_flags.configure_cpu((*xla_flags.chosen_cpu_flags(), *extra))  # JAXCNN_XLA_FLAGS too
     import jax
 
     step, state, batch = _build(args.net, args.batch, args.devices, args.dtype, args.model_kwargs)
