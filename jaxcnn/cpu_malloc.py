@@ -44,9 +44,10 @@ import sys
 from collections.abc import Callable
 
 CHOICES = ("auto", "reuse", "system")
-# glibc mmaps any block above 32 MB (its largest dynamic mmap threshold); the estimate runs
-# above XLA's block (ResNet-20 bfloat16, batch 128: 159 MB against 103), the teaching nets
-# at batch 128 estimate 10-26 MB.
+# The settings paid where XLA's block passed 32 MB, glibc's largest dynamic mmap threshold.
+# The estimate is 0.55-1.19x that block (ResNet-20 bfloat16, batch 128: 159 MiB against
+# 103 MB; the CIFAR net bfloat16: 1.19x); 48 MiB put 8 of 9 measured nets and batch sizes on
+# the side their A/B favoured, the ninth at the boundary (docs/perf_notes.md, session 23).
 REUSE_FROM_BYTES = 48 * 2**20
 # mallopt's parameter numbers (glibc's malloc.h) and the values set.
 SETTINGS = {
@@ -151,8 +152,11 @@ def configure(scratch_bytes: int | Callable[[], int | None] | None = None) -> st
     reason = wanted
     if wanted == "auto":  # the estimate (a trace of the model) only where it decides
         scratch = scratch_bytes() if callable(scratch_bytes) else scratch_bytes
-        estimate = "no estimate" if scratch is None else f"~{scratch / 2**20:.0f} MB"
-        if scratch is None or scratch < REUSE_FROM_BYTES:
+        if scratch is None:
+            _state = "system: auto, no estimate of the step's scratch"
+            return _state
+        estimate = f"~{scratch / 2**20:.0f} MB"
+        if scratch < REUSE_FROM_BYTES:
             _state = (
                 f"system: auto, the step's scratch ({estimate}) under {REUSE_FROM_BYTES >> 20} MB"
             )
