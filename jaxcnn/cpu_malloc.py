@@ -130,7 +130,7 @@ def configure(scratch_bytes: int | Callable[[], int | None] | None = None) -> st
     from jax._src import xla_bridge  # asks without starting a backend
 
     from jaxcnn.conv_backend import env_choice
-    from jaxcnn.xla_flags import _platform_problem
+    from jaxcnn.placement import cpu_platform_problem
 
     global _state
     wanted = env_choice("JAXCNN_MALLOC", "auto", CHOICES)
@@ -143,7 +143,7 @@ def configure(scratch_bytes: int | Callable[[], int | None] | None = None) -> st
     if xla_bridge.backends_are_initialized():
         _state = "unchanged: the JAX backend had started (its threads keep their arenas)"
         return _state
-    if (problem := _platform_problem()) is not None:
+    if (problem := cpu_platform_problem()) is not None:
         _state = f"unchanged: {problem}"
         return _state
     if libc is None:

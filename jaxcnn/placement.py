@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 from collections.abc import Iterator
 
 import jax
 
 _ASSUMED = contextvars.ContextVar("jaxcnn_assume_one_cpu_device", default=False)
+# Substrings of the plugin names that start a backend other than the CPU.
+_ACCELERATOR_PLUGINS = ("cuda", "gpu", "rocm", "tpu", "metal")
 
 
 def on_cpu() -> bool:
@@ -45,3 +48,32 @@ def assume_one_cpu_device() -> Iterator[None]:
         yield
     finally:
         _ASSUMED.reset(token)
+
+
+def cpu_platform_problem() -> str | None:
+    """Why JAX's backend, once started, may not be the CPU (None when it will be).
+
+    Asked without starting a backend (from ``JAX_PLATFORMS`` and the installed plugins), for
+    the settings that must come before it: :mod:`jaxcnn.xla_flags`, :mod:`jaxcnn.cpu_malloc`.
+
+    Examples:
+        >>> previous = jax.config.jax_platforms
+        >>> jax.config.update("jax_platforms", "cuda,cpu")  # as JAX_PLATFORMS=cuda,cpu would
+        >>> cpu_platform_problem()
+        "JAX_PLATFORMS='cuda,cpu' does not start with cpu"
+        >>> jax.config.update("jax_platforms", previous)
+    """
+    platforms = (jax.config.jax_platforms or os.environ.get("JAX_PLATFORMS", "")).lower()
+    if platforms:
+        first = platforms.split(",")[0].strip()
+        return None if first == "cpu" else f"JAX_PLATFORMS={platforms!r} does not start with cpu"
+    try:
+        from importlib.metadata import entry_points
+
+        plugins = [ep.name for ep in entry_points(group="jax_plugins")]
+    except Exception:  # a broken metadata install must not stop training
+        plugins = []
+    accel = [p for p in plugins if any(a in p.lower() for a in _ACCELERATOR_PLUGINS)]
+    if accel:
+        return f"accelerator plugin(s) installed: {', '.join(accel)}"
+    return None

@@ -26,10 +26,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
+from jaxcnn import placement
+
 DEFAULT_CPU_FLAGS: tuple[str, ...] = (
     "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
 )
-_ACCELERATOR_PLATFORMS = ("cuda", "gpu", "rocm", "tpu", "metal")
 
 
 def _flag_name(flag: str) -> str:
@@ -62,26 +63,6 @@ def merge_flags(existing: str, flags: Sequence[str]) -> str:
             out.append(flag)
             present.add(_flag_name(flag))
     return " ".join(out)
-
-
-def _platform_problem() -> str | None:
-    """Why the run may not be on CPU (None when it will be), without starting a backend."""
-    import jax
-
-    platforms = (jax.config.jax_platforms or os.environ.get("JAX_PLATFORMS", "")).lower()
-    if platforms:
-        first = platforms.split(",")[0].strip()
-        return None if first == "cpu" else f"JAX_PLATFORMS={platforms!r} does not start with cpu"
-    try:
-        from importlib.metadata import entry_points
-
-        plugins = [ep.name for ep in entry_points(group="jax_plugins")]
-    except Exception:  # a broken metadata install must not stop training
-        plugins = []
-    accel = [p for p in plugins if any(a in p.lower() for a in _ACCELERATOR_PLATFORMS)]
-    if accel:
-        return f"accelerator plugin(s) installed: {', '.join(accel)}"
-    return None
 
 
 def chosen_cpu_flags() -> tuple[str, ...]:
@@ -132,7 +113,7 @@ def configure_cpu(
     flags = chosen_cpu_flags() if flags is None else tuple(flags)
     from jax._src import xla_bridge  # the only way to ask without starting a backend
 
-    if xla_bridge.backends_are_initialized() or _platform_problem() is not None:
+    if xla_bridge.backends_are_initialized() or placement.cpu_platform_problem() is not None:
         return ()
     existing = os.environ.get("XLA_FLAGS", "")
     merged = merge_flags(existing, flags)
@@ -154,7 +135,7 @@ def explain() -> str:
     from jax._src import xla_bridge
 
     state = "yes" if xla_bridge.backends_are_initialized() else "no"
-    problem = _platform_problem()
+    problem = placement.cpu_platform_problem()
     where = f"; not applied on this platform: {problem}" if problem else ""
     from jaxcnn import cpu_malloc
 

@@ -50,3 +50,52 @@ def test_another_thread_still_asks_jax(jax_says_gpu):
         worker.join()
         assert placement.one_cpu_device()
     assert seen == [False]
+
+
+@pytest.fixture
+def platforms_setting():
+    """Sets jax.config.jax_platforms for one test (as JAX_PLATFORMS would), then restores it."""
+    previous = jax.config.jax_platforms
+    yield lambda value: jax.config.update("jax_platforms", value)
+    jax.config.update("jax_platforms", previous)
+
+
+@pytest.mark.parametrize(
+    "platforms, problem",
+    [
+        ("cpu", None),
+        ("CPU,cuda", None),
+        ("tpu", "JAX_PLATFORMS='tpu' does not start with cpu"),
+        ("cuda,cpu", "JAX_PLATFORMS='cuda,cpu' does not start with cpu"),
+    ],
+)
+def test_the_platform_setting_decides(platforms_setting, platforms, problem):
+    platforms_setting(platforms)
+    assert placement.cpu_platform_problem() == problem
+
+
+class _Plugin:
+    def __init__(self, name):
+        self.name = name
+
+
+@pytest.mark.parametrize(
+    "plugins, problem",
+    [
+        ([], None),
+        (["some_profiler"], None),
+        (["cuda12", "some_profiler"], "accelerator plugin(s) installed: cuda12"),
+        (["tpu"], "accelerator plugin(s) installed: tpu"),
+    ],
+)
+def test_without_a_setting_an_accelerator_plugin_decides(
+    platforms_setting, monkeypatch, plugins, problem
+):
+    import importlib.metadata
+
+    platforms_setting(None)
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    monkeypatch.setattr(
+        importlib.metadata, "entry_points", lambda group: [_Plugin(name) for name in plugins]
+    )
+    assert placement.cpu_platform_problem() == problem

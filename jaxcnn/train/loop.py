@@ -125,7 +125,8 @@ def fit(
       >>> # result = fit(get_config(), "runs/digits")
       >>> # result.test_metrics["test_accuracy"]  # about 0.98
     """
-    # Before the first computation: XLA reads its flags when the backend starts.
+    # Before the first computation: XLA reads its flags when the backend starts. Its malloc
+    # choice has no estimate yet; TrainingSession makes it again once the model exists.
     xla_flags.configure_cpu()
     config = validate_config(config)
     workdir = Path(workdir).absolute()
