@@ -81,6 +81,26 @@ def parse_variant(text: str) -> dict[str, str]:
     return options
 
 
+def check_variant(options: dict[str, str]) -> None:
+    """Raises ValueError naming the first ``--variant`` value its key does not accept.
+
+    Examples:
+      >>> check_variant(parse_variant("splits=2,s2d=off"))
+      >>> check_variant(parse_variant("crop=maybe"))
+      Traceback (most recent call last):
+      ...
+      ValueError: --variant crop='maybe'; valid: on, off
+    """
+    for key, (_, _, values) in SPEC_SWITCHES.items():
+        if options[key] not in values:
+            raise ValueError(f"--variant {key}={options[key]!r}; valid: {', '.join(values)}")
+    splits = options["splits"]
+    if not (splits == "auto" or splits.isdigit() and int(splits) >= 1):
+        raise ValueError(f"--variant splits={splits!r}; valid: auto or an int >= 1")
+    if options["crop"] not in ("on", "off"):
+        raise ValueError(f"--variant crop={options['crop']!r}; valid: on, off")
+
+
 def _zoo_model(net: str, dtype: str):
     """jaxcnn's zoo model for ``net``, or None (with the reason) when the zoo lacks it."""
     try:
@@ -175,13 +195,15 @@ def run_with_engine(args, model, engine, batch_splits: int = 0, **extra) -> None
 def main(argv=None) -> int:
     args = common.parse_args("jaxcnn", argv)
     options = parse_variant(args.variant)
+    check_variant(options)  # before anything is configured or traced
     from jaxcnn import xla_flags  # imports jax but starts no backend
 
     common.use_jax_device(args.device)  # before the flags: --device cpu makes them apply
     from jaxcnn import cpu_malloc
 
-    def scratch():  # the zoo model's step scratch, estimated before the backend starts
+    def scratch():  # the step's scratch of the zoo model it will time, before the backend
         zoo = None if options["impl"] == "standin" else _zoo_model(args.net, args.dtype)[0]
+        zoo = _switched(zoo, options)
         if zoo is not None:
             return cpu_malloc.activation_bytes(zoo, common.NETS[args.net][0], args.batch)
         return None
@@ -195,18 +217,9 @@ def main(argv=None) -> int:
         return 0
 
     from benchmarks import flax_minimal, nets_flax
-
-    for key, (_, _, values) in SPEC_SWITCHES.items():
-        if options[key] not in values:
-            raise ValueError(f"--variant {key}={options[key]!r}; valid: {', '.join(values)}")
-    splits = options["splits"]
-    if not (splits == "auto" or splits.isdigit() and int(splits) >= 1):
-        raise ValueError(f"--variant splits={splits!r}; valid: auto or an int >= 1")
-
     from jaxcnn import conv_backend, conv_pool
 
-    if options["crop"] not in ("on", "off"):
-        raise ValueError(f"--variant crop={options['crop']!r}; valid: on, off")
+    splits = options["splits"]
     if options["crop"] == "off":  # every conv output computed, as before session 17
         conv_pool.conv_for_tiled_pool = lambda call, window: None
     if options["backend"] != "auto":  # auto: the environment (JAXCNN_CONV_BACKEND) decides

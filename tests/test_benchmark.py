@@ -255,11 +255,24 @@ def test_jaxcnn_runner_variants_rewrite_the_zoo_spec():
 @pytest.mark.parametrize(
     "variant", ["s2d=maybe", "materialize=yes", "splits=0", "splits=x", "crop=maybe"]
 )
-def test_jaxcnn_runner_rejects_bad_variant_values(variant):
+def test_jaxcnn_runner_rejects_bad_variant_values(variant, monkeypatch):
     from benchmarks import jaxcnn_bench
+    from jaxcnn import xla_flags
 
+    configured = []  # a bad value must stop the runner before it sets flags or malloc
+    monkeypatch.setattr(xla_flags, "configure_cpu", lambda *a, **k: configured.append(1))
     with pytest.raises(ValueError, match=variant.split("=")[0]):
         jaxcnn_bench.main(["--net", "mnist_cnn", "--variant", variant])
+    assert configured == []
+
+
+def test_jaxcnn_runner_docstring_examples():
+    import doctest
+
+    from benchmarks import jaxcnn_bench
+
+    result = doctest.testmod(jaxcnn_bench, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 3 and result.failed == 0
 
 
 def test_the_layout_experiment_compares_the_same_net_in_both_layouts():
