@@ -116,10 +116,11 @@ def test_gelu_tails_equal_xla(activation, monkeypatch):
 
 
 @needs_native
-def test_a_float32_input_with_a_bfloat16_output(monkeypatch):
+@pytest.mark.parametrize("activation", ["relu", "gelu"])  # gelu: dpre kept in dx, float32
+def test_a_float32_input_with_a_bfloat16_output(activation, monkeypatch):
     x, scale, bias = inputs((8, 4, 4, 8))
-    native = run("native", monkeypatch, x, scale, bias, "relu", jnp.bfloat16)
-    xla = run("xla", monkeypatch, x, scale, bias, "relu", jnp.bfloat16)
+    native = run("native", monkeypatch, x, scale, bias, activation, jnp.bfloat16)
+    xla = run("xla", monkeypatch, x, scale, bias, activation, jnp.bfloat16)
     assert native[0][0].dtype == jnp.bfloat16 and native[1][0].dtype == jnp.float32
     for got, want in zip(native[0] + native[1], xla[0] + xla[1], strict=True):
         close(got, want, jnp.bfloat16)

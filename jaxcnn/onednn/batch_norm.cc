@@ -48,15 +48,19 @@ using jaxcnn::Store;
 // The activations, as the "activation" attribute numbers them (ffi_norm.ACTIVATIONS).
 // Each is a struct with Value(pre) and Grad(pre, dy) = act'(pre) * dy, so that every
 // loop is compiled for one activation and vectorises: no calls, no branches per element.
+// kKeepGrad: the backward's first pass stores act'(pre) * dy for its second pass to read,
+// instead of evaluating Grad again there (the GELUs: their Grad costs more than a store).
 enum Activation : int64_t { kIdentity = 0, kRelu = 1, kGelu = 2, kGeluExact = 3 };
 
 struct Identity {
+  static constexpr bool kKeepGrad = false;
   static float Value(float pre) { return pre; }
   static float Grad(float, float dy) { return dy; }
 };
 
 // ReLU keeps NaN (as jnp.maximum does); its gradient is 0 where pre <= 0, as jax.nn.relu's.
 struct Relu {
+  static constexpr bool kKeepGrad = false;
   static float Value(float pre) { return pre <= 0.0f ? 0.0f : pre; }
   static float Grad(float pre, float dy) { return pre > 0.0f ? dy : 0.0f; }
 };
@@ -91,6 +95,7 @@ inline float Exp(float v) {
 // jax.nn.gelu(approximate=True), flax's nn.gelu: x / 2 * (1 + tanh(u)),
 // u = sqrt(2 / pi) * (x + 0.044715 x^3); tanh(u) = 1 - 2 / (exp(2u) + 1).
 struct Gelu {
+  static constexpr bool kKeepGrad = true;
   static constexpr float kSqrt2OverPi = 0.797884560802865355f;
   static constexpr float kCubic = 0.044715f;
   static float Tanh(float pre) {
@@ -109,6 +114,7 @@ struct Gelu {
 // erf by Abramowitz and Stegun's 7.1.26 (absolute error below 1.5e-7); the derivative
 // is Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
 struct GeluExact {
+  static constexpr bool kKeepGrad = true;
   static float Erf(float z) {
     float a = std::fabs(z);
     float t = 1.0f / (1.0f + 0.3275911f * a);
@@ -303,7 +309,11 @@ void Backward(const TX* __restrict x, const TY* __restrict residual, const TY* _
             float dpre = Act::Grad(xhat * g[c] + b[c] + shortcut, Load(grad[c]));
             s[c] += dpre;
             q[c] += dpre * xhat;
-            if constexpr (kResidual) Store(dpre, dresidual + r * width + c);
+            if constexpr (kResidual) {
+              Store(dpre, dresidual + r * width + c);
+            } else if constexpr (Act::kKeepGrad) {
+              Store(dpre, dx + r * width + c);  // read back (and overwritten) below
+            }
           }
         },
         sum_dpre, sum_dpre_xhat);
@@ -328,12 +338,19 @@ void Backward(const TX* __restrict x, const TY* __restrict residual, const TY* _
   WithWidth(layout, [&](auto width) {
     EachRow(layout.rows, threads, [&](int, int64_t r) {
       const TX* __restrict row = x + r * width;
-      const TY* __restrict grad = dy + r * width;
+      [[maybe_unused]] const TY* __restrict grad = dy + r * width;
       TX* __restrict out = dx + r * width;
       for (int64_t c = 0; c < width; ++c) {
         float xhat = (Load(row[c]) - m[c]) * iv[c];
-        float shortcut = ResidualAt<kResidual>(residual, r * width + c);
-        float dpre = Act::Grad(xhat * g[c] + b[c] + shortcut, Load(grad[c]));
+        float dpre;
+        if constexpr (!Act::kKeepGrad) {
+          float shortcut = ResidualAt<kResidual>(residual, r * width + c);
+          dpre = Act::Grad(xhat * g[c] + b[c] + shortcut, Load(grad[c]));
+        } else if constexpr (kResidual) {
+          dpre = Load(dresidual[r * width + c]);
+        } else {
+          dpre = Load(out[c]);  // the first pass's dpre, rounded to dx's dtype
+        }
         Store(k[c] * dpre + o[c] + l[c] * xhat, out + c);
       }
     });
