@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxcnn import bias_activation as bias_activation_lib
 from jaxcnn import conv_backend, conv_pool, fast_ops, placement, shapes
 
 # Re-exported: they lived here before jaxcnn.activations.
@@ -504,6 +505,12 @@ class ConvBlock(nn.Module):
     def _epsilon(self, default: float) -> float:
         return default if self.norm_epsilon is None else self.norm_epsilon
 
+    def _bias_activation_alone(self, residual, pool, conv_output: jax.Array) -> bool:
+        """Whether bias + activation follow the conv directly and run on the kernels."""
+        if self.norm is not None or residual is not None or (self.pool_first and pool):
+            return False
+        return bias_activation_lib.native_activation(conv_output, self.activation) is not None
+
     def _norm_activate(
         self, x: jax.Array, train: bool, residual: jax.Array | None = None
     ) -> jax.Array:
@@ -705,6 +712,13 @@ class ConvBlock(nn.Module):
                 "activation 'relu', a conv bias, no norm and fused_pool=True"
             )
         y = conv(x)
+        if tap is not None and self._bias_activation_alone(residual, pool, tap.output):
+            # No norm between: the bias and a GELU as one kernel pass each way.
+            y = bias_activation_lib.bias_activation(
+                tap.output, conv.variables["params"]["bias"], self.activation
+            )
+            chex.assert_shape(y, conv_shape)
+            return y if pool is None else pool(y)
         if tap is not None:
             y = fast_ops.add_channel_bias(tap.output, conv.variables["params"]["bias"])
         chex.assert_shape(y, conv_shape)

@@ -365,6 +365,32 @@ def test_train_step_learns_and_is_compiled_once(tiny_setup):
     assert state.batch_stats  # running statistics were updated
 
 
+def test_frozen_parameters_cost_no_gradient_and_leave_the_rest_unchanged(tiny_setup):
+    model, state, batch = tiny_setup
+
+    def compiled(frozen):
+        step = jax.jit(make_train_step(model, mean=[0.5], std=[0.25], frozen=frozen))
+        return step.lower(state, batch).compile()
+
+    plain, frozen = compiled(()), compiled(["Conv_0/kernel"])
+    # XLA drops the frozen kernel's gradient: one convolution (the forward) instead of two.
+    assert plain.as_text().count(" convolution(") == 2
+    assert frozen.as_text().count(" convolution(") == 1
+    (after_plain, _), (after_frozen, _) = plain(state, batch), frozen(state, batch)
+    kernel = ("Conv_0", "kernel")
+    # The fixture's Adam does not freeze: a zero gradient still leaves the kernel in place.
+    np.testing.assert_array_equal(
+        after_frozen.params[kernel[0]][kernel[1]], state.params[kernel[0]][kernel[1]]
+    )
+    for (path, got), (_, want) in zip(
+        jax.tree_util.tree_leaves_with_path(after_frozen.params),
+        jax.tree_util.tree_leaves_with_path(after_plain.params),
+        strict=True,
+    ):
+        if tuple(k.key for k in path) != kernel:  # every other update is the same
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
 def test_eval_step_masks_padding(tiny_setup):
     model, state, batch = tiny_setup
     eval_step = jax.jit(make_eval_step(model, mean=[0.5], std=[0.25], num_classes=3))

@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
+#include <numeric>
 #include <type_traits>
 #include <vector>
 
@@ -185,14 +186,23 @@ void ChannelSums(int64_t rows, int64_t lanes, int threads, F&& terms, std::vecto
 // compile-time trip count, fully vectorised) holding kPeriod / C consecutive pixels;
 // lane j is channel j % C, the per-channel vectors are tiled to kPeriod lanes, and sums
 // per lane are folded back to channels. Otherwise a row is one pixel's C channels.
+// Other channel counts that do not fill whole vectors (the whitening layer's 24) take
+// rows of lcm(C, kPeriod) elements, up to kMaxWidth, a run-time width: each row is
+// still whole vectors, and there are fewer rows to start (24 channels: 192 a row).
 constexpr int64_t kPeriod = 64;
+constexpr int64_t kMaxWidth = 1024;
+
+inline int64_t RowWidth(int64_t elements, int64_t c) {
+  if (c <= 0) return c;
+  if (kPeriod % c == 0 && elements % kPeriod == 0) return kPeriod;
+  int64_t common = std::lcm(c, kPeriod);
+  return common <= kMaxWidth && elements % common == 0 ? common : c;
+}
 
 struct Layout {
-  int64_t channels, width, rows;  // width: elements per loop row (kPeriod or C)
+  int64_t channels, width, rows;  // width: elements per loop row (see RowWidth)
   Layout(int64_t elements, int64_t c)
-      : channels(c),
-        width(c > 0 && kPeriod % c == 0 && elements % kPeriod == 0 ? kPeriod : c),
-        rows(width > 0 ? elements / width : 0) {}
+      : channels(c), width(RowWidth(elements, c)), rows(width > 0 ? elements / width : 0) {}
   // A per-channel vector repeated over the row's lanes.
   std::vector<float> Tile(const std::vector<float>& v) const {
     std::vector<float> out(width);
@@ -357,6 +367,51 @@ void Backward(const TX* __restrict x, const TY* __restrict residual, const TY* _
   });
 }
 
+// A conv's bias and activation without a norm (the fast CIFAR net's whitening layer):
+//   y = act(x + bias); dpre = act'(x + bias) * dy, dx = dpre, dbias = sum dpre.
+// One pass each way, on the team (XLA runs this as one-thread fusions).
+template <typename Act, typename TX, typename TY>
+void BiasForward(const TX* __restrict x, const float* bias, int64_t rows, int64_t channels,
+                 int threads, TY* __restrict y) {
+  Layout layout(rows * channels, channels);
+  std::vector<float> lanes = layout.Tile(std::vector<float>(bias, bias + channels));
+  const float* __restrict b = lanes.data();
+  WithWidth(layout, [&](auto width) {
+    EachRow(layout.rows, threads, [&](int, int64_t r) {
+      const TX* __restrict row = x + r * width;
+      TY* __restrict out = y + r * width;
+      for (int64_t c = 0; c < width; ++c) Store(Act::Value(Load(row[c]) + b[c]), out + c);
+    });
+  });
+}
+
+template <typename Act, typename TX, typename TY>
+void BiasBackward(const TX* __restrict x, const TY* __restrict dy, const float* bias,
+                  int64_t rows, int64_t channels, int threads, TX* __restrict dx,
+                  float* dbias) {
+  Layout layout(rows * channels, channels);
+  std::vector<float> lanes = layout.Tile(std::vector<float>(bias, bias + channels));
+  const float* __restrict b = lanes.data();
+  std::vector<double> sum_dpre, unused;
+  WithWidth(layout, [&](auto width) {
+    ChannelSums(
+        layout.rows, width, threads,
+        [&](int64_t r, float* __restrict s, float*) {
+          const TX* __restrict row = x + r * width;
+          const TY* __restrict grad = dy + r * width;
+          TX* __restrict out = dx + r * width;
+          for (int64_t c = 0; c < width; ++c) {
+            float dpre = Act::Grad(Load(row[c]) + b[c], Load(grad[c]));
+            s[c] += dpre;
+            Store(dpre, out + c);
+          }
+        },
+        sum_dpre, unused);
+  });
+  sum_dpre = layout.Fold(sum_dpre);
+  for (int64_t c = 0; c < channels; ++c) dbias[c] = static_cast<float>(sum_dpre[c]);
+}
+
 bool SameShape(ffi::AnyBuffer::Dimensions a, ffi::AnyBuffer::Dimensions b) {
   return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin());
 }
@@ -478,6 +533,51 @@ ffi::Error NormBackward(ffi::AnyBuffer x, ffi::AnyBuffer residual, ffi::AnyBuffe
   return ffi::Error::Success();
 }
 
+ffi::Error BiasForwardHandler(ffi::AnyBuffer x, ffi::Buffer<ffi::F32> bias,
+                              ffi::Result<ffi::AnyBuffer> y, int64_t activation) {
+  ffi::Error error = Check(x, *y, activation, {&bias});
+  if (error.failure()) return error;
+  int64_t channels = x.dimensions().back();
+  if (channels == 0) return ffi::Error::Success();
+  int64_t rows = static_cast<int64_t>(x.element_count()) / channels;
+  jaxcnn::InFlight team;
+  Dispatch(x.element_type(), y->element_type(), [&](auto tx, auto ty) {
+    using TX = decltype(tx);
+    using TY = decltype(ty);
+    DispatchActivation(activation, false, [&](auto act, auto) {
+      BiasForward<decltype(act)>(static_cast<const TX*>(x.untyped_data()), bias.typed_data(),
+                                 rows, channels, team.threads,
+                                 static_cast<TY*>(y->untyped_data()));
+    });
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error BiasBackwardHandler(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Buffer<ffi::F32> bias,
+                               ffi::Result<ffi::AnyBuffer> dx, ffi::ResultBuffer<ffi::F32> dbias,
+                               int64_t activation) {
+  ffi::Error error = Check(x, dy, activation, {&bias});
+  if (error.failure()) return error;
+  if (dx->element_type() != x.element_type() || !SameShape(dx->dimensions(), x.dimensions())) {
+    return ffi::Error::InvalidArgument("jaxcnn bias activation: dx must be like x");
+  }
+  int64_t channels = x.dimensions().back();
+  if (channels == 0) return ffi::Error::Success();
+  int64_t rows = static_cast<int64_t>(x.element_count()) / channels;
+  jaxcnn::InFlight team;
+  Dispatch(x.element_type(), dy.element_type(), [&](auto tx, auto ty) {
+    using TX = decltype(tx);
+    using TY = decltype(ty);
+    DispatchActivation(activation, false, [&](auto act, auto) {
+      BiasBackward<decltype(act)>(static_cast<const TX*>(x.untyped_data()),
+                                  static_cast<const TY*>(dy.untyped_data()), bias.typed_data(),
+                                  rows, channels, team.threads,
+                                  static_cast<TX*>(dx->untyped_data()), dbias->typed_data());
+    });
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnBatchNormForward, NormForward,
@@ -508,4 +608,20 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnBatchNormBackward, NormBackward,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<float>("epsilon")
+                                  .Attr<int64_t>("activation"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnBiasActivationForward, BiasForwardHandler,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("activation"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnBiasActivationBackward, BiasBackwardHandler,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("activation"));

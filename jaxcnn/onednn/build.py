@@ -60,6 +60,8 @@ TARGETS = {
     "jaxcnn_onednn_conv_kernel_grad": "JaxcnnOnednnConvKernelGrad",
     "jaxcnn_batch_norm_forward": "JaxcnnBatchNormForward",
     "jaxcnn_batch_norm_backward": "JaxcnnBatchNormBackward",
+    "jaxcnn_bias_activation_forward": "JaxcnnBiasActivationForward",
+    "jaxcnn_bias_activation_backward": "JaxcnnBiasActivationBackward",
     "jaxcnn_conv_max_pool_forward": "JaxcnnConvMaxPoolForward",
     "jaxcnn_conv_max_pool_kernel_grad": "JaxcnnConvMaxPoolKernelGrad",
 }

@@ -118,3 +118,31 @@ def backward(
         activation=np.int64(ACTIVATIONS[activation]),
     )
     return dx, None if residual is None else dresidual, dscale, dbias
+
+
+def bias_forward(x, bias, activation: str, dtype):
+    """``activation(x + bias)`` over the last axis, in ``dtype`` (a conv's bias without a norm).
+
+    Args:
+      x: ``(..., C)``, float32 or bfloat16, at least 2-D.
+      bias: ``(C,)`` (added in float32).
+      activation: a name in :data:`ACTIVATIONS`.
+      dtype: of the result, float32 or bfloat16.
+    """
+    build.require()
+    return jax.ffi.ffi_call(
+        "jaxcnn_bias_activation_forward",
+        jax.ShapeDtypeStruct(x.shape, dtype),
+        vmap_method="sequential",
+    )(x, bias.astype(jnp.float32), activation=np.int64(ACTIVATIONS[activation]))
+
+
+def bias_backward(x, dy, bias, activation: str):
+    """``(dx, dbias)`` of :func:`bias_forward` from ``dy``: ``dx`` in ``x``'s dtype, ``dbias``
+    float32 ``(C,)`` (summed in float, then double)."""
+    build.require()
+    return jax.ffi.ffi_call(
+        "jaxcnn_bias_activation_backward",
+        (jax.ShapeDtypeStruct(x.shape, x.dtype), _vector(bias.shape)),
+        vmap_method="sequential",
+    )(x, dy, bias.astype(jnp.float32), activation=np.int64(ACTIVATIONS[activation]))

@@ -35,7 +35,7 @@ from jaxcnn.train.evaluation import Evaluator
 from jaxcnn.train.losses import finalize_metrics, zeros_like_metrics
 from jaxcnn.train.run_log import ProgressBar, TensorBoardWriter, is_primary_process, write_atomic
 from jaxcnn.train.session import InterruptFlag, TrainingSession
-from jaxcnn.train.state import TrainState
+from jaxcnn.train.state import TrainState, frozen_patterns
 from jaxcnn.train.steps import gathering_train_step, make_train_step
 
 
@@ -167,6 +167,7 @@ def _train(run: TrainingSession, interrupt: InterruptFlag, step_callback) -> Fit
         label_smoothing=config.label_smoothing,
         top5=run.top5,
         batch_splits=config.batch_splits,
+        frozen=frozen_patterns(config),  # the optimiser's: their gradients are not computed
     )
     step_fn = jax.jit(
         gathering_train_step(train_step, run.steps_per_epoch, sharding_lib.batch_sharded(mesh)),

@@ -15,7 +15,7 @@ exactly once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -25,6 +25,7 @@ from jax.sharding import NamedSharding
 
 from jaxcnn import conv_backend, placement
 from jaxcnn.train.losses import add_metrics, batch_metrics, cross_entropy
+from jaxcnn.train.optim import frozen_mask
 from jaxcnn.train.tta import check_fill, check_tta_mode, tta_logits
 
 Batch = Mapping[str, jax.Array]
@@ -147,6 +148,7 @@ def make_train_step(
     label_smoothing: float = 0.0,
     top5: bool = False,
     batch_splits: int = 0,
+    frozen: Sequence[str] = (),
 ) -> Callable[[Any, Batch], tuple[Any, dict]]:
     """The pure training step for ``model``.
 
@@ -167,6 +169,11 @@ def make_train_step(
         the MNIST and CIFAR nets on 2 cores, ``docs/perf_notes.md``). ``0`` (default)
         picks :func:`auto_batch_splits` when the step is traced. Models with batch norm
         need 1: each slice would be normalised with its own statistics.
+      frozen: parameter path patterns (:func:`jaxcnn.train.optim.is_frozen`) whose
+        gradient is not computed: the step stops it before the forward pass (as Keras'
+        ``trainable=False`` or PyTorch's ``requires_grad=False``), so XLA drops their
+        kernel gradients, and they get zeros. The optimiser must keep them fixed too
+        (``optimizer.frozen``; ``jaxcnn.train`` passes the same patterns to both).
 
     Raises:
       ValueError: (when traced) ``batch_splits`` > 1 with batch norm, or more splits
@@ -184,6 +191,7 @@ def make_train_step(
     """
     mean = jnp.asarray(mean, jnp.float32)
     std = jnp.asarray(std, jnp.float32)
+    frozen_in = frozen_mask(frozen) if frozen else None
 
     def train_step(state, batch: Batch):
         # One key per step, from the step number: resuming at step k replays step k exactly.
@@ -197,6 +205,12 @@ def make_train_step(
         splits = _checked_splits(batch_splits, state, labels.shape[0])
 
         def loss_fn(params, inputs, labels, dropout_key):
+            if frozen_in is not None:  # constants to autodiff: no gradient work for them
+                params = jax.tree.map(
+                    lambda p, fixed: jax.lax.stop_gradient(p) if fixed else p,
+                    params,
+                    frozen_in(params),
+                )
             variables = {"params": params}
             if state.batch_stats:
                 variables["batch_stats"] = state.batch_stats
