@@ -3,8 +3,9 @@
 :func:`bias_activation` computes ``activation(x + bias)`` over the last axis (channels).
 On a CPU, for either GELU, it runs on the batch-norm kernels' OpenMP team
 (``jaxcnn/onednn/batch_norm.cc``): one pass forward, one backward that writes ``dx`` and
-sums ``dbias``. Elsewhere it is :func:`jaxcnn.fast_ops.add_channel_bias` then the
-activation, with ordinary autodiff.
+sums ``dbias``. Elsewhere it is :func:`jaxcnn.fast_ops.add_channel_bias` then
+:func:`jaxcnn.activations.activate`, with ordinary autodiff: what :class:`jaxcnn.layers.ConvBlock`
+computes without a norm.
 
 Why: the fast CIFAR net's first layer (the 2x2 whitening conv, 24 channels, no norm)
 ended in XLA fusions that XLA:CPU runs on one thread: bias + GELU forward (3.8 ms of a
@@ -32,7 +33,7 @@ import jax
 import jax.numpy as jnp  # noqa: F401 (the docstring examples use it)
 
 from jaxcnn import fast_ops
-from jaxcnn.activations import Activation, get_activation
+from jaxcnn.activations import Activation, activate, get_activation
 
 # The activations that run on the kernels here (the others cost XLA little).
 NATIVE_ACTIVATIONS = ("gelu", "gelu_exact")
@@ -64,7 +65,7 @@ def bias_activation(x: jax.Array, bias: jax.Array, activation: Activation) -> ja
         )
     name = native_activation(x, activation)
     if name is None:
-        return get_activation(activation)(fast_ops.add_channel_bias(x, bias))
+        return activate(activation, fast_ops.add_channel_bias(x, bias))
     return _native(x, bias, name)
 
 

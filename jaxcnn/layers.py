@@ -505,11 +505,9 @@ class ConvBlock(nn.Module):
     def _epsilon(self, default: float) -> float:
         return default if self.norm_epsilon is None else self.norm_epsilon
 
-    def _bias_activation_alone(self, residual, pool, conv_output: jax.Array) -> bool:
-        """Whether bias + activation follow the conv directly and run on the kernels."""
-        if self.norm is not None or residual is not None or (self.pool_first and pool):
-            return False
-        return bias_activation_lib.native_activation(conv_output, self.activation) is not None
+    def _bias_activation_alone(self, residual, pool) -> bool:
+        """Whether the conv's bias and activation follow it directly (no norm, residual, pool)."""
+        return self.norm is None and residual is None and not (self.pool_first and pool)
 
     def _norm_activate(
         self, x: jax.Array, train: bool, residual: jax.Array | None = None
@@ -712,8 +710,9 @@ class ConvBlock(nn.Module):
                 "activation 'relu', a conv bias, no norm and fused_pool=True"
             )
         y = conv(x)
-        if tap is not None and self._bias_activation_alone(residual, pool, tap.output):
-            # No norm between: the bias and a GELU as one kernel pass each way.
+        if tap is not None and self._bias_activation_alone(residual, pool):
+            # No norm between: a GELU and the bias as one kernel pass each way where the
+            # kernels run, else add_channel_bias and activate as _norm_activate would.
             y = bias_activation_lib.bias_activation(
                 tap.output, conv.variables["params"]["bias"], self.activation
             )
