@@ -9,7 +9,8 @@ the minimal loop, and says so in the ``impl`` field of its result.
 
 ``--variant`` switches one thing at a time for experiments, as comma-separated key=value:
 
-* ``flags=default|none``: jaxcnn's CPU XLA flags on (default) or off;
+* ``flags=default|none``: jaxcnn's CPU XLA flags and its XLA:CPU scheduler for the step
+  (``jaxcnn.xla_scheduler``, ``JAXCNN_XLA_SCHEDULER``) on (default), or XLA's defaults;
 * ``pool=fused|fast_relu|fast|nn``: the stand-in net's pooling (see benchmarks/nets_flax.py);
 * ``conv=xla|im2col``: the stand-in net's convolution (``lax`` or the im2col loser);
 * ``impl=auto|standin``: force the stand-in (and the minimal loop) even when the zoo has
@@ -143,11 +144,18 @@ def _train_engine():
     return (create_train_state, make_train_step, base_config), "jaxcnn.train"
 
 
-def run_with_engine(args, model, engine, batch_splits: int = 0, **extra) -> None:
-    """Times jaxcnn.train's own jitted train_step (uint8 batches, normalisation inside)."""
+def run_with_engine(args, model, engine, batch_splits: int = 0, scheduler: bool = True,
+                    **extra) -> None:  # fmt: skip
+    """Times jaxcnn.train's own jitted train_step (uint8 batches, normalisation inside).
+
+    ``scheduler``: compile it with the XLA:CPU scheduler ``fit`` picks
+    (``jaxcnn.xla_scheduler``), or with XLA's default (``flags=none``).
+    """
     import jax
     import jax.numpy as jnp
     import numpy as np
+
+    from jaxcnn import xla_scheduler
 
     create_train_state, make_train_step, base_config = engine
     images, labels = common.random_data(args.net, args.steps * args.batch, args.seed)
@@ -166,10 +174,12 @@ def run_with_engine(args, model, engine, batch_splits: int = 0, **extra) -> None
     state = create_train_state(
         model, config, jax.random.key(args.seed), (1, *images.shape[1:]), steps_per_epoch=1
     )
+    options = xla_scheduler.train_step_options(args.dtype) if scheduler else {}
     train_step = jax.jit(
         make_train_step(model, mean=np.full(channels, 0.5, np.float32),
                         std=np.full(channels, 0.25, np.float32), batch_splits=batch_splits),
         donate_argnums=0,
+        compiler_options=options,  # as fit compiles its step
     )  # fmt: skip
     holder = [state]
 
@@ -185,6 +195,7 @@ def run_with_engine(args, model, engine, batch_splits: int = 0, **extra) -> None
         params=sum(p.size for p in jax.tree.leaves(holder[0].params)),
         versions={"jax": jax.__version__, "jaxcnn": __import__("jaxcnn").__version__},
         xla_flags=__import__("os").environ.get("XLA_FLAGS", ""),
+        step_compiler_options=options,
         device_peak_mb=common.jax_device_peak_mb(),
         **common.jax_device_info(args.device),
         **extra,
@@ -239,6 +250,7 @@ def main(argv=None) -> int:
     if engine is not None and options["impl"] != "standin":
         run_with_engine(args, model, engine, impl=f"{impl}; step: {engine_why}; {convolutions}",
                         batch_splits=0 if splits == "auto" else int(splits),
+                        scheduler=options["flags"] == "default",
                         flags_added=list(added), malloc=malloc)  # fmt: skip
     else:
         impl = f"{impl}; step: minimal loop ({engine_why}); {convolutions}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from jaxcnn.commands import train as train_command
 
 
@@ -37,7 +39,16 @@ def test_a_schedule_longer_than_the_run_fails_cleanly(tmp_path, capsys):
     assert "config.schedule.warmup_epochs must give fewer warm-up steps" in err
 
 
-def test_an_invalid_environment_switch_fails_cleanly(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("JAXCNN_MALLOC", "jemalloc")
+@pytest.mark.parametrize(
+    "variable, value, valid",
+    [
+        ("JAXCNN_MALLOC", "jemalloc", "auto, reuse, system"),
+        ("JAXCNN_XLA_SCHEDULER", "bfs", "auto, memory, concurrency"),
+    ],
+)
+def test_an_invalid_environment_switch_fails_cleanly(
+    tmp_path, capsys, monkeypatch, variable, value, valid
+):
+    monkeypatch.setenv(variable, value)
     err = _refused_run("--config.num_epochs=2", tmp_path, capsys)
-    assert "JAXCNN_MALLOC='jemalloc'; valid: auto, reuse, system" in err
+    assert f"{variable}='{value}'; valid: {valid}" in err

@@ -251,6 +251,22 @@ def test_early_stopping_stops_when_patience_runs_out(reference, tmp_path):
     assert json.loads((workdir / "results.json").read_text())["stopped"] == "early_stopping"
 
 
+def test_the_xla_scheduler_changes_the_order_not_the_result(
+    reference, tmp_path, capsys, monkeypatch
+):
+    # Each choice resumes the reference for one more epoch: the step compiled with the
+    # other scheduler computes the same parameters, bit for bit, and fit says which ran.
+    expected, _ = reference
+    params = {}
+    for choice in ("memory", "concurrency"):
+        workdir = tmp_path / choice
+        shutil.copytree(expected.workdir, workdir)
+        monkeypatch.setenv("JAXCNN_XLA_SCHEDULER", choice)
+        params[choice] = fit(tiny_config(num_epochs=3), workdir).state.params
+        assert f"XLA:CPU scheduler for the step: {choice}-optimised" in capsys.readouterr().out
+    assert_trees_equal(params["memory"], params["concurrency"])
+
+
 def test_resuming_with_a_changed_model_fails_clearly(reference, tmp_path):
     expected, _ = reference
     workdir = tmp_path / "run"

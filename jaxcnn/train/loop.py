@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 
 from jaxcnn import data as data_lib
-from jaxcnn import xla_flags
+from jaxcnn import xla_flags, xla_scheduler
 from jaxcnn.train import sharding as sharding_lib
 from jaxcnn.train.config import config_to_json, validate_config
 from jaxcnn.train.diagnosis import Diagnosis, diagnose
@@ -129,6 +129,7 @@ def fit(
     # choice has no estimate yet; TrainingSession makes it again once the model exists.
     xla_flags.configure_cpu()
     config = validate_config(config)
+    xla_scheduler.chosen(config.dtype)  # a bad JAXCNN_XLA_SCHEDULER fails before any work
     workdir = Path(workdir).absolute()
     created = not workdir.exists()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -169,10 +170,15 @@ def _train(run: TrainingSession, interrupt: InterruptFlag, step_callback) -> Fit
         batch_splits=config.batch_splits,
         frozen=frozen_patterns(config),  # the optimiser's: their gradients are not computed
     )
+    # XLA:CPU's scheduler for this step only (bfloat16: depth-first; jaxcnn/xla_scheduler.py).
+    step_options = xla_scheduler.train_step_options(config.dtype, mesh.devices.flat[0].platform)
+    if step_options:
+        _print(f"XLA:CPU scheduler for the step: {xla_scheduler.chosen(config.dtype)}-optimised")
     step_fn = jax.jit(
         gathering_train_step(train_step, run.steps_per_epoch, sharding_lib.batch_sharded(mesh)),
         out_shardings=(run.replicated, run.replicated),
         donate_argnums=(0, 1),
+        compiler_options=step_options,
     )
     evaluator = Evaluator(
         run.model,

@@ -1,0 +1,95 @@
+"""Which XLA:CPU scheduler orders a train step: per compiled step, not per process.
+
+XLA:CPU orders a computation's operations with one of two schedulers. The default,
+"concurrency-optimised" (breadth-first), interleaves independent chains so that its
+threads find more operations ready at once; the "memory-optimised" one (depth-first)
+finishes one chain before the next. On 2 cores a bfloat16 step runs many short one-thread
+fusions beside the oneDNN calls, which take every core: there the depth-first order
+measured faster (the CIFAR net x1.09-1.11, the MNIST net x1.05-1.07, ResNet-20 x1.03, the
+fast CIFAR net x0.97-1.00), while in float32 it measured as fast or slower (the CIFAR net
+x0.93-0.97; ``docs/perf_notes.md``, item 52). So ``auto`` picks the memory-optimised
+scheduler for bfloat16 steps on CPU and leaves XLA's default otherwise.
+
+The choice is a compiler option of one ``jax.jit`` (``jaxcnn.train.fit``'s step and the
+benchmark's), so it touches nothing else the process compiles. This jaxlib reads the
+enum ``xla_cpu_scheduler_type``; the older boolean
+``--xla_cpu_enable_concurrency_optimized_scheduler`` still works in ``XLA_FLAGS`` but
+is silently ignored when passed per jit.
+
+Switch (read at call time): ``JAXCNN_XLA_SCHEDULER`` = ``auto`` (default), ``memory`` or
+``concurrency`` (either on any dtype). Under ``auto``, ``JAXCNN_NO_XLA_FLAGS=1`` or a
+scheduler flag already in ``XLA_FLAGS`` keeps XLA's own choice.
+
+Examples:
+    >>> train_step_options("float32", platform="cpu")
+    {}
+    >>> train_step_options("bfloat16", platform="cpu")
+    {'xla_cpu_scheduler_type': 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'}
+    >>> train_step_options("bfloat16", platform="gpu")
+    {}
+"""
+
+from __future__ import annotations
+
+import os
+
+CHOICES = ("auto", "memory", "concurrency")
+OPTION = "xla_cpu_scheduler_type"
+VALUES = {
+    "memory": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
+    "concurrency": "CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED",
+}
+# XLA_FLAGS names that already decide the scheduler: the user's choice wins under auto.
+_USER_FLAGS = ("xla_cpu_enable_concurrency_optimized_scheduler", "xla_cpu_scheduler_type")
+
+
+def chosen(dtype) -> str:
+    """``"memory"`` or ``"concurrency"`` for a step computing in ``dtype``, or ``""`` for
+    XLA's own choice (``auto`` where the user opted out of jaxcnn's flags or set one).
+
+    Raises:
+      ValueError: for an invalid ``JAXCNN_XLA_SCHEDULER``, naming it and the valid values.
+
+    Examples:
+        >>> chosen("bfloat16"), chosen("float32")
+        ('memory', '')
+    """
+    import jax.numpy as jnp
+
+    from jaxcnn.conv_backend import env_choice
+
+    wanted = env_choice("JAXCNN_XLA_SCHEDULER", "auto", CHOICES)
+    if wanted != "auto":
+        return wanted
+    if os.environ.get("JAXCNN_NO_XLA_FLAGS", "") not in ("", "0"):
+        return ""
+    if any(name in os.environ.get("XLA_FLAGS", "") for name in _USER_FLAGS):
+        return ""
+    return "memory" if jnp.dtype(dtype) == jnp.bfloat16 else ""
+
+
+def train_step_options(dtype, platform: str | None = None) -> dict[str, str]:
+    """``compiler_options`` for ``jax.jit`` of a train step computing in ``dtype``.
+
+    Args:
+      dtype: the step's computation dtype (``config.dtype``), e.g. ``"bfloat16"``.
+      platform: where it compiles (``"cpu"``, ``"gpu"``, ...); default JAX's default
+        backend (which starts it). Off CPU there is nothing to choose: ``{}``.
+
+    Returns:
+      ``{}`` (XLA's default) or ``{"xla_cpu_scheduler_type": <enum name>}``.
+
+    Examples:
+        >>> import jax
+        >>> f = jax.jit(lambda x: x + 1, compiler_options=train_step_options("bfloat16"))
+        >>> int(f(1))
+        2
+    """
+    if platform is None:
+        import jax
+
+        platform = jax.default_backend()
+    if platform != "cpu":
+        return {}
+    choice = chosen(dtype)
+    return {OPTION: VALUES[choice]} if choice else {}
