@@ -11,6 +11,9 @@ Why these flags (measurements in ``docs/perf_notes.md``):
   convolution to YNNPACK by default; for the small NHWC convolutions of these nets (and
   their gradients) XLA's own Eigen/oneDNN path is faster on x86.
 
+The scheduler XLA:CPU orders a train step with is a compiler option of that step's jit,
+not a flag: ``jaxcnn.xla_scheduler``.
+
 Environment overrides (read at call time):
 
 * ``JAXCNN_NO_XLA_FLAGS=1``: add no flags (opt-out; ``jaxcnn.cpu_malloc`` has its own).

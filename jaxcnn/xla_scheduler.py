@@ -5,10 +5,11 @@ XLA:CPU orders a computation's operations with one of two schedulers. The defaul
 threads find more operations ready at once; the "memory-optimised" one (depth-first)
 finishes one chain before the next. On 2 cores a bfloat16 step runs many short one-thread
 fusions beside the oneDNN calls, which take every core: there the depth-first order
-measured faster (the CIFAR net x1.09-1.11, the MNIST net x1.05-1.07, ResNet-20 x1.03, the
-fast CIFAR net x0.97-1.00), while in float32 it measured as fast or slower (the CIFAR net
-x0.93-0.97; ``docs/perf_notes.md``, item 52). So ``auto`` picks the memory-optimised
-scheduler for bfloat16 steps on CPU and leaves XLA's default otherwise.
+measured as fast or faster (the CIFAR net x1.04-1.11, the MNIST net x0.98-1.07, ResNet-20
+x1.03, the fast CIFAR net x0.97-1.00, fresh processes on the 2-core Intel Xeon), while in
+float32 it was no faster and the CIFAR net lost 3-7 % (``docs/perf_notes.md``, item 52).
+So ``auto`` picks the memory-optimised scheduler for bfloat16 steps on CPU and leaves
+XLA's default otherwise.
 
 The choice is a compiler option of one ``jax.jit`` (``jaxcnn.train.fit``'s step and the
 benchmark's), so it touches nothing else the process compiles. This jaxlib reads the
