@@ -174,7 +174,10 @@ def run_with_engine(args, model, engine, batch_splits: int = 0, scheduler: bool 
     state = create_train_state(
         model, config, jax.random.key(args.seed), (1, *images.shape[1:]), steps_per_epoch=1
     )
-    options = xla_scheduler.train_step_options(args.dtype) if scheduler else {}
+    batch_norm = bool(state.batch_stats)
+    options = (
+        xla_scheduler.train_step_options(args.dtype, batch_norm=batch_norm) if scheduler else {}
+    )
     train_step = jax.jit(
         make_train_step(model, mean=np.full(channels, 0.5, np.float32),
                         std=np.full(channels, 0.25, np.float32), batch_splits=batch_splits),

@@ -3,22 +3,23 @@
 XLA:CPU orders a computation's operations with one of two schedulers. The default,
 "concurrency-optimised" (breadth-first), interleaves independent chains so that its
 threads find more operations ready at once; the "memory-optimised" one (depth-first)
-finishes one chain before the next. On 2 cores a bfloat16 step runs many short one-thread
-fusions beside the oneDNN calls, which take every core: there the depth-first order
-measured as fast or faster (the CIFAR net x1.04-1.11, the MNIST net x0.98-1.07, ResNet-20
-x1.03, the fast CIFAR net x0.97-1.00, fresh processes on the 2-core Intel Xeon), while in
-float32 it was no faster and the CIFAR net lost 3-7 % (``docs/perf_notes.md``, item 52).
-So ``auto`` picks the memory-optimised scheduler for bfloat16 steps on CPU and leaves
-XLA's default otherwise.
+finishes one chain before the next. Measured in fresh processes on the 2-core Intel Xeon
+(``docs/perf_notes.md``, item 52), the depth-first order made the bfloat16 steps of the
+nets without batch norm faster (the CIFAR net x1.04-1.11, the MNIST net x0.98-1.07), but
+not those with it (the fast CIFAR net x0.97-1.00 at batch 128, and its CIFAR-10 recipe,
+batch 512, 467 s against 394; ResNet-20 x1.03), nor float32 steps (the CIFAR net lost
+3-7 %). So ``auto`` picks the memory-optimised scheduler for bfloat16 steps of models
+without batch statistics, on CPU, and leaves XLA's default everywhere else.
 
 The choice is a compiler option of one ``jax.jit`` (``jaxcnn.train.fit``'s step and the
-benchmark's), so it touches nothing else the process compiles. This jaxlib reads the
-enum ``xla_cpu_scheduler_type``; the older boolean
+benchmark's), so it touches nothing else the process compiles, and it changes only the
+order: the step computes the same values either way. This jaxlib reads the enum
+``xla_cpu_scheduler_type``; the older boolean
 ``--xla_cpu_enable_concurrency_optimized_scheduler`` still works in ``XLA_FLAGS`` but
 is silently ignored when passed per jit.
 
 Switch (read at call time): ``JAXCNN_XLA_SCHEDULER`` = ``auto`` (default), ``memory`` or
-``concurrency`` (either on any dtype). Under ``auto``, ``JAXCNN_NO_XLA_FLAGS=1`` or a
+``concurrency`` (either for any step). Under ``auto``, ``JAXCNN_NO_XLA_FLAGS=1`` or a
 scheduler flag already in ``XLA_FLAGS`` keeps XLA's own choice.
 
 Examples:
@@ -26,6 +27,8 @@ Examples:
     {}
     >>> train_step_options("bfloat16", platform="cpu")
     {'xla_cpu_scheduler_type': 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'}
+    >>> train_step_options("bfloat16", platform="cpu", batch_norm=True)
+    {}
     >>> train_step_options("bfloat16", platform="gpu")
     {}
 """
@@ -44,16 +47,16 @@ VALUES = {
 _USER_FLAGS = ("xla_cpu_enable_concurrency_optimized_scheduler", "xla_cpu_scheduler_type")
 
 
-def chosen(dtype) -> str:
-    """``"memory"`` or ``"concurrency"`` for a step computing in ``dtype``, or ``""`` for
-    XLA's own choice (``auto`` where the user opted out of jaxcnn's flags or set one).
+def chosen(dtype, batch_norm: bool = False) -> str:
+    """``"memory"`` or ``"concurrency"`` for a step computing in ``dtype`` (of a model with
+    batch statistics if ``batch_norm``), or ``""`` for XLA's own choice.
 
     Raises:
       ValueError: for an invalid ``JAXCNN_XLA_SCHEDULER``, naming it and the valid values.
 
     Examples:
-        >>> chosen("bfloat16"), chosen("float32")
-        ('memory', '')
+        >>> chosen("bfloat16"), chosen("float32"), chosen("bfloat16", batch_norm=True)
+        ('memory', '', '')
     """
     import jax.numpy as jnp
 
@@ -66,16 +69,19 @@ def chosen(dtype) -> str:
         return ""
     if any(name in os.environ.get("XLA_FLAGS", "") for name in _USER_FLAGS):
         return ""
-    return "memory" if jnp.dtype(dtype) == jnp.bfloat16 else ""
+    return "memory" if jnp.dtype(dtype) == jnp.bfloat16 and not batch_norm else ""
 
 
-def train_step_options(dtype, platform: str | None = None) -> dict[str, str]:
+def train_step_options(
+    dtype, platform: str | None = None, batch_norm: bool = False
+) -> dict[str, str]:
     """``compiler_options`` for ``jax.jit`` of a train step computing in ``dtype``.
 
     Args:
       dtype: the step's computation dtype (``config.dtype``), e.g. ``"bfloat16"``.
       platform: where it compiles (``"cpu"``, ``"gpu"``, ...); default JAX's default
         backend (which starts it). Off CPU there is nothing to choose: ``{}``.
+      batch_norm: whether the model keeps batch statistics (``bool(state.batch_stats)``).
 
     Returns:
       ``{}`` (XLA's default) or ``{"xla_cpu_scheduler_type": <enum name>}``.
@@ -92,5 +98,5 @@ def train_step_options(dtype, platform: str | None = None) -> dict[str, str]:
         platform = jax.default_backend()
     if platform != "cpu":
         return {}
-    choice = chosen(dtype)
+    choice = chosen(dtype, batch_norm)
     return {OPTION: VALUES[choice]} if choice else {}

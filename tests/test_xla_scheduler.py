@@ -19,21 +19,23 @@ def _no_switches(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-def test_auto_picks_memory_for_bfloat16_steps_on_cpu_only():
+def test_auto_picks_memory_for_bfloat16_steps_without_batch_norm_on_cpu_only():
     assert xla_scheduler.train_step_options("bfloat16", platform="cpu") == MEMORY
     assert xla_scheduler.train_step_options(jnp.bfloat16, platform="cpu") == MEMORY
     assert xla_scheduler.train_step_options("float32", platform="cpu") == {}
+    assert xla_scheduler.train_step_options("bfloat16", platform="cpu", batch_norm=True) == {}
     assert xla_scheduler.train_step_options("bfloat16", platform="gpu") == {}
     assert xla_scheduler.train_step_options("bfloat16", platform="tpu") == {}
 
 
 @pytest.mark.parametrize("choice", ["memory", "concurrency"])
-def test_the_switch_applies_to_every_dtype(monkeypatch, choice):
+def test_the_switch_applies_to_every_step(monkeypatch, choice):
     monkeypatch.setenv("JAXCNN_XLA_SCHEDULER", f" {choice.upper()} ")
     for dtype in ("float32", "bfloat16"):
-        assert xla_scheduler.train_step_options(dtype, platform="cpu") == {
-            xla_scheduler.OPTION: xla_scheduler.VALUES[choice]
-        }
+        for batch_norm in (False, True):
+            assert xla_scheduler.train_step_options(dtype, "cpu", batch_norm) == {
+                xla_scheduler.OPTION: xla_scheduler.VALUES[choice]
+            }
 
 
 @pytest.mark.parametrize(

@@ -170,10 +170,14 @@ def _train(run: TrainingSession, interrupt: InterruptFlag, step_callback) -> Fit
         batch_splits=config.batch_splits,
         frozen=frozen_patterns(config),  # the optimiser's: their gradients are not computed
     )
-    # XLA:CPU's scheduler for this step only (bfloat16: depth-first; jaxcnn/xla_scheduler.py).
-    step_options = xla_scheduler.train_step_options(config.dtype, mesh.devices.flat[0].platform)
+    # XLA:CPU's scheduler for this step only (bfloat16 without batch norm: depth-first;
+    # jaxcnn/xla_scheduler.py).
+    batch_norm = bool(run.state.batch_stats)
+    platform = mesh.devices.flat[0].platform
+    step_options = xla_scheduler.train_step_options(config.dtype, platform, batch_norm)
     if step_options:
-        _print(f"XLA:CPU scheduler for the step: {xla_scheduler.chosen(config.dtype)}-optimised")
+        choice = xla_scheduler.chosen(config.dtype, batch_norm)
+        _print(f"XLA:CPU scheduler for the step: {choice}-optimised")
     step_fn = jax.jit(
         gathering_train_step(train_step, run.steps_per_epoch, sharding_lib.batch_sharded(mesh)),
         out_shardings=(run.replicated, run.replicated),
