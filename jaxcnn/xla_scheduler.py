@@ -67,7 +67,10 @@ def chosen(dtype, batch_norm: bool = False) -> str:
         return wanted
     if os.environ.get("JAXCNN_NO_XLA_FLAGS", "") not in ("", "0"):
         return ""
-    if any(name in os.environ.get("XLA_FLAGS", "") for name in _USER_FLAGS):
+    user_flags = {
+        flag.split("=", 1)[0].lstrip("-") for flag in os.environ.get("XLA_FLAGS", "").split()
+    }
+    if user_flags.intersection(_USER_FLAGS):
         return ""
     return "memory" if jnp.dtype(dtype) == jnp.bfloat16 and not batch_norm else ""
 

@@ -43,13 +43,18 @@ def test_the_switch_applies_to_every_step(monkeypatch, choice):
     [
         ("JAXCNN_NO_XLA_FLAGS", "1"),
         ("XLA_FLAGS", "--xla_cpu_enable_concurrency_optimized_scheduler=true"),
-        ("XLA_FLAGS", "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT"),
+        ("XLA_FLAGS", "--xla_a=1 --xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT"),
     ],
 )
 def test_auto_leaves_the_choice_to_xla_when_the_user_made_one(monkeypatch, variable, value):
     monkeypatch.setenv(variable, value)
     assert xla_scheduler.chosen("bfloat16") == ""
     assert xla_scheduler.train_step_options("bfloat16", platform="cpu") == {}
+
+
+def test_a_flag_that_only_contains_the_name_is_not_a_scheduler_choice(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/xla_cpu_scheduler_type")
+    assert xla_scheduler.chosen("bfloat16") == "memory"
 
 
 def test_an_invalid_switch_names_the_variable_its_value_and_the_choices(monkeypatch):
