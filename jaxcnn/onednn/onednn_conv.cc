@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "bfloat16.h"
 #include "team.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -41,6 +42,9 @@ namespace {
 
 enum class Kind : int64_t { kForward = 0, kInputGrad = 1, kKernelGrad = 2 };
 enum class Algorithm : int64_t { kDirect = 0, kWinograd = 1 };
+
+// Kernels up to this size are reordered through a gather table (see GatherTable).
+constexpr size_t kGatherKernelBytes = size_t{1} << 20;
 
 // Everything that fixes a primitive: kind, team size, element type, the shapes'
 // dimensions and the stride / padding / dilation attributes. oneDNN fixes a primitive's
@@ -64,6 +68,9 @@ struct Entry {
   dnnl::reorder to_kernel_layout;  // plain -> kernel_desc (forward, input gradient)
   dnnl::reorder to_plain_layout;   // kernel_desc -> plain (kernel gradient)
   memory::desc reorder_scratchpad;
+  // The kernel reorder as a table, for kernels up to kGatherKernelBytes: for each element
+  // of the reorder's destination, 1 + the source element it copies (0: padding, zero).
+  std::vector<int32_t> kernel_gather;
   // The two activation arguments (src side, dst side) in the layout the primitive wants;
   // NHWC for direct, so no reorder. `*_is_output`: the primitive writes that argument.
   memory::desc src_desc, dst_desc;
@@ -176,6 +183,57 @@ void ActivationReorder(const memory::desc& desc, const memory::desc& nhwc, bool 
   if (pd.scratchpad_desc().get_size() > scratchpad.get_size()) scratchpad = pd.scratchpad_desc();
 }
 
+// oneDNN's reorder of a kernel (HWIO <-> its blocked, VNNI-paired layouts) spends
+// 0.07-0.20 ms on 74-262 KB (docs/perf_notes.md, items 54-55): for small kernels the
+// binding copies through a table instead. The table is learned from that very reorder,
+// run once on index patterns: each source element holds its position + 1, one 8-bit
+// digit per pass in bfloat16 (exact up to 256), all of it in one pass in float32, and
+// each destination element then names its source. So it is oneDNN's permutation by
+// construction, padding (0) included.
+std::vector<int32_t> GatherTable(dnnl::reorder& reorder, const memory::desc& from,
+                                 const memory::desc& to, const memory::desc& scratchpad,
+                                 memory::data_type type) {
+  bool half = type == memory::data_type::bf16;
+  size_t element = half ? 2 : 4;
+  size_t sources = from.get_size() / element, targets = to.get_size() / element;
+  std::vector<int32_t> table(targets, 0);
+  auto& engine = Engine();
+  memory src(from, engine), dst(to, engine);
+  memory pad(scratchpad, engine, ThreadScratchpad(scratchpad.get_size()));
+  int bits = half ? 8 : 24;
+  int64_t mask = (int64_t{1} << bits) - 1;
+  for (int shift = 0; (static_cast<int64_t>(sources) >> shift) > 0; shift += bits) {
+    for (size_t k = 0; k < sources; ++k) {
+      float digit = static_cast<float>(((static_cast<int64_t>(k) + 1) >> shift) & mask);
+      if (half) {
+        jaxcnn::Store(digit, static_cast<uint16_t*>(src.get_data_handle()) + k);
+      } else {
+        static_cast<float*>(src.get_data_handle())[k] = digit;
+      }
+    }
+    reorder.execute(Stream(), {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst},
+                               {DNNL_ARG_SCRATCHPAD, pad}});
+    Stream().wait();
+    for (size_t p = 0; p < targets; ++p) {
+      float digit = half ? jaxcnn::Load(static_cast<uint16_t*>(dst.get_data_handle())[p])
+                         : static_cast<float*>(dst.get_data_handle())[p];
+      table[p] |= static_cast<int32_t>(digit) << shift;
+    }
+  }
+  return table;
+}
+
+// to[p] = from[table[p] - 1], or zero where table[p] is 0: a bit-for-bit copy.
+template <typename T>
+void Gather(const std::vector<int32_t>& table, const void* from, void* to) {
+  const T* src = static_cast<const T*>(from);
+  T* dst = static_cast<T*>(to);
+  for (size_t p = 0; p < table.size(); ++p) {
+    int32_t k = table[p];
+    dst[p] = k ? src[k - 1] : T{0};
+  }
+}
+
 std::shared_ptr<Entry> BuildFor(Kind kind, const Geometry& g) {
   auto hint = ForwardHint(g);
   auto entry = std::make_shared<Entry>();
@@ -215,8 +273,13 @@ std::shared_ptr<Entry> BuildFor(Kind kind, const Geometry& g) {
     dnnl::reorder::primitive_desc pd(
         Engine(), to_plain ? entry->kernel_desc : entry->plain_kernel, Engine(),
         to_plain ? entry->plain_kernel : entry->kernel_desc, UserScratchpad());
-    (to_plain ? entry->to_plain_layout : entry->to_kernel_layout) = dnnl::reorder(pd);
+    auto& reorder = to_plain ? entry->to_plain_layout : entry->to_kernel_layout;
+    reorder = dnnl::reorder(pd);
     entry->reorder_scratchpad = pd.scratchpad_desc();
+    if (entry->plain_kernel.get_size() <= kGatherKernelBytes) {
+      entry->kernel_gather = GatherTable(reorder, pd.src_desc(), pd.dst_desc(),
+                                         pd.scratchpad_desc(), g.type);
+    }
   }
   ActivationReorder(entry->src_desc, Nhwc(g.src, g.type), entry->src_is_output,
                     entry->src_reorder, entry->src_needs_reorder, entry->reorder_scratchpad);
@@ -313,6 +376,14 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer src, ffi::AnyBuffer kernel, ffi::AnyBuf
                                  {DNNL_ARG_TO, to},
                                  {DNNL_ARG_SCRATCHPAD, reorder_scratch}});
     };
+    auto kernel_reorder = [&](dnnl::reorder& primitive, memory& from, memory& to) {
+      if (entry->kernel_gather.empty()) return reorder(primitive, from, to);
+      if (g.type == memory::data_type::bf16) {
+        Gather<uint16_t>(entry->kernel_gather, from.get_data_handle(), to.get_data_handle());
+      } else {
+        Gather<uint32_t>(entry->kernel_gather, from.get_data_handle(), to.get_data_handle());
+      }
+    };
     memory user_src = src_mem, user_dst = dst_mem;
     if (entry->src_needs_reorder) {
       src_mem = memory(entry->src_desc, engine, scratch + pad_bytes);
@@ -324,14 +395,14 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer src, ffi::AnyBuffer kernel, ffi::AnyBuf
     }
     switch (kind) {
       case Kind::kForward:
-        if (entry->needs_reorder) reorder(entry->to_kernel_layout, plain, blocked);
+        if (entry->needs_reorder) kernel_reorder(entry->to_kernel_layout, plain, blocked);
         entry->conv.execute(stream, {{DNNL_ARG_SRC, src_mem},
                                      {DNNL_ARG_WEIGHTS, blocked},
                                      {DNNL_ARG_DST, dst_mem},
                                      {DNNL_ARG_SCRATCHPAD, conv_scratch}});
         break;
       case Kind::kInputGrad:
-        if (entry->needs_reorder) reorder(entry->to_kernel_layout, plain, blocked);
+        if (entry->needs_reorder) kernel_reorder(entry->to_kernel_layout, plain, blocked);
         entry->conv.execute(stream, {{DNNL_ARG_DIFF_SRC, src_mem},
                                      {DNNL_ARG_WEIGHTS, blocked},
                                      {DNNL_ARG_DIFF_DST, dst_mem},
@@ -342,7 +413,7 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer src, ffi::AnyBuffer kernel, ffi::AnyBuf
                                      {DNNL_ARG_DIFF_WEIGHTS, blocked},
                                      {DNNL_ARG_DIFF_DST, dst_mem},
                                      {DNNL_ARG_SCRATCHPAD, conv_scratch}});
-        if (entry->needs_reorder) reorder(entry->to_plain_layout, blocked, plain);
+        if (entry->needs_reorder) kernel_reorder(entry->to_plain_layout, blocked, plain);
         break;
     }
     if (entry->src_needs_reorder && entry->src_is_output) {
