@@ -40,6 +40,21 @@ def _flag_name(flag: str) -> str:
     return flag.split("=", 1)[0].strip()
 
 
+def flag_names(flags: str) -> set[str]:
+    """The names set in an ``XLA_FLAGS``-style string.
+
+    Examples:
+      >>> sorted(flag_names("--xla_a=1 --xla_b"))
+      ['--xla_a', '--xla_b']
+    """
+    return {_flag_name(flag) for flag in flags.split()}
+
+
+def opted_out() -> bool:
+    """Whether ``JAXCNN_NO_XLA_FLAGS`` asks for none of jaxcnn's XLA choices."""
+    return os.environ.get("JAXCNN_NO_XLA_FLAGS", "") not in ("", "0")
+
+
 def merge_flags(existing: str, flags: Sequence[str]) -> str:
     """Appends ``flags`` to the ``existing`` XLA_FLAGS string, skipping names already set.
 
@@ -57,7 +72,7 @@ def merge_flags(existing: str, flags: Sequence[str]) -> str:
       >>> merge_flags("", ["--xla_b=3"])
       '--xla_b=3'
     """
-    present = {_flag_name(f) for f in existing.split()}
+    present = flag_names(existing)
     out = existing.split()
     for flag in flags:
         if not flag.startswith("--"):
@@ -111,7 +126,7 @@ def configure_cpu(
     from jaxcnn import cpu_malloc
 
     cpu_malloc.configure(scratch_bytes)  # the same deadline: before the backend's threads
-    if os.environ.get("JAXCNN_NO_XLA_FLAGS", "") not in ("", "0"):
+    if opted_out():
         return ()
     flags = chosen_cpu_flags() if flags is None else tuple(flags)
     from jax._src import xla_bridge  # the only way to ask without starting a backend

@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import os
 
+from jaxcnn import xla_flags
+
 CHOICES = ("auto", "memory", "concurrency")
 OPTION = "xla_cpu_scheduler_type"
 VALUES = {
@@ -44,7 +46,7 @@ VALUES = {
     "concurrency": "CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED",
 }
 # XLA_FLAGS names that already decide the scheduler: the user's choice wins under auto.
-_USER_FLAGS = ("xla_cpu_enable_concurrency_optimized_scheduler", "xla_cpu_scheduler_type")
+_USER_FLAGS = ("--xla_cpu_enable_concurrency_optimized_scheduler", "--xla_cpu_scheduler_type")
 
 
 def chosen(dtype, batch_norm: bool = False) -> str:
@@ -65,12 +67,8 @@ def chosen(dtype, batch_norm: bool = False) -> str:
     wanted = env_choice("JAXCNN_XLA_SCHEDULER", "auto", CHOICES)
     if wanted != "auto":
         return wanted
-    if os.environ.get("JAXCNN_NO_XLA_FLAGS", "") not in ("", "0"):
-        return ""
-    user_flags = {
-        flag.split("=", 1)[0].lstrip("-") for flag in os.environ.get("XLA_FLAGS", "").split()
-    }
-    if user_flags.intersection(_USER_FLAGS):
+    user_flags = xla_flags.flag_names(os.environ.get("XLA_FLAGS", ""))
+    if xla_flags.opted_out() or user_flags.intersection(_USER_FLAGS):
         return ""
     return "memory" if jnp.dtype(dtype) == jnp.bfloat16 and not batch_norm else ""
 
