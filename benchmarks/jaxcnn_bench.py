@@ -174,7 +174,7 @@ def run_with_engine(args, model, engine, batch_splits: int = 0, scheduler: bool 
     state = create_train_state(
         model, config, jax.random.key(args.seed), (1, *images.shape[1:]), steps_per_epoch=1
     )
-    batch_norm = bool(state.batch_stats)
+    batch_norm = state.has_batch_norm
     options = (
         xla_scheduler.train_step_options(args.dtype, batch_norm=batch_norm) if scheduler else {}
     )

@@ -82,7 +82,7 @@ def train_step_options(
       dtype: the step's computation dtype (``config.dtype``), e.g. ``"bfloat16"``.
       platform: where it compiles (``"cpu"``, ``"gpu"``, ...); default JAX's default
         backend (which starts it). Off CPU there is nothing to choose: ``{}``.
-      batch_norm: whether the model keeps batch statistics (``bool(state.batch_stats)``).
+      batch_norm: whether the model keeps batch statistics (``TrainState.has_batch_norm``).
 
     Returns:
       ``{}`` (XLA's default) or ``{"xla_cpu_scheduler_type": <enum name>}``.

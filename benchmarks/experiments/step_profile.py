@@ -53,7 +53,14 @@ def _build(net: str, batch: int, devices: int, dtype: str = "float32", kwargs=No
     config.schedule.name, config.num_epochs = "constant", 1
     state = create_train_state(model, config, jax.random.key(0), (1, *shape), steps_per_epoch=1)
     channels = np.full(shape[-1], 0.5, np.float32)
-    step = jax.jit(make_train_step(model, mean=channels, std=channels / 2), donate_argnums=0)
+    from jaxcnn import xla_scheduler
+
+    step = jax.jit(
+        make_train_step(model, mean=channels, std=channels / 2),
+        donate_argnums=0,
+        # fit's XLA:CPU scheduler for this step (JAXCNN_XLA_SCHEDULER overrides it)
+        compiler_options=xla_scheduler.train_step_options(dtype, batch_norm=state.has_batch_norm),
+    )
     rng = np.random.default_rng(0)
     batch_arrays = {
         "image": jnp.asarray(rng.integers(0, 255, (batch, *shape), dtype=np.uint8)),

@@ -172,7 +172,7 @@ def _train(run: TrainingSession, interrupt: InterruptFlag, step_callback) -> Fit
     )
     # XLA:CPU's scheduler for this step only (bfloat16 without batch norm: depth-first;
     # jaxcnn/xla_scheduler.py).
-    batch_norm = bool(run.state.batch_stats)
+    batch_norm = run.state.has_batch_norm
     platform = mesh.devices.flat[0].platform
     step_options = xla_scheduler.train_step_options(config.dtype, platform, batch_norm)
     if step_options:

@@ -68,6 +68,11 @@ class TrainState:
     lookahead: Lookahead | None = flax.struct.field(pytree_node=False, default=None)
 
     @property
+    def has_batch_norm(self) -> bool:
+        """Whether the model keeps batch statistics (the steps and XLA's scheduler ask)."""
+        return bool(self.batch_stats)
+
+    @property
     def variables(self) -> dict:
         """``{'params': ..., 'batch_stats': ...}`` of the trained weights, for ``model.apply``."""
         if self.batch_stats:

@@ -104,7 +104,7 @@ def auto_batch_splits(batch_size: int, has_batch_norm: bool) -> int:
 
 
 def _checked_splits(batch_splits: int, state: Any, batch_size: int) -> int:
-    has_batch_norm = bool(state.batch_stats)
+    has_batch_norm = state.has_batch_norm
     if not isinstance(batch_splits, int) or batch_splits < 0:
         raise ValueError(f"batch_splits={batch_splits!r}; valid: 0 (automatic) or an int >= 1")
     if batch_splits == 0:
