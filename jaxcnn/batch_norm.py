@@ -105,7 +105,7 @@ def batch_norm_activation(
         _check_residual("batch_norm_activation", x, residual)
     out_dtype = jnp.dtype(dtype or jnp.result_type(x, scale, bias))
     fn = get_activation(activation)
-    native = _native_kernels(x, fn, out_dtype, residual)
+    native = native_kernel_activation(x, fn, out_dtype, residual)
     return _fused(x, scale, bias, residual, float(epsilon), fn, out_dtype, native)
 
 
@@ -117,7 +117,7 @@ def norm_backend() -> str:
 
     * ``"auto"`` (default): the binding's kernels (``jaxcnn/onednn/batch_norm.cc``, every
       core) when the library builds here and the call is one they take (see
-      :func:`_native_kernels`), else XLA;
+      :func:`native_kernel_activation`), else XLA;
     * ``"xla"``: always XLA's fusions (one thread each on jaxlib 0.10);
     * ``"native"``: the kernels wherever the call allows; raises if the library is
       unavailable.
@@ -133,13 +133,19 @@ def norm_backend() -> str:
     return env_choice("JAXCNN_NORM_BACKEND", "auto", NORM_BACKENDS)
 
 
-def _native_kernels(x: jax.Array, activation, dtype, residual=None) -> str | None:
+def native_kernel_activation(x: jax.Array, activation, dtype, residual=None) -> str | None:
     """The kernels' activation name if this call runs on them, else None (XLA runs it).
 
     They take float32 / bfloat16 ``x`` and ``y``, the activations named in
     ``ffi_norm.ACTIVATIONS`` (identity, ReLU, both GELUs), traced for a single CPU device
     (XLA cannot split a foreign call over several devices' shards); a residual in
-    ``y``'s dtype (they add it in that dtype).
+    ``y``'s dtype (they add it in that dtype). :mod:`jaxcnn.bias_activation` asks it
+    too, for the same kernels without a norm.
+
+    Examples:
+      >>> name = native_kernel_activation(jnp.ones((2, 8)), jax.nn.relu, jnp.float32)
+      >>> name in ("relu", None)  # None where the binding does not build or is off
+      True
     """
     choice = norm_backend()
     if choice == "xla":

@@ -43,7 +43,7 @@ def native_activation(x: jax.Array, activation: Activation) -> str | None:
     """The kernels' name for ``activation`` if :func:`bias_activation` runs on them here."""
     from jaxcnn import batch_norm
 
-    name = batch_norm._native_kernels(x, get_activation(activation), x.dtype)
+    name = batch_norm.native_kernel_activation(x, get_activation(activation), x.dtype)
     return name if name in NATIVE_ACTIVATIONS else None
 
 

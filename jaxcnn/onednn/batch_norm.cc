@@ -2,7 +2,7 @@
 // handlers, forward and backward, each a few passes over the activations on the whole
 // OpenMP team.
 // jaxcnn/onednn/build.py compiles this file with onednn_conv.cc; jaxcnn/onednn/ffi_norm.py
-// calls it, when jaxcnn/batch_norm.py's _native_kernels says so.
+// calls it, when jaxcnn/batch_norm.py's native_kernel_activation says so.
 //
 // Why: XLA:CPU (jaxlib 0.10) runs every elementwise fusion and reduction of a step as one
 // task on one thread. In ResNet-20 batch norm's fusions take about a third of the float32

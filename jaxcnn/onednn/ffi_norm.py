@@ -3,7 +3,7 @@
 ``batch_norm.cc`` computes what :func:`jaxcnn.batch_norm.batch_norm_activation` computes
 (statistics, normalisation, activation; and the gradient of all three) in a few passes
 over the activations on every core, where XLA:CPU runs each of its fusions on one thread.
-:mod:`jaxcnn.batch_norm` calls these when its ``_native_kernels`` says so
+:mod:`jaxcnn.batch_norm` calls these when its ``native_kernel_activation`` says so
 (``JAXCNN_NORM_BACKEND``, the dtypes, the activation, a single CPU device).
 
 Examples (tests/test_batch_norm_native.py runs them where the binding builds):
