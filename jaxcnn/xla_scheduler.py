@@ -101,3 +101,17 @@ def train_step_options(
         return {}
     choice = chosen(dtype, batch_norm)
     return {OPTION: VALUES[choice]} if choice else {}
+
+
+def describe(options: dict[str, str]) -> str:
+    """The scheduler that ``options`` (from :func:`train_step_options`) picks, for a log line.
+
+    Examples:
+        >>> describe(train_step_options("bfloat16", platform="cpu"))
+        'memory-optimised'
+        >>> describe({})
+        "XLA's default"
+    """
+    names = {value: name for name, value in VALUES.items()}
+    name = names.get(options.get(OPTION, ""))
+    return f"{name}-optimised" if name else "XLA's default"

@@ -26,6 +26,7 @@ def test_auto_picks_memory_for_bfloat16_steps_without_batch_norm_on_cpu_only():
     assert xla_scheduler.train_step_options("bfloat16", platform="cpu", batch_norm=True) == {}
     assert xla_scheduler.train_step_options("bfloat16", platform="gpu") == {}
     assert xla_scheduler.train_step_options("bfloat16", platform="tpu") == {}
+    assert xla_scheduler.describe({}) == "XLA's default"
 
 
 @pytest.mark.parametrize("choice", ["memory", "concurrency"])
@@ -36,6 +37,8 @@ def test_the_switch_applies_to_every_step(monkeypatch, choice):
             assert xla_scheduler.train_step_options(dtype, "cpu", batch_norm) == {
                 xla_scheduler.OPTION: xla_scheduler.VALUES[choice]
             }
+    options = xla_scheduler.train_step_options("float32", "cpu")
+    assert xla_scheduler.describe(options) == f"{choice}-optimised"  # what fit prints
 
 
 @pytest.mark.parametrize(

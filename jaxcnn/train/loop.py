@@ -176,8 +176,7 @@ def _train(run: TrainingSession, interrupt: InterruptFlag, step_callback) -> Fit
     platform = mesh.devices.flat[0].platform
     step_options = xla_scheduler.train_step_options(config.dtype, platform, batch_norm)
     if step_options:
-        choice = xla_scheduler.chosen(config.dtype, batch_norm)
-        _print(f"XLA:CPU scheduler for the step: {choice}-optimised")
+        _print(f"XLA:CPU scheduler for the step: {xla_scheduler.describe(step_options)}")
     step_fn = jax.jit(
         gathering_train_step(train_step, run.steps_per_epoch, sharding_lib.batch_sharded(mesh)),
         out_shardings=(run.replicated, run.replicated),
