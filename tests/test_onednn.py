@@ -260,20 +260,27 @@ def test_the_main_library_prefers_the_given_root_then_the_systems(monkeypatch, t
 
 
 @needs_onednn
+@pytest.mark.parametrize("method", ["swapped", "mosaic"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize(
     "x_shape, k_shape, padding",
-    [((4, 6, 6, 16), (3, 3, 16, 8), "VALID"), ((3, 4, 5, 6), (3, 2, 6, 5), ((1, 1), (2, 0)))],
+    [
+        ((4, 6, 6, 16), (3, 3, 16, 8), "VALID"),
+        ((3, 4, 5, 6), (3, 2, 6, 5), ((1, 1), (2, 0))),  # mosaic: no grid divides 3
+        ((8, 5, 7, 16), (3, 2, 16, 8), ((1, 1), (2, 0))),  # mosaic: 2 x 4 of 7 x 9
+        ((4, 7, 7, 16), (3, 3, 16, 8), "SAME"),  # mosaic: 2 x 2 of 9 x 9
+    ],
 )
-def test_swapped_kernel_gradient_equals_backward_weights(monkeypatch, dtype, x_shape, k_shape,
-                                                         padding):  # fmt: skip
+def test_swapped_and_mosaic_kernel_gradients_equal_backward_weights(
+    monkeypatch, method, dtype, x_shape, k_shape, padding
+):
     x, kernel = normal(0, x_shape, dtype), normal(1, k_shape, dtype)
     grads = {}
-    for method in ("direct", "swapped"):
-        monkeypatch.setenv("JAXCNN_ONEDNN_KERNEL_GRAD", method)
-        _, grads[method], _ = conv_with("onednn", x, kernel, (1, 1), padding)
+    for name in ("direct", method):
+        monkeypatch.setenv("JAXCNN_ONEDNN_KERNEL_GRAD", name)
+        _, grads[name], _ = conv_with("onednn", x, kernel, (1, 1), padding)
     want_dx, want_dk = (g.astype(jnp.float32) for g in grads["direct"])
-    got_dx, got_dk = (g.astype(jnp.float32) for g in grads["swapped"])
+    got_dx, got_dk = (g.astype(jnp.float32) for g in grads[method])
     np.testing.assert_array_equal(got_dx, want_dx)  # the input gradient is unchanged
     # The same sums, accumulated in another order: float32 rounding, or one bfloat16 step.
     tolerance = 1e-5 if dtype == jnp.float32 else 2.0**-7
@@ -294,6 +301,25 @@ def test_which_kernel_gradients_auto_swaps(monkeypatch, x_shape, dtype, strides,
     valid = ((0, 0), (0, 0))
     method = ffi_conv.kernel_grad_method(x_shape, (3, 3, 64, 64), dtype, strides, valid, (1, 1))
     assert method == expected
+
+
+@pytest.mark.parametrize(
+    "x_shape, channels, expected",
+    [
+        ((128, 7, 7, 256), (256, 256), "mosaic"),  # the fast CIFAR net's 7 x 7 layers
+        ((128, 11, 11, 128), (128, 128), "mosaic"),  # 121 pixels, 128 channels
+        ((128, 12, 12, 256), (256, 256), "direct"),  # 144 pixels: lost alone
+        ((128, 7, 7, 64), (64, 64), "direct"),  # 64 channels: even alone
+        ((128, 7, 7, 256), (256, 64), "direct"),
+        ((127, 7, 7, 256), (256, 256), "direct"),  # no grid divides the batch
+        ((128, 4, 4, 256), (256, 256), "swapped"),  # 16 pixels: swapped as before
+    ],
+)
+def test_which_kernel_gradients_auto_tiles(monkeypatch, x_shape, channels, expected):
+    monkeypatch.delenv("JAXCNN_ONEDNN_KERNEL_GRAD", raising=False)
+    same, k_shape = ((1, 1), (1, 1)), (3, 3, *channels)
+    for dtype, want in (("bfloat16", expected), ("float32", "direct")):
+        assert ffi_conv.kernel_grad_method(x_shape, k_shape, dtype, (1, 1), same, (1, 1)) == want
 
 
 @needs_onednn

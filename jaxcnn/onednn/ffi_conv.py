@@ -128,14 +128,17 @@ def _backward_rule(strides, padding, dilation, algorithm, residuals, dy):
     # d(loss)/dx: oneDNN's backward-data; d(loss)/dkernel: its backward-weights, or its
     # forward convolution with batch and channels swapped where that measured faster.
     dx = _call("jaxcnn_onednn_conv_input_grad", _like(x), dy, kernel, *geometry)
-    if kernel_grad_method(x.shape, kernel.shape, x.dtype, strides, padding, dilation) == "swapped":
+    method = kernel_grad_method(x.shape, kernel.shape, x.dtype, strides, padding, dilation)
+    if method == "swapped":
         dkernel = _kernel_grad_swapped(x, dy, kernel.shape, padding)
+    elif method == "mosaic":
+        dkernel = _kernel_grad_mosaic(x, dy, kernel.shape, padding, algorithm)
     else:
         dkernel = _call("jaxcnn_onednn_conv_kernel_grad", _like(kernel), x, dy, *geometry)
     return dx, dkernel
 
 
-KERNEL_GRAD_METHODS = ("auto", "direct", "swapped")
+KERNEL_GRAD_METHODS = ("auto", "direct", "swapped", "mosaic")
 # "auto" swaps where the output map is small, in bfloat16: oneDNN 2.6's AMX
 # backward-weights kernel is slow there, its forward one is not. Alone, batch 128, on the
 # Intel Xeon: 4x4 outputs 64 -> 64 channels 1.22 -> 0.54 ms, 256 -> 256 10.1 -> 2.5 ms.
@@ -143,34 +146,75 @@ KERNEL_GRAD_METHODS = ("auto", "direct", "swapped")
 # bfloat16 step (8x8, 64 channels) lost (x0.95), and at 12x12 or in float32 it lost
 # alone. docs/perf_notes.md, item 44.
 SWAP_MAX_PIXELS = 16  # output pixels (OH * OW) up to which "auto" swaps
+# Above that, up to MOSAIC_MAX_PIXELS (11 x 11 maps), "auto" tiles bfloat16 convolutions
+# with at least MOSAIC_MIN_CHANNELS in and out into mosaics (_kernel_grad_mosaic). Alone,
+# batch 128, 256 -> 256 channels: 7x7 maps 11.4 -> 7.1 ms, 5x5 8.5 -> 3.7, 11x11
+# 16.0 -> 11.2; 128 channels at 7x7 3.2 -> 2.5; but 64 channels x1.00, 14x14 maps x0.97
+# and 15x15 ones x0.6 (docs/perf_notes.md, item 57).
+MOSAIC_MAX_PIXELS = 121
+MOSAIC_MIN_CHANNELS = 128
+# Grids tried, and the mosaic area (pixels) the fastest ones were nearest to.
+MOSAIC_GRIDS = ((1, 2), (2, 2), (2, 4))
+MOSAIC_AREA = 400
+
+
+def mosaic_grid(batch: int, padded_hw: Sequence[int]) -> tuple[int, int] | None:
+    """Rows x columns of padded images per mosaic for :func:`_kernel_grad_mosaic`.
+
+    The grid of :data:`MOSAIC_GRIDS` whose mosaic area is nearest :data:`MOSAIC_AREA`
+    pixels among those that divide ``batch``; ``None`` if none does.
+
+    Examples:
+        >>> mosaic_grid(128, (9, 9))  # 7x7 maps padded by 1: 2 x 2 tiles of 18 x 18
+        (2, 2)
+        >>> mosaic_grid(128, (7, 7)), mosaic_grid(3, (9, 9))
+        ((2, 4), None)
+    """
+    area = padded_hw[0] * padded_hw[1]
+    fits = [g for g in MOSAIC_GRIDS if batch % (g[0] * g[1]) == 0]
+    return min(fits, key=lambda g: abs(g[0] * g[1] * area - MOSAIC_AREA), default=None)
 
 
 def kernel_grad_method(x_shape, kernel_shape, dtype, strides, padding, dilation) -> str:
-    """How the kernel gradient of one convolution runs: ``"direct"`` or ``"swapped"``.
+    """How the kernel gradient of one convolution runs: ``"direct"``, ``"swapped"`` or
+    ``"mosaic"``.
 
-    ``JAXCNN_ONEDNN_KERNEL_GRAD`` (read at trace time): ``auto`` (default) swaps bfloat16
-    convolutions with stride 1, no dilation and at most ``SWAP_MAX_PIXELS`` output
-    pixels; ``swapped`` every stride-1 undilated one; ``direct`` none. ``"swapped"`` is
+    ``JAXCNN_ONEDNN_KERNEL_GRAD`` (read at trace time): ``auto`` (default), for bfloat16
+    convolutions with stride 1 and no dilation, swaps those with at most
+    ``SWAP_MAX_PIXELS`` output pixels and tiles into mosaics those with up to
+    ``MOSAIC_MAX_PIXELS`` and at least ``MOSAIC_MIN_CHANNELS`` channels in and out;
+    ``swapped`` / ``mosaic`` do so for every stride-1 undilated one (``mosaic`` where
+    :func:`mosaic_grid` finds a grid for the batch); ``direct`` none. ``"swapped"`` is
     oneDNN's *forward* convolution of the input, batch and channels exchanged, with the
-    output gradient as its kernel (:func:`_kernel_grad_swapped`).
+    output gradient as its kernel (:func:`_kernel_grad_swapped`); ``"mosaic"`` its
+    backward-weights over fewer, larger images (:func:`_kernel_grad_mosaic`).
 
     Examples:
-        >>> valid = ((0, 0), (0, 0))
+        >>> valid, same = ((0, 0), (0, 0)), ((1, 1), (1, 1))
         >>> kernel_grad_method((128, 6, 6, 64), (3, 3, 64, 64), "bfloat16", (1, 1), valid, (1, 1))
         'swapped'
         >>> kernel_grad_method((128, 14, 14, 32), (3, 3, 32, 64), "bfloat16", (1, 1), valid, (1, 1))
         'direct'
+        >>> kernel_grad_method((128, 7, 7, 256), (3, 3, 256, 256), "bfloat16", (1, 1), same, (1, 1))
+        'mosaic'
     """
     from jaxcnn.conv_backend import env_choice
 
     choice = env_choice("JAXCNN_ONEDNN_KERNEL_GRAD", "auto", KERNEL_GRAD_METHODS)
     if choice == "direct" or tuple(strides) != (1, 1) or tuple(dilation) != (1, 1):
         return "direct"
-    if choice == "swapped":
-        return "swapped"
+    padded = [size + lo + hi for size, (lo, hi) in zip(x_shape[1:3], padding, strict=True)]
+    tiles = mosaic_grid(x_shape[0], padded) is not None
+    if choice != "auto":
+        return choice if choice == "swapped" or tiles else "direct"
+    if np.dtype(dtype) != jax.numpy.bfloat16:
+        return "direct"
     out = shapes.conv_output_shape(x_shape[1:3], kernel_shape[:2], 1, padding)
-    small = out[0] * out[1] <= SWAP_MAX_PIXELS
-    return "swapped" if np.dtype(dtype) == jax.numpy.bfloat16 and small else "direct"
+    pixels = out[0] * out[1]
+    if pixels <= SWAP_MAX_PIXELS:
+        return "swapped"
+    wide = min(kernel_shape[2:]) >= MOSAIC_MIN_CHANNELS
+    return "mosaic" if pixels <= MOSAIC_MAX_PIXELS and wide and tiles else "direct"
 
 
 def _kernel_grad_swapped(x, dy, kernel_shape, padding):
@@ -195,6 +239,33 @@ def _kernel_grad_swapped(x, dy, kernel_shape, padding):
         "direct",
     )
     return swapped.transpose(1, 2, 0, 3)
+
+
+def _kernel_grad_mosaic(x, dy, kernel_shape, padding, algorithm):
+    """dkernel of a stride-1 convolution as backward-weights over mosaics of its images.
+
+    oneDNN's backward-weights kernel runs small maps with many channels slowly for the
+    work they hold (the fast CIFAR net's 7 x 7 x 256 layers: 11.4 ms, three times their
+    forward pass). The padded images, tiled ``r x c`` into fewer, larger ones, give the
+    same sums: each output position still reads one image's window, and the positions
+    that straddle two images get a zero output gradient, so they add nothing.
+    """
+    kh, kw = kernel_shape[:2]
+    x = jax.numpy.pad(x, ((0, 0), *padding, (0, 0)))
+    n, ph, pw = x.shape[:3]
+    oh, ow = dy.shape[1:3]  # ph - kh + 1, pw - kw + 1
+    dy = jax.numpy.pad(dy, ((0, 0), (0, ph - oh), (0, pw - ow), (0, 0)))
+    r, c = mosaic_grid(n, (ph, pw))
+
+    def tile(a):
+        a = a.reshape(n // (r * c), r, c, ph, pw, a.shape[-1]).transpose(0, 1, 3, 2, 4, 5)
+        return a.reshape(n // (r * c), r * ph, c * pw, a.shape[-1])
+
+    dy = tile(dy)[:, : r * ph - kh + 1, : c * pw - kw + 1]
+    out = jax.ShapeDtypeStruct(tuple(kernel_shape), x.dtype)
+    valid = ((0, 0), (0, 0))
+    return _call("jaxcnn_onednn_conv_kernel_grad", out, tile(x), dy, (1, 1), valid, (1, 1),
+                 algorithm)  # fmt: skip
 
 
 def _like(array) -> jax.ShapeDtypeStruct:
