@@ -116,22 +116,25 @@ struct Gelu {
 // is Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
 struct GeluExact {
   static constexpr bool kKeepGrad = true;
-  static float Erf(float z) {
-    float a = std::fabs(z);
-    float t = 1.0f / (1.0f + 0.3275911f * a);
+  // erf(z) given g = exp(-z^2), which the derivative needs too (exp(-pre^2 / 2)).
+  static float Erf(float z, float g) {
+    float t = 1.0f / (1.0f + 0.3275911f * std::fabs(z));
     float p = 1.061405429f;
     p = p * t - 1.453152027f;
     p = p * t + 1.421413741f;
     p = p * t - 0.284496736f;
     p = p * t + 0.254829592f;
-    float e = 1.0f - p * t * Exp(-a * a);
+    float e = 1.0f - p * t * g;
     return z < 0.0f ? -e : e;
   }
-  static float Value(float pre) { return 0.5f * pre * (1.0f + Erf(pre * 0.707106781186547524f)); }
+  static float Value(float pre) {
+    float z = pre * 0.707106781186547524f;
+    return 0.5f * pre * (1.0f + Erf(z, Exp(-z * z)));
+  }
   static float Grad(float pre, float dy) {
-    float cdf = 0.5f * (1.0f + Erf(pre * 0.707106781186547524f));
-    float pdf = 0.398942280401432678f * Exp(-0.5f * pre * pre);
-    return dy * (cdf + pre * pdf);
+    float g = Exp(-0.5f * pre * pre);  // one exponential for both terms
+    float cdf = 0.5f * (1.0f + Erf(pre * 0.707106781186547524f, g));
+    return dy * (cdf + pre * 0.398942280401432678f * g);
   }
 };
 
