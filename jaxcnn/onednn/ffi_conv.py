@@ -125,8 +125,9 @@ def _backward_rule(strides, padding, dilation, algorithm, residuals, dy):
     x, kernel = residuals
     geometry = (strides, padding, dilation, algorithm)
     dy = dy.astype(x.dtype)
-    # d(loss)/dx: oneDNN's backward-data; d(loss)/dkernel: its backward-weights, or its
-    # forward convolution with batch and channels swapped where that measured faster.
+    # d(loss)/dx: oneDNN's backward-data; d(loss)/dkernel: its backward-weights (over
+    # mosaics of the images), or its forward convolution with batch and channels swapped,
+    # where each measured faster (kernel_grad_method).
     dx = _call("jaxcnn_onednn_conv_input_grad", _like(x), dy, kernel, *geometry)
     method = kernel_grad_method(x.shape, kernel.shape, x.dtype, strides, padding, dilation)
     if method == "swapped":
