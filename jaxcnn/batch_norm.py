@@ -164,6 +164,23 @@ def native_kernel_activation(x: jax.Array, activation, dtype, residual=None) -> 
     return name if build.available() else None
 
 
+def trains_on_kernels(
+    x: jax.Array, activation, dtype=None, param_dtype=jnp.float32, residual=None
+) -> bool:
+    """Whether :class:`BatchNorm` in training runs on the kernels for this input.
+
+    Their output is a foreign call's result, so it is in memory already: a residual
+    block need not write it again (``jaxcnn.fast_ops.materialize``). Same arguments as
+    the module's: ``x`` the pre-norm map, ``dtype`` and ``param_dtype`` its attributes.
+
+    Examples:
+      >>> trains_on_kernels(jnp.ones((2, 8)), "relu", jnp.float32) in (True, False)
+      True
+    """
+    out_dtype = jnp.dtype(dtype or jnp.result_type(x.dtype, param_dtype))
+    return native_kernel_activation(x, get_activation(activation), out_dtype, residual) is not None
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
 def _fused(x, scale, bias, residual, epsilon, activation, dtype, native):
     return _forward(x, scale, bias, residual, epsilon, activation, dtype, native)[0]

@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxcnn import batch_norm, conv_backend, conv_pool, fast_ops, placement, shapes
 from jaxcnn import bias_activation as bias_activation_lib
-from jaxcnn import conv_backend, conv_pool, fast_ops, placement, shapes
 
 # Re-exported: they lived here before jaxcnn.activations.
 from jaxcnn.activations import ACTIVATIONS as ACTIVATIONS
@@ -398,6 +398,12 @@ class ConvBlock(nn.Module):
         ``False``: conv, then pool. ``None`` (default): ``True`` when the input has at
         most 4 channels and JAX's default backend is the CPU (decided when the block is
         traced). ``True`` where the fused path does not apply raises ``ValueError``.
+      materialize_output: write the output to memory once on CPU
+        (:func:`jaxcnn.fast_ops.materialize`), so that XLA does not fuse the block's
+        elementwise tail into each of its consumers (a residual block's output feeds the
+        next block twice). Skipped where the fused batch norm's kernels write the output
+        themselves (training on CPU): it is in memory already, and the copy is nine
+        passes of 0.5 ms in ResNet-20's bfloat16 step (``docs/perf_notes.md``, item 59).
 
     Examples:
       >>> block = ConvBlock(16, (3, 3), stride=2, padding="SAME", norm="batch")
@@ -432,6 +438,7 @@ class ConvBlock(nn.Module):
     fused_pool: bool = True
     fused_norm: bool = True
     space_to_depth: bool | None = None
+    materialize_output: bool = False
 
     def conv_spec(self, rank: int) -> shapes.ConvSpec:
         """The convolution as a :class:`jaxcnn.shapes.ConvSpec` (for receptive fields)."""
@@ -508,6 +515,23 @@ class ConvBlock(nn.Module):
     def _bias_activation_alone(self, residual, pool) -> bool:
         """Whether the conv's bias and activation follow it directly (no norm, residual, pool)."""
         return self.norm is None and residual is None and not (self.pool_first and pool)
+
+    def _written_by_norm_kernels(
+        self, x: jax.Array, train: bool, residual: jax.Array | None
+    ) -> bool:
+        """Whether :meth:`_norm_activate`'s output is the batch-norm kernels' (in memory)."""
+        return (
+            train
+            and self.norm == "batch"
+            and self.fused_norm
+            and batch_norm.trains_on_kernels(
+                x, self.activation, self.dtype, self.param_dtype, residual
+            )
+        )
+
+    def _finish(self, y: jax.Array, in_memory: bool = False) -> jax.Array:
+        """The block's output, through ``materialize`` if asked and not in memory already."""
+        return fast_ops.materialize(y) if self.materialize_output and not in_memory else y
 
     def _norm_activate(
         self, x: jax.Array, train: bool, residual: jax.Array | None = None
@@ -702,7 +726,7 @@ class ConvBlock(nn.Module):
                 y = y if cropped is None else cropped
                 y = fast_ops.max_pool_relu(y, fused_window, bias=bias)
             chex.assert_shape(y, expected)
-            return y
+            return self._finish(y)
         if self.space_to_depth:
             raise ValueError(
                 f"{_describe(self)}: space_to_depth=True needs the fused conv -> max pool "
@@ -717,7 +741,7 @@ class ConvBlock(nn.Module):
                 tap.output, conv.variables["params"]["bias"], self.activation
             )
             chex.assert_shape(y, conv_shape)
-            return y if pool is None else pool(y)
+            return self._finish(y if pool is None else pool(y))
         if tap is not None:
             y = fast_ops.add_channel_bias(tap.output, conv.variables["params"]["bias"])
         chex.assert_shape(y, conv_shape)
@@ -729,8 +753,9 @@ class ConvBlock(nn.Module):
                 f"{tuple(y.shape)} (the conv output{', pooled' if self.pool_first else ''}); "
                 f"got residual of shape {tuple(residual.shape)}"
             )
+        in_memory = pool is None and self._written_by_norm_kernels(y, train, residual)
         y = self._norm_activate(y, train, residual)
-        return y if pool is None else pool(y)
+        return self._finish(y if pool is None else pool(y), in_memory)
 
 
 class _ConvOutputTap:

@@ -241,6 +241,25 @@ def test_blocks_materialize_their_output_unless_told_not_to(block_cls):
     assert "name=materialize" not in jaxpr(False)
 
 
+@pytest.mark.parametrize("backend", ["auto", "xla"])
+@pytest.mark.parametrize("block_cls", [models.ResidualBlock, models.BottleneckBlock])
+def test_training_blocks_skip_the_copy_where_the_norm_kernels_write_the_output(
+    block_cls, backend, monkeypatch
+):
+    from jaxcnn.onednn import build
+
+    if backend == "auto" and not build.available():
+        pytest.skip(f"binding unavailable: {build.unavailable_reason()}")
+    monkeypatch.setenv("JAXCNN_NORM_BACKEND", backend)
+    x = jnp.ones((1, 4, 4, 8))
+    block = block_cls(2)
+    variables = jax.eval_shape(block.init, RNGS, x)
+    train = lambda v: block.apply(v, x, True, mutable=["batch_stats"])  # noqa: E731
+    # The kernels' output is a foreign call's result, in memory already: no copy. XLA's
+    # fusions are not: the copy stays.
+    assert ("name=materialize" in str(jax.make_jaxpr(train)(variables))) is (backend == "xla")
+
+
 @pytest.mark.parametrize("flag", [True, False])
 def test_spec_residual_materialize_reaches_the_blocks(flag):
     spec = {"stages": [{"type": "residual", "features": 4, "materialize": flag}]}
