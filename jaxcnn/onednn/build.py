@@ -52,7 +52,7 @@ SOURCE = Path(__file__).with_name("onednn_conv.cc")
 # Compiled into one library: the convolutions, batch norm's kernels, the fused first-layer
 # conv + max pool, and the headers they share (the OpenMP team, bfloat16 conversions).
 SOURCES = (SOURCE, SOURCE.with_name("batch_norm.cc"), SOURCE.with_name("conv_pool.cc"))
-HEADERS = (SOURCE.with_name("team.h"), SOURCE.with_name("bfloat16.h"))
+HEADERS = tuple(SOURCE.with_name(h) for h in ("team.h", "bfloat16.h", "simd16.h"))
 # FFI target name -> the handler symbol the library exports.
 TARGETS = {
     "jaxcnn_onednn_conv_forward": "JaxcnnOnednnConvForward",
