@@ -19,8 +19,9 @@
 // (dmean, dvar: the cotangents of the mean and var outputs, zero in a loss).
 // Sums are accumulated in float within blocks of 64 rows, then in double. x and y (dy and
 // dx) are float32 or bfloat16; the per-channel vectors are float32. The GELUs' loops run
-// on AVX-512 intrinsics where the build has them (simd16.h; 1.3x faster norm + GELU),
-// the rest as scalar loops that GCC vectorises.
+// on AVX-512 intrinsics where the build has them (simd16.h: norm + GELU 1.2-1.4x faster
+// forward and backward, docs/perf_notes.md item 60), the rest as scalar loops that GCC
+// vectorises.
 
 #include <omp.h>
 
@@ -119,8 +120,8 @@ struct Gelu {
   // The same formulas on 16 lanes (see Vectorised below).
   static simd16::V Tanh(simd16::V pre) {
     using namespace simd16;
-    V u = _mm512_mul_ps(Set(kSqrt2OverPi),
-                        _mm512_fmadd_ps(_mm512_mul_ps(Set(kCubic), _mm512_mul_ps(pre, pre)), pre, pre));
+    V cubic = _mm512_mul_ps(Set(kCubic), _mm512_mul_ps(pre, pre));
+    V u = _mm512_mul_ps(Set(kSqrt2OverPi), _mm512_fmadd_ps(cubic, pre, pre));
     V e = simd16::Exp(_mm512_add_ps(u, u));
     return _mm512_sub_ps(Set(1.0f), _mm512_div_ps(Set(2.0f), _mm512_add_ps(e, Set(1.0f))));
   }
@@ -189,7 +190,8 @@ struct GeluExact {
     V g = simd16::Exp(_mm512_mul_ps(_mm512_mul_ps(Set(-0.5f), pre), pre));
     V erf = Erf(_mm512_mul_ps(pre, Set(0.707106781186547524f)), g);
     V cdf = _mm512_fmadd_ps(Set(0.5f), erf, Set(0.5f));
-    return _mm512_mul_ps(dy, _mm512_fmadd_ps(_mm512_mul_ps(pre, Set(0.398942280401432678f)), g, cdf));
+    V density = _mm512_mul_ps(pre, Set(0.398942280401432678f));
+    return _mm512_mul_ps(dy, _mm512_fmadd_ps(density, g, cdf));
   }
 #endif
 };
@@ -353,7 +355,9 @@ void Forward(const TX* __restrict x, const TY* __restrict residual, const float*
             simd16::V pre = _mm512_fmadd_ps(
                 _mm512_sub_ps(simd16::Load16(row + c), simd16::Load16(m + c)),
                 simd16::Load16(k + c), simd16::Load16(b + c));
-            if constexpr (kResidual) pre = _mm512_add_ps(pre, simd16::Load16(residual + r * width + c));
+            if constexpr (kResidual) {
+              pre = _mm512_add_ps(pre, simd16::Load16(residual + r * width + c));
+            }
             simd16::Store16(Act::Value(pre), out + c);
           }
           return;
