@@ -308,6 +308,27 @@ inline float ResidualAt(const TY* __restrict residual, int64_t i) {
   }
 }
 
+#if JAXCNN_SIMD16
+// ResidualAt on 16 lanes: `pre` plus the residual's elements from `i`, or `pre` itself
+// without one (nothing is read or added).
+template <bool kResidual, typename TY>
+inline simd16::V WithResidual16(simd16::V pre, const TY* __restrict residual, int64_t i) {
+  if constexpr (kResidual) {
+    return _mm512_add_ps(pre, simd16::Load16(residual + i));
+  } else {
+    return pre;
+  }
+}
+
+// xhat = (x - mean) * inv for the 16 lanes from `c` of a row, as the scalar loops have it.
+template <typename TX>
+inline simd16::V Xhat16(const TX* __restrict row, const float* __restrict m,
+                        const float* __restrict iv, int64_t c) {
+  return _mm512_mul_ps(_mm512_sub_ps(simd16::Load16(row + c), simd16::Load16(m + c)),
+                       simd16::Load16(iv + c));
+}
+#endif
+
 template <typename Act, bool kResidual, typename TX, typename TY>
 void Forward(const TX* __restrict x, const TY* __restrict residual, const float* scale,
              const float* bias, float epsilon, int64_t rows, int64_t channels, int threads,
@@ -355,9 +376,7 @@ void Forward(const TX* __restrict x, const TY* __restrict residual, const float*
             simd16::V pre = _mm512_fmadd_ps(
                 _mm512_sub_ps(simd16::Load16(row + c), simd16::Load16(m + c)),
                 simd16::Load16(k + c), simd16::Load16(b + c));
-            if constexpr (kResidual) {
-              pre = _mm512_add_ps(pre, simd16::Load16(residual + r * width + c));
-            }
+            pre = WithResidual16<kResidual>(pre, residual, r * width + c);
             simd16::Store16(Act::Value(pre), out + c);
           }
           return;
@@ -403,14 +422,10 @@ void Backward(const TX* __restrict x, const TY* __restrict residual, const TY* _
           if constexpr (Act::kKeepGrad) {
             if (Vectorised<Act>(width)) {
               for (int64_t c = 0; c < width; c += 16) {
-                simd16::V xhat = _mm512_mul_ps(
-                    _mm512_sub_ps(simd16::Load16(row + c), simd16::Load16(m + c)),
-                    simd16::Load16(iv + c));
-                simd16::V pre =
-                    _mm512_fmadd_ps(xhat, simd16::Load16(g + c), simd16::Load16(b + c));
-                if constexpr (kResidual) {
-                  pre = _mm512_add_ps(pre, simd16::Load16(residual + r * width + c));
-                }
+                simd16::V xhat = Xhat16(row, m, iv, c);
+                simd16::V pre = WithResidual16<kResidual>(
+                    _mm512_fmadd_ps(xhat, simd16::Load16(g + c), simd16::Load16(b + c)),
+                    residual, r * width + c);
                 simd16::V dpre = Act::Grad(pre, simd16::Load16(grad + c));
                 simd16::Store16(_mm512_add_ps(simd16::Load16(s + c), dpre), s + c);
                 simd16::Store16(_mm512_fmadd_ps(dpre, xhat, simd16::Load16(q + c)), q + c);
@@ -467,9 +482,7 @@ void Backward(const TX* __restrict x, const TY* __restrict residual, const TY* _
           // dpre as the first pass stored it (in dresidual with a residual, else in dx).
           const TY* kept = kResidual ? dresidual + r * width : nullptr;
           for (int64_t c = 0; c < width; c += 16) {
-            simd16::V xhat = _mm512_mul_ps(
-                _mm512_sub_ps(simd16::Load16(row + c), simd16::Load16(m + c)),
-                simd16::Load16(iv + c));
+            simd16::V xhat = Xhat16(row, m, iv, c);
             simd16::V dpre = kResidual ? simd16::Load16(kept + c) : simd16::Load16(out + c);
             simd16::V d = _mm512_fmadd_ps(simd16::Load16(l + c), xhat, simd16::Load16(o + c));
             simd16::Store16(_mm512_fmadd_ps(simd16::Load16(k + c), dpre, d), out + c);
