@@ -115,6 +115,25 @@ def use_conv_backend(name: str) -> Iterator[None]:
 _AVX512_CORE = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq"})
 
 
+def cpu_vendor_and_flags(cpuinfo: str) -> tuple[str, frozenset[str]]:
+    r"""The vendor and feature flags of the first processor in ``/proc/cpuinfo`` text.
+
+    Examples:
+        >>> vendor, flags = cpu_vendor_and_flags("vendor_id\t: AuthenticAMD\nflags\t\t: fma avx2\n")
+        >>> vendor, sorted(flags)
+        ('AuthenticAMD', ['avx2', 'fma'])
+    """
+    vendor, flags = "", frozenset()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "vendor_id" and not vendor:
+            vendor = value.strip()
+        elif key == "flags" and not flags:
+            flags = frozenset(value.split())
+    return vendor, flags
+
+
 def onednn_preferred(cpuinfo: str) -> bool:
     r"""Whether ``"auto"`` picks oneDNN on the CPU that ``/proc/cpuinfo`` text describes.
 
@@ -128,24 +147,28 @@ def onednn_preferred(cpuinfo: str) -> bool:
         ...                  "flags\t\t: avx2 avx512f avx512dq avx512bw avx512vl\n")
         True
     """
-    vendor, flags = "", set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "vendor_id" and not vendor:
-            vendor = value.strip()
-        elif key == "flags" and not flags:
-            flags = set(value.split())
+    vendor, flags = cpu_vendor_and_flags(cpuinfo)
     return vendor == "GenuineIntel" or flags >= _AVX512_CORE
 
 
 @functools.cache
-def _onednn_preferred_here() -> bool:
+def _cpuinfo_here() -> str:
     try:
         with open("/proc/cpuinfo") as info:
-            return onednn_preferred(info.read())
+            return info.read()
     except OSError:
-        return False
+        return ""
+
+
+def _onednn_preferred_here() -> bool:
+    return onednn_preferred(_cpuinfo_here())
+
+
+def amx_here() -> bool:
+    """Whether this CPU has AMX for bfloat16 (``amx_bf16``), where oneDNN's bfloat16
+    kernels differ most from its AVX-512 ones (``jaxcnn.onednn.ffi_conv`` picks some
+    kernel-gradient methods by it)."""
+    return "amx_bf16" in cpu_vendor_and_flags(_cpuinfo_here())[1]
 
 
 def resolved_backend() -> str:

@@ -318,8 +318,26 @@ def test_which_kernel_gradients_auto_swaps(monkeypatch, x_shape, dtype, strides,
 def test_which_kernel_gradients_auto_tiles(monkeypatch, x_shape, channels, expected):
     monkeypatch.delenv("JAXCNN_ONEDNN_KERNEL_GRAD", raising=False)
     same, k_shape = ((1, 1), (1, 1)), (3, 3, *channels)
-    for dtype, want in (("bfloat16", expected), ("float32", "direct")):
-        assert ffi_conv.kernel_grad_method(x_shape, k_shape, dtype, (1, 1), same, (1, 1)) == want
+    # Mosaics only with AMX: without it they lost alone (Zen 5, docs/perf_notes.md item 63).
+    without_amx = "direct" if expected == "mosaic" else expected
+    for dtype, amx, want in (
+        ("bfloat16", True, expected),
+        ("bfloat16", False, without_amx),
+        ("float32", True, "direct"),
+    ):
+        method = ffi_conv.kernel_grad_method(x_shape, k_shape, dtype, (1, 1), same, (1, 1), amx)
+        assert method == want, (dtype, amx)
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_auto_asks_the_cpu_for_amx_unless_told(monkeypatch, amx):
+    monkeypatch.delenv("JAXCNN_ONEDNN_KERNEL_GRAD", raising=False)
+    monkeypatch.setattr(conv_backend, "amx_here", lambda: amx)
+    same = ((1, 1), (1, 1))
+    method = ffi_conv.kernel_grad_method(
+        (128, 7, 7, 256), (3, 3, 256, 256), "bfloat16", (1, 1), same, (1, 1)
+    )
+    assert method == ("mosaic" if amx else "direct")
 
 
 @needs_onednn

@@ -151,7 +151,9 @@ SWAP_MAX_PIXELS = 16  # output pixels (OH * OW) up to which "auto" swaps
 # with at least MOSAIC_MIN_CHANNELS in and out into mosaics (_kernel_grad_mosaic). Alone,
 # batch 128, 256 -> 256 channels: 7x7 maps 11.4 -> 7.1 ms, 5x5 8.5 -> 3.7, 11x11
 # 16.0 -> 11.2; 128 channels at 7x7 3.2 -> 2.5; but 64 channels x1.00, 14x14 maps x0.97
-# and 15x15 ones x0.6 (docs/perf_notes.md, item 57).
+# and 15x15 ones x0.6 (docs/perf_notes.md, item 57). That was AMX (the Intel Xeon); on
+# AVX-512 BF16 without it (Zen 5) the mosaics lose alone, 7x7 at 256 channels 10.9 ->
+# 13.8 ms, 7x7 at 128 2.7 -> 4.0 (item 63), so "auto" tiles only where the CPU has AMX.
 MOSAIC_MAX_PIXELS = 121
 MOSAIC_MIN_CHANNELS = 128
 # Grids tried, and the mosaic area (pixels) the fastest ones were nearest to.
@@ -176,14 +178,17 @@ def mosaic_grid(batch: int, padded_hw: Sequence[int]) -> tuple[int, int] | None:
     return min(fits, key=lambda g: abs(g[0] * g[1] * area - MOSAIC_AREA), default=None)
 
 
-def kernel_grad_method(x_shape, kernel_shape, dtype, strides, padding, dilation) -> str:
+def kernel_grad_method(
+    x_shape, kernel_shape, dtype, strides, padding, dilation, amx: bool | None = None
+) -> str:
     """How the kernel gradient of one convolution runs: ``"direct"``, ``"swapped"`` or
     ``"mosaic"``.
 
     ``JAXCNN_ONEDNN_KERNEL_GRAD`` (read at trace time): ``auto`` (default), for bfloat16
     convolutions with stride 1 and no dilation, swaps those with at most
-    ``SWAP_MAX_PIXELS`` output pixels and tiles into mosaics those with up to
-    ``MOSAIC_MAX_PIXELS`` and at least ``MOSAIC_MIN_CHANNELS`` channels in and out;
+    ``SWAP_MAX_PIXELS`` output pixels and, where the CPU has AMX (``amx``; ``None``: this
+    CPU's ``amx_bf16`` flag), tiles into mosaics those with up to ``MOSAIC_MAX_PIXELS``
+    and at least ``MOSAIC_MIN_CHANNELS`` channels in and out;
     ``swapped`` / ``mosaic`` do so for every stride-1 undilated one (``mosaic`` where
     :func:`mosaic_grid` finds a grid for the batch); ``direct`` none. ``"swapped"`` is
     oneDNN's *forward* convolution of the input, batch and channels exchanged, with the
@@ -196,10 +201,11 @@ def kernel_grad_method(x_shape, kernel_shape, dtype, strides, padding, dilation)
         'swapped'
         >>> kernel_grad_method((128, 14, 14, 32), (3, 3, 32, 64), "bfloat16", (1, 1), valid, (1, 1))
         'direct'
-        >>> kernel_grad_method((128, 7, 7, 256), (3, 3, 256, 256), "bfloat16", (1, 1), same, (1, 1))
-        'mosaic'
+        >>> seven = ((128, 7, 7, 256), (3, 3, 256, 256), "bfloat16", (1, 1), same, (1, 1))
+        >>> kernel_grad_method(*seven, amx=True), kernel_grad_method(*seven, amx=False)
+        ('mosaic', 'direct')
     """
-    from jaxcnn.conv_backend import env_choice
+    from jaxcnn.conv_backend import amx_here, env_choice
 
     choice = env_choice("JAXCNN_ONEDNN_KERNEL_GRAD", "auto", KERNEL_GRAD_METHODS)
     if choice == "direct" or tuple(strides) != (1, 1) or tuple(dilation) != (1, 1):
@@ -215,7 +221,8 @@ def kernel_grad_method(x_shape, kernel_shape, dtype, strides, padding, dilation)
     if pixels <= SWAP_MAX_PIXELS:
         return "swapped"
     wide = min(kernel_shape[2:]) >= MOSAIC_MIN_CHANNELS
-    return "mosaic" if pixels <= MOSAIC_MAX_PIXELS and wide and tiles else "direct"
+    amx = amx_here() if amx is None else amx
+    return "mosaic" if amx and pixels <= MOSAIC_MAX_PIXELS and wide and tiles else "direct"
 
 
 def _kernel_grad_swapped(x, dy, kernel_shape, padding):
