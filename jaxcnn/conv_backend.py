@@ -131,6 +131,8 @@ def cpu_vendor_and_flags(cpuinfo: str) -> tuple[str, frozenset[str]]:
             vendor = value.strip()
         elif key == "flags" and not flags:
             flags = frozenset(value.split())
+        if vendor and flags:  # the first processor's; the others repeat them
+            break
     return vendor, flags
 
 
@@ -160,10 +162,12 @@ def _cpuinfo_here() -> str:
         return ""
 
 
+@functools.cache
 def _onednn_preferred_here() -> bool:
     return onednn_preferred(_cpuinfo_here())
 
 
+@functools.cache
 def amx_here() -> bool:
     """Whether this CPU has AMX for bfloat16 (``amx_bf16``), where oneDNN's bfloat16
     kernels differ most from its AVX-512 ones (``jaxcnn.onednn.ffi_conv`` picks some
