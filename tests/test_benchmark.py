@@ -316,3 +316,27 @@ def test_bf16_kernels_compare_one_convolution_in_three_precisions():
         np.testing.assert_allclose(np.asarray(y, np.float32), reference, rtol=0.05, atol=0.1)
     forward_ms, both_ms = bf16_kernels.time_conv(1, 4, 2, 2, "bf16>f32")
     assert forward_ms > 0 and both_ms > 0
+
+
+def test_step_profile_timeline_splits_the_wall_time_between_binding_calls_and_xla():
+    # benchmarks/experiments/step_profile.py --timeline (docs/perf_notes.md, item 64).
+    import doctest
+
+    from benchmarks.experiments import step_profile
+
+    assert doctest.testmod(step_profile).failed == 0
+    events = [
+        {"ph": "X", "name": "ThunkExecutor::Execute", "ts": 0, "dur": 10_000},  # skipped
+        {"ph": "X", "name": "ffi_call.1", "ts": 0, "dur": 4_000},
+        {"ph": "X", "name": "ffi_call.2", "ts": 4_000, "dur": 2_000},
+        {"ph": "X", "name": "select_fusion.3", "ts": 3_000, "dur": 5_000},
+        {"ph": "i", "name": "marker", "ts": 9_000},  # not a complete event
+    ]
+    targets = {"ffi_call.1": "jaxcnn_conv", "ffi_call.2": "jaxcnn_conv"}
+    lines = step_profile.timeline(events, targets, steps=2)
+    assert lines[0] == "wall 4.0 ms/step: F- 1.5, FX 1.5, -X 1.0, -- 0.0"
+    assert lines[1:3] == [
+        "XLA ops while no binding call ran (ms/step):",
+        "      1.00  select_fusion",
+    ]
+    assert lines[3:] == ["binding calls (ms/step):", "      3.00  jaxcnn_conv"]

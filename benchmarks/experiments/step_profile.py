@@ -17,6 +17,14 @@ The ``x`` column counts an op's trace events per step: ``x 1.0`` for a fusion me
 ran as one task, on one thread. In jaxlib 0.10 that holds for every elementwise fusion;
 only the convolutions use every core (``docs/perf_notes.md``, session 5).
 
+``--timeline`` adds, from the same trace, how the step's wall time divides between the
+binding's calls (oneDNN, the norm kernels: each runs alone on the whole OpenMP team) and
+XLA's own ops: time with a binding call running (``F-``), both (``FX``), only XLA ops
+(``-X``) or nothing (``--``); the XLA ops that ran while no binding call did (work that
+no call hides); and the binding's calls summed by FFI target. Session 29 found with it
+that the fast CIFAR net's max pools ran with no call beside them (``docs/perf_notes.md``,
+item 64).
+
 ``--devices N`` splits the batch over N CPU devices (it sets
 ``--xla_force_host_platform_device_count``), the data-parallel experiment in
 ``docs/perf_notes.md``.
@@ -28,6 +36,7 @@ import argparse
 import collections
 import gzip
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -91,6 +100,83 @@ def _top_ops(trace_dir: str, steps: int, top: int) -> list[str]:
     ]
 
 
+def _work_events(events: list[dict]) -> list[dict]:
+    """Complete ("X") events of ops: no executor, dispatch or client bookkeeping."""
+    skip = ("ThunkExecutor", "$", "PjitFunction", "SlinkyThreadPool", "CommonPjRt", "Parse")
+    return [e for e in events if e.get("ph") == "X" and not e["name"].startswith(skip)]
+
+
+def timeline(events: list[dict], targets: dict[str, str], steps: int) -> list[str]:
+    """The ``--timeline`` report of trace ``events`` (Chrome trace dicts, times in us).
+
+    ``targets`` maps the HLO names of the binding's custom calls to their FFI targets;
+    every other op counts as XLA's. Figures are ms per step over ``steps`` steps.
+
+    Examples:
+        >>> events = [
+        ...     {"ph": "X", "name": "ffi_call.1", "ts": 0, "dur": 3000},
+        ...     {"ph": "X", "name": "copy_fusion", "ts": 2000, "dur": 2000},
+        ...     {"ph": "X", "name": "add_fusion.2", "ts": 5000, "dur": 1000},
+        ... ]
+        >>> print("\\n".join(timeline(events, {"ffi_call.1": "jaxcnn_conv"}, 1)))
+        wall 6.0 ms/step: F- 2.0, FX 1.0, -X 2.0, -- 1.0
+        XLA ops while no binding call ran (ms/step):
+              1.00  copy_fusion
+              1.00  add_fusion
+        binding calls (ms/step):
+              3.00  jaxcnn_conv
+    """
+    work = _work_events(events)
+    edges = []
+    for e in work:
+        kind = "F" if e["name"] in targets else "X"
+        edges += [(e["ts"], 1, kind), (e["ts"] + e["dur"], -1, kind)]
+    edges.sort(key=lambda edge: (edge[0], edge[1]))  # ends before starts at one instant
+    running = {"F": 0, "X": 0}
+    spans: collections.Counter = collections.Counter()
+    last = edges[0][0] if edges else 0
+    for at, change, kind in edges:
+        spans[("F" if running["F"] else "-") + ("X" if running["X"] else "-")] += at - last
+        running[kind] += change
+        last = at
+    ms = 1e3 * steps
+    lines = [
+        f"wall {sum(spans.values()) / ms:.1f} ms/step: "
+        + ", ".join(f"{k} {spans[k] / ms:.1f}" for k in ("F-", "FX", "-X", "--"))
+    ]
+    calls = sorted((e["ts"], e["ts"] + e["dur"]) for e in work if e["name"] in targets)
+    alone: collections.Counter = collections.Counter()
+    for e in work:
+        if e["name"] in targets:
+            continue
+        start, end = e["ts"], e["ts"] + e["dur"]
+        hidden = sum(max(0, min(end, b) - max(start, a)) for a, b in calls)
+        alone[e["name"].rsplit(".", 1)[0] if e["name"][-1].isdigit() else e["name"]] += max(
+            0, end - start - hidden
+        )
+    lines.append("XLA ops while no binding call ran (ms/step):")
+    lines += [f"    {us / ms:6.2f}  {name}" for name, us in alone.most_common(12) if us > 0]
+    by_target: collections.Counter = collections.Counter()
+    for e in work:
+        if e["name"] in targets:
+            by_target[targets[e["name"]]] += e["dur"]
+    lines.append("binding calls (ms/step):")
+    lines += [f"    {us / ms:6.2f}  {name}" for name, us in by_target.most_common()]
+    return lines
+
+
+def binding_targets(hlo_text: str) -> dict[str, str]:
+    """HLO instruction name -> FFI target, for the binding's (``jaxcnn_*``) custom calls.
+
+    Examples:
+        >>> binding_targets('%ffi_call.3 = bf16[2]{0} custom-call(%p), '
+        ...                 'custom_call_target="jaxcnn_batch_norm_forward"')
+        {'ffi_call.3': 'jaxcnn_batch_norm_forward'}
+    """
+    found = re.finditer(r'%([\w.\-]+) = [^\n]*custom_call_target="(jaxcnn\w*)"', hlo_text)
+    return {m.group(1): m.group(2) for m in found}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--net", default="cifar_cnn")
@@ -102,6 +188,7 @@ def main(argv=None) -> int:
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--no-profile", action="store_true")
     p.add_argument("--hlo", type=Path, help="write the optimised HLO here")
+    p.add_argument("--timeline", action="store_true", help="also: binding calls against XLA's ops")
     p.add_argument(
         "--model-kwargs",
         type=json.loads,
@@ -119,8 +206,9 @@ def main(argv=None) -> int:
     import jax
 
     step, state, batch = _build(args.net, args.batch, args.devices, args.dtype, args.model_kwargs)
+    hlo_text = step.lower(state, batch).compile().as_text() if args.hlo or args.timeline else ""
     if args.hlo:
-        args.hlo.write_text(step.lower(state, batch).compile().as_text())
+        args.hlo.write_text(hlo_text)
     for _ in range(5):
         state, sums = step(state, batch)
     jax.block_until_ready(sums)
@@ -143,6 +231,11 @@ def main(argv=None) -> int:
             jax.block_until_ready(sums)
             jax.profiler.stop_trace()
             print("\n".join(_top_ops(trace_dir, 10, args.top)))
+            if args.timeline:
+                path = next(Path(trace_dir).rglob("*.trace.json.gz"))
+                with gzip.open(path) as stream:
+                    events = json.load(stream)["traceEvents"]
+                print("\n".join(timeline(events, binding_targets(hlo_text), 10)))
     return 0
 
 
