@@ -6,7 +6,10 @@ benchmark runner does), prints the median step time over ``--windows`` windows a
 ``--xla_cpu_enable_xprof_traceme``). Convolutions run asynchronously on Eigen's threads, so
 their rows show only the dispatch: their cost is the step time minus the rest, or
 ``conv_pieces.py`` in isolation. ``--hlo FILE`` writes the optimised HLO, which names
-every fusion in the profile.
+every fusion in the profile. glibc malloc is set as ``jaxcnn.train.fit`` and the benchmark
+set it for the net (``jaxcnn.cpu_malloc``, printed): before session 29 it was not, and
+where the step's scratch is large every step faulted its pages in again, charged to
+whichever op touched them first.
 
     python benchmarks/experiments/step_profile.py --net cifar_cnn
     python benchmarks/experiments/step_profile.py --net mnist_cnn --no-profile --devices 2
@@ -22,7 +25,7 @@ binding's calls (oneDNN, the norm kernels: each runs alone on the whole OpenMP t
 XLA's own ops: time with a binding call running (``F-``), both (``FX``), only XLA ops
 (``-X``) or nothing (``--``); the XLA ops that ran while no binding call did (work that
 no call hides); and the binding's calls summed by FFI target. Session 29 found with it
-that the fast CIFAR net's max pools ran with no call beside them (``docs/perf_notes.md``,
+that its own earlier profiles ran without fit's malloc settings (``docs/perf_notes.md``,
 item 64).
 
 ``--devices N`` splits the batch over N CPU devices (it sets
@@ -202,7 +205,21 @@ def main(argv=None) -> int:
     extra = ["--xla_cpu_enable_xprof_traceme=true"]
     if args.devices > 1:
         extra.append(f"--xla_force_host_platform_device_count={args.devices}")
-    xla_flags.configure_cpu((*xla_flags.chosen_cpu_flags(), *extra))  # JAXCNN_XLA_FLAGS too
+
+    def scratch():  # glibc malloc as fit and the benchmark set it for this net (item 47)
+        import jax.numpy as jnp
+
+        from benchmarks import common
+        from jaxcnn import cpu_malloc, models
+
+        zoo = models.get(args.net, dtype=jnp.dtype(args.dtype), **args.model_kwargs)
+        return cpu_malloc.activation_bytes(zoo, common.NETS[args.net][0], args.batch)
+
+    flags = (*xla_flags.chosen_cpu_flags(), *extra)  # JAXCNN_XLA_FLAGS too
+    xla_flags.configure_cpu(flags, scratch_bytes=scratch)
+    from jaxcnn import cpu_malloc
+
+    print(f"malloc: {cpu_malloc.state()}")
     import jax
 
     step, state, batch = _build(args.net, args.batch, args.devices, args.dtype, args.model_kwargs)
