@@ -87,10 +87,14 @@ def _build(net: str, batch: int, devices: int, dtype: str = "float32", kwargs=No
     return step, state, batch_arrays
 
 
-def _top_ops(trace_dir: str, steps: int, top: int) -> list[str]:
+def _trace_events(trace_dir: str) -> list[dict]:
+    """The Chrome trace events that ``jax.profiler`` wrote under ``trace_dir``."""
     path = next(Path(trace_dir).rglob("*.trace.json.gz"))
     with gzip.open(path) as stream:
-        events = json.load(stream)["traceEvents"]
+        return json.load(stream)["traceEvents"]
+
+
+def _top_ops(events: list[dict], steps: int, top: int) -> list[str]:
     total: collections.Counter = collections.Counter()
     count: collections.Counter = collections.Counter()
     for event in events:
@@ -247,12 +251,10 @@ def main(argv=None) -> int:
                 state, sums = step(state, batch)
             jax.block_until_ready(sums)
             jax.profiler.stop_trace()
-            print("\n".join(_top_ops(trace_dir, 10, args.top)))
-            if args.timeline:
-                path = next(Path(trace_dir).rglob("*.trace.json.gz"))
-                with gzip.open(path) as stream:
-                    events = json.load(stream)["traceEvents"]
-                print("\n".join(timeline(events, binding_targets(hlo_text), 10)))
+            events = _trace_events(trace_dir)  # read once, for both reports
+        print("\n".join(_top_ops(events, 10, args.top)))
+        if args.timeline:
+            print("\n".join(timeline(events, binding_targets(hlo_text), 10)))
     return 0
 
 
