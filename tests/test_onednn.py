@@ -298,8 +298,13 @@ def test_swapped_and_mosaic_kernel_gradients_equal_backward_weights(
 )
 def test_which_kernel_gradients_auto_swaps(monkeypatch, x_shape, dtype, strides, expected):
     monkeypatch.delenv("JAXCNN_ONEDNN_KERNEL_GRAD", raising=False)
-    valid = ((0, 0), (0, 0))
-    method = ffi_conv.kernel_grad_method(x_shape, (3, 3, 64, 64), dtype, strides, valid, (1, 1))
+    valid, cpu = (
+        ((0, 0), (0, 0)),
+        {"amx": True},
+    )  # AMX: no "pairs" (tests/test_kernel_grad_pairs.py)
+    method = ffi_conv.kernel_grad_method(
+        x_shape, (3, 3, 64, 64), dtype, strides, valid, (1, 1), **cpu
+    )
     assert method == expected
 
 
@@ -319,25 +324,30 @@ def test_which_kernel_gradients_auto_tiles(monkeypatch, x_shape, channels, expec
     monkeypatch.delenv("JAXCNN_ONEDNN_KERNEL_GRAD", raising=False)
     same, k_shape = ((1, 1), (1, 1)), (3, 3, *channels)
     # Mosaics only with AMX: without it they lost alone (Zen 5, docs/perf_notes.md item 63).
+    # Without AMX and without AVX-512 BF16 (no "pairs", item 66).
     without_amx = "direct" if expected == "mosaic" else expected
     for dtype, amx, want in (
         ("bfloat16", True, expected),
         ("bfloat16", False, without_amx),
         ("float32", True, "direct"),
     ):
-        method = ffi_conv.kernel_grad_method(x_shape, k_shape, dtype, (1, 1), same, (1, 1), amx)
+        method = ffi_conv.kernel_grad_method(
+            x_shape, k_shape, dtype, (1, 1), same, (1, 1), amx, avx512_bf16=False
+        )
         assert method == want, (dtype, amx)
 
 
 @pytest.mark.parametrize("amx", [True, False])
-def test_auto_asks_the_cpu_for_amx_unless_told(monkeypatch, amx):
+@pytest.mark.parametrize("avx512_bf16", [True, False])
+def test_auto_asks_the_cpu_for_amx_and_avx512_bf16_unless_told(monkeypatch, amx, avx512_bf16):
     monkeypatch.delenv("JAXCNN_ONEDNN_KERNEL_GRAD", raising=False)
     monkeypatch.setattr(conv_backend, "amx_here", lambda: amx)
+    monkeypatch.setattr(conv_backend, "avx512_bf16_here", lambda: avx512_bf16)
     same = ((1, 1), (1, 1))
     method = ffi_conv.kernel_grad_method(
         (128, 7, 7, 256), (3, 3, 256, 256), "bfloat16", (1, 1), same, (1, 1)
     )
-    assert method == ("mosaic" if amx else "direct")
+    assert method == ("mosaic" if amx else "pairs" if avx512_bf16 else "direct")
 
 
 @needs_onednn

@@ -50,8 +50,12 @@ from pathlib import Path
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 # Compiled into one library: the convolutions, batch norm's kernels, the fused first-layer
-# conv + max pool, and the headers they share (the OpenMP team, bfloat16 conversions).
-SOURCES = (SOURCE, SOURCE.with_name("batch_norm.cc"), SOURCE.with_name("conv_pool.cc"))
+# conv + max pool, the bfloat16 kernel gradient over image pairs, and the headers they
+# share (the OpenMP team, bfloat16 conversions, AVX-512 helpers).
+SOURCES = tuple(
+    SOURCE.with_name(name)
+    for name in ("onednn_conv.cc", "batch_norm.cc", "conv_pool.cc", "kernel_grad_pairs.cc")
+)
 HEADERS = tuple(SOURCE.with_name(h) for h in ("team.h", "bfloat16.h", "simd16.h"))
 # FFI target name -> the handler symbol the library exports.
 TARGETS = {
@@ -64,6 +68,7 @@ TARGETS = {
     "jaxcnn_bias_activation_backward": "JaxcnnBiasActivationBackward",
     "jaxcnn_conv_max_pool_forward": "JaxcnnConvMaxPoolForward",
     "jaxcnn_conv_max_pool_kernel_grad": "JaxcnnConvMaxPoolKernelGrad",
+    "jaxcnn_kernel_grad_pairs": "JaxcnnKernelGradPairs",
 }
 
 

@@ -130,7 +130,9 @@ def _backward_rule(strides, padding, dilation, algorithm, residuals, dy):
     # where each measured faster (kernel_grad_method).
     dx = _call("jaxcnn_onednn_conv_input_grad", _like(x), dy, kernel, *geometry)
     method = kernel_grad_method(x.shape, kernel.shape, x.dtype, strides, padding, dilation)
-    if method == "swapped":
+    if method == "pairs":
+        dkernel = _kernel_grad_pairs(x, dy, kernel.shape, padding)
+    elif method == "swapped":
         dkernel = _kernel_grad_swapped(x, dy, kernel.shape, padding)
     elif method == "mosaic":
         dkernel = _kernel_grad_mosaic(x, dy, kernel.shape, padding, algorithm)
@@ -139,7 +141,15 @@ def _backward_rule(strides, padding, dilation, algorithm, residuals, dy):
     return dx, dkernel
 
 
-KERNEL_GRAD_METHODS = ("auto", "direct", "swapped", "mosaic")
+KERNEL_GRAD_METHODS = ("auto", "direct", "swapped", "mosaic", "pairs")
+# "auto" takes the binding's own kernel over image pairs (kernel_grad_pairs.cc) for every
+# bfloat16 stride-1 convolution it can run (output channels a multiple of
+# PAIRS_CHANNEL_MULTIPLE) on CPUs with AVX-512 BF16 and no AMX. Alone on the Zen 5 CPU,
+# batch 128, against oneDNN 3.2's backward-weights (or item 44's swap): 7x7 maps 256 ->
+# 256 channels 11.0-12.0 -> 8.3-8.5 ms, 15x15 64 -> 256 11.6-12.3 -> 9.5, 3x3 256 -> 256
+# 2.45 (swapped) -> 1.6-1.8 (docs/perf_notes.md, item 66). Not on AMX, whose oneDNN
+# kernels run bfloat16 several times faster than AVX-512 (not measured against them).
+PAIRS_CHANNEL_MULTIPLE = 64
 # "auto" swaps where the output map is small, in bfloat16: oneDNN 2.6's AMX
 # backward-weights kernel is slow there, its forward one is not. Alone, batch 128, on the
 # Intel Xeon: 4x4 outputs 64 -> 64 channels 1.22 -> 0.54 ms, 256 -> 256 10.1 -> 2.5 ms.
@@ -179,50 +189,85 @@ def mosaic_grid(batch: int, padded_hw: Sequence[int]) -> tuple[int, int] | None:
 
 
 def kernel_grad_method(
-    x_shape, kernel_shape, dtype, strides, padding, dilation, amx: bool | None = None
+    x_shape,
+    kernel_shape,
+    dtype,
+    strides,
+    padding,
+    dilation,
+    amx: bool | None = None,
+    avx512_bf16: bool | None = None,
 ) -> str:
-    """How the kernel gradient of one convolution runs: ``"direct"``, ``"swapped"`` or
-    ``"mosaic"``.
+    """How the kernel gradient of one convolution runs: ``"direct"``, ``"swapped"``,
+    ``"mosaic"`` or ``"pairs"``.
 
     ``JAXCNN_ONEDNN_KERNEL_GRAD`` (read at trace time): ``auto`` (default), for bfloat16
-    convolutions with stride 1 and no dilation, swaps those with at most
-    ``SWAP_MAX_PIXELS`` output pixels and, where the CPU has AMX (``amx``; ``None``: this
-    CPU's ``amx_bf16`` flag), tiles into mosaics those with up to ``MOSAIC_MAX_PIXELS``
-    and at least ``MOSAIC_MIN_CHANNELS`` channels in and out;
-    ``swapped`` / ``mosaic`` do so for every stride-1 undilated one (``mosaic`` where
-    :func:`mosaic_grid` finds a grid for the batch); ``direct`` none. ``"swapped"`` is
-    oneDNN's *forward* convolution of the input, batch and channels exchanged, with the
-    output gradient as its kernel (:func:`_kernel_grad_swapped`); ``"mosaic"`` its
-    backward-weights over fewer, larger images (:func:`_kernel_grad_mosaic`).
+    convolutions with stride 1 and no dilation: on a CPU with AVX-512 BF16 and no AMX
+    (``avx512_bf16``, ``amx``; ``None``: this CPU's ``avx512_bf16`` and ``amx_bf16``
+    flags), the binding's own kernel where the output channels are a multiple of
+    ``PAIRS_CHANNEL_MULTIPLE``; otherwise it swaps those with at most ``SWAP_MAX_PIXELS``
+    output pixels and, where the CPU has AMX, tiles into mosaics those with up to
+    ``MOSAIC_MAX_PIXELS`` and at least ``MOSAIC_MIN_CHANNELS`` channels in and out;
+    ``swapped`` / ``mosaic`` / ``pairs`` do so for every stride-1 undilated one they can
+    run (``mosaic`` where :func:`mosaic_grid` finds a grid for the batch, ``pairs`` for
+    bfloat16 with those output channels on AVX-512 BF16); ``direct`` none. ``"swapped"``
+    is oneDNN's *forward* convolution of the input, batch and channels exchanged, with
+    the output gradient as its kernel (:func:`_kernel_grad_swapped`); ``"mosaic"`` its
+    backward-weights over fewer, larger images (:func:`_kernel_grad_mosaic`); ``"pairs"``
+    ``kernel_grad_pairs.cc`` (:func:`_kernel_grad_pairs`).
 
     Examples:
         >>> valid, same = ((0, 0), (0, 0)), ((1, 1), (1, 1))
-        >>> kernel_grad_method((128, 6, 6, 64), (3, 3, 64, 64), "bfloat16", (1, 1), valid, (1, 1))
-        'swapped'
-        >>> kernel_grad_method((128, 14, 14, 32), (3, 3, 32, 64), "bfloat16", (1, 1), valid, (1, 1))
+        >>> xeon, zen5, avx2 = {"amx": True}, {"amx": False}, {"amx": False, "avx512_bf16": False}
+        >>> conv3 = ((128, 6, 6, 64), (3, 3, 64, 64), "bfloat16", (1, 1), valid, (1, 1))
+        >>> kernel_grad_method(*conv3, **xeon), kernel_grad_method(*conv3, **zen5)
+        ('swapped', 'pairs')
+        >>> thirty_two = ((128, 14, 14, 32), (3, 3, 32, 32), "bfloat16", (1, 1), valid, (1, 1))
+        >>> kernel_grad_method(*thirty_two, **zen5)  # 32 output channels: not a multiple of 64
         'direct'
         >>> seven = ((128, 7, 7, 256), (3, 3, 256, 256), "bfloat16", (1, 1), same, (1, 1))
-        >>> kernel_grad_method(*seven, amx=True), kernel_grad_method(*seven, amx=False)
-        ('mosaic', 'direct')
+        >>> [kernel_grad_method(*seven, **cpu) for cpu in (xeon, zen5, avx2)]
+        ['mosaic', 'pairs', 'direct']
     """
-    from jaxcnn.conv_backend import amx_here, env_choice
+    from jaxcnn.conv_backend import amx_here, avx512_bf16_here, env_choice
 
     choice = env_choice("JAXCNN_ONEDNN_KERNEL_GRAD", "auto", KERNEL_GRAD_METHODS)
     if choice == "direct" or tuple(strides) != (1, 1) or tuple(dilation) != (1, 1):
         return "direct"
     padded = [size + lo + hi for size, (lo, hi) in zip(x_shape[1:3], padding, strict=True)]
     tiles = mosaic_grid(x_shape[0], padded) is not None
+    avx512_bf16 = avx512_bf16_here() if avx512_bf16 is None else avx512_bf16
+    pairs = (
+        avx512_bf16
+        and np.dtype(dtype) == jax.numpy.bfloat16
+        and kernel_shape[3] % PAIRS_CHANNEL_MULTIPLE == 0
+        and min(lo for pair in padding for lo in pair) >= 0
+    )
+    if choice == "pairs":
+        return "pairs" if pairs else "direct"
     if choice != "auto":
         return choice if choice == "swapped" or tiles else "direct"
     if np.dtype(dtype) != jax.numpy.bfloat16:
         return "direct"
+    amx = amx_here() if amx is None else amx
+    if pairs and not amx:
+        return "pairs"
     out = shapes.conv_output_shape(x_shape[1:3], kernel_shape[:2], 1, padding)
     pixels = out[0] * out[1]
     if pixels <= SWAP_MAX_PIXELS:
         return "swapped"
     wide = min(kernel_shape[2:]) >= MOSAIC_MIN_CHANNELS
-    amx = amx_here() if amx is None else amx
     return "mosaic" if amx and pixels <= MOSAIC_MAX_PIXELS and wide and tiles else "direct"
+
+
+def _kernel_grad_pairs(x, dy, kernel_shape, padding):
+    """dkernel of a stride-1 bfloat16 convolution by ``kernel_grad_pairs.cc``: vdpbf16ps
+    over the same pixel of two images at a time, float32 sums rounded once."""
+    build.require()
+    out = jax.ShapeDtypeStruct(tuple(kernel_shape), x.dtype)
+    return jax.ffi.ffi_call("jaxcnn_kernel_grad_pairs", out, vmap_method="sequential")(
+        x, dy, padding=np.asarray(padding, np.int64).reshape(-1)
+    )
 
 
 def _kernel_grad_swapped(x, dy, kernel_shape, padding):

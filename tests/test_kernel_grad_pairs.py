@@ -1,0 +1,140 @@
+"""The binding's bfloat16 kernel gradient over image pairs (``kernel_grad_pairs.cc``)
+equals XLA's float32 one to bfloat16 rounding, and ``auto`` takes it where it should.
+
+The kernel runs only on CPUs with AVX-512 BF16 (the library is built with
+``-march=native``); those tests skip elsewhere. The rule is tested everywhere.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxcnn import conv_backend, onednn
+from jaxcnn.onednn import ffi_conv
+
+needs_kernel = pytest.mark.skipif(
+    not (onednn.available() and conv_backend.avx512_bf16_here()),
+    reason=f"needs oneDNN's library ({onednn.unavailable_reason() or 'built'}) on a CPU "
+    "with AVX-512 BF16",
+)
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def reference(x, dy, kernel_shape, padding):
+    """XLA's float32 kernel gradient of the same bfloat16 inputs, at full precision."""
+
+    def loss(kernel):
+        y = lax.conv_general_dilated(
+            x.astype(jnp.float32), kernel, (1, 1), padding, dimension_numbers=NHWC,
+            precision=lax.Precision.HIGHEST,
+        )  # fmt: skip
+        return jnp.vdot(y, dy.astype(jnp.float32))
+
+    return jax.grad(loss)(jnp.zeros(kernel_shape, jnp.float32))
+
+
+CASES = [
+    # x shape, kernel shape, padding: what each one reaches in the kernel
+    ((5, 4, 6, 7), (2, 3, 7, 64), ((1, 0), (2, 1))),  # odd batch, asymmetric padding, C < 16
+    ((1, 3, 3, 1), (3, 3, 1, 64), ((1, 1), (1, 1))),  # one image paired with zeros
+    ((4, 9, 9, 13), (1, 1, 13, 128), ((0, 0), (0, 0))),  # 1x1, two output blocks
+    ((3, 8, 5, 24), (5, 5, 24, 64), ((2, 2), (2, 2))),  # 24 channels: whole blocks of six
+    ((20, 3, 3, 70), (3, 3, 70, 64), ((1, 1), (1, 1))),  # groups of 8 pairs, C = 16 k + 6
+    ((2, 1, 1, 16), (1, 1, 16, 64), ((0, 0), (0, 0))),  # one output pixel
+]
+
+
+@needs_kernel
+@pytest.mark.parametrize("x_shape, k_shape, padding", CASES)
+def test_equals_xla_to_bfloat16_rounding(x_shape, k_shape, padding):
+    x = jax.random.normal(jax.random.key(0), x_shape, jnp.bfloat16)
+    oh = x_shape[1] + sum(padding[0]) - k_shape[0] + 1
+    ow = x_shape[2] + sum(padding[1]) - k_shape[1] + 1
+    dy = jax.random.normal(jax.random.key(1), (x_shape[0], oh, ow, k_shape[3]), jnp.bfloat16)
+    got = jax.jit(ffi_conv._kernel_grad_pairs, static_argnums=(2, 3))(x, dy, k_shape, padding)
+    want = reference(x, dy, k_shape, padding)
+    assert got.dtype == jnp.bfloat16 and got.shape == k_shape
+    # float32 sums in another order, then one rounding to bfloat16 (8 significant bits).
+    scale = float(jnp.abs(want).max())
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=2.0**-8, atol=1e-5 * scale)
+
+
+@needs_kernel
+def test_a_second_call_with_other_shapes_reuses_nothing_stale():
+    """Each thread keeps its buffers between calls: a smaller call after a larger one, and
+    the larger one again, must give the same results as alone."""
+    big, small = CASES[4], CASES[0]
+    results = []
+    for x_shape, k_shape, padding in (big, small, big):
+        x = jax.random.normal(jax.random.key(2), x_shape, jnp.bfloat16)
+        out = (
+            x_shape[1] + sum(padding[0]) - k_shape[0] + 1,
+            x_shape[2] + sum(padding[1]) - k_shape[1] + 1,
+        )
+        dy = jax.random.normal(jax.random.key(3), (x_shape[0], *out, k_shape[3]), jnp.bfloat16)
+        results.append(np.asarray(ffi_conv._kernel_grad_pairs(x, dy, k_shape, padding), np.float32))
+    np.testing.assert_array_equal(results[0], results[2])
+
+
+@needs_kernel
+def test_gradients_through_conv2d_match_onednns_backward_weights(monkeypatch):
+    x = jax.random.normal(jax.random.key(0), (6, 7, 7, 32), jnp.bfloat16)
+    kernel = (jax.random.normal(jax.random.key(1), (3, 3, 32, 64)) * 0.1).astype(jnp.bfloat16)
+    same = ((1, 1), (1, 1))
+
+    def grads():
+        loss = lambda a, b: jnp.sum(ffi_conv.conv2d(a, b, (1, 1), same).astype(jnp.float32) ** 2)
+        return jax.jit(jax.grad(loss, (0, 1)))(x, kernel)
+
+    monkeypatch.setenv("JAXCNN_ONEDNN_KERNEL_GRAD", "direct")
+    dx_direct, dk_direct = grads()
+    monkeypatch.setenv("JAXCNN_ONEDNN_KERNEL_GRAD", "pairs")
+    text = jax.jit(jax.grad(lambda b: jnp.sum(ffi_conv.conv2d(x, b, (1, 1), same)))).lower(kernel)
+    assert "jaxcnn_kernel_grad_pairs" in text.as_text()
+    dx_pairs, dk_pairs = grads()
+    np.testing.assert_array_equal(dx_pairs, dx_direct)  # the input gradient is unchanged
+    scale = float(jnp.abs(dk_direct.astype(jnp.float32)).max())
+    np.testing.assert_allclose(
+        np.asarray(dk_pairs, np.float32), np.asarray(dk_direct, np.float32), atol=2.0**-7 * scale
+    )
+
+
+@needs_kernel
+def test_shapes_it_cannot_take_are_refused_by_name():
+    x = jnp.zeros((2, 5, 5, 8), jnp.bfloat16)
+    dy = jnp.zeros((2, 3, 3, 32), jnp.bfloat16)  # 32 output channels: not a multiple of 64
+    with pytest.raises(Exception, match="kernel_grad_pairs.*multiple of 64"):
+        ffi_conv._kernel_grad_pairs(x, dy, (3, 3, 8, 32), ((0, 0), (0, 0))).block_until_ready()
+
+
+SEVEN = ((128, 7, 7, 256), (3, 3, 256, 256), "bfloat16", (1, 1), ((1, 1), (1, 1)), (1, 1))
+
+
+@pytest.mark.parametrize(
+    "change, cpu, expected",
+    [
+        ({}, {"amx": False, "avx512_bf16": True}, "pairs"),  # Zen 4 and 5
+        ({}, {"amx": True, "avx512_bf16": True}, "mosaic"),  # the Intel Xeon: oneDNN's AMX
+        ({}, {"amx": False, "avx512_bf16": False}, "direct"),  # AVX2 or AVX-512 without BF16
+        ({2: "float32"}, {"amx": False, "avx512_bf16": True}, "direct"),  # bfloat16 only
+        ({1: (3, 3, 256, 96)}, {"amx": False, "avx512_bf16": True}, "direct"),  # 96 % 64
+        ({3: (2, 2)}, {"amx": False, "avx512_bf16": True}, "direct"),  # stride 1 only
+        ({5: (2, 2)}, {"amx": False, "avx512_bf16": True}, "direct"),  # no dilation
+        ({0: (128, 4, 4, 256)}, {"amx": False, "avx512_bf16": True}, "pairs"),  # before swap
+    ],
+)
+def test_which_kernel_gradients_auto_takes_pairs(monkeypatch, change, cpu, expected):
+    monkeypatch.delenv("JAXCNN_ONEDNN_KERNEL_GRAD", raising=False)
+    args = [change.get(i, value) for i, value in enumerate(SEVEN)]
+    assert ffi_conv.kernel_grad_method(*args, **cpu) == expected
+
+
+@pytest.mark.parametrize("avx512_bf16, expected", [(True, "pairs"), (False, "direct")])
+def test_asking_for_pairs_falls_back_where_it_cannot_run(monkeypatch, avx512_bf16, expected):
+    monkeypatch.setenv("JAXCNN_ONEDNN_KERNEL_GRAD", "pairs")
+    method = ffi_conv.kernel_grad_method(*SEVEN, amx=True, avx512_bf16=avx512_bf16)
+    assert method == expected  # even with AMX, when asked for by name
