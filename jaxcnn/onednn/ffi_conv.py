@@ -1,8 +1,10 @@
 """A 2-D NHWC/HWIO convolution that runs oneDNN's kernels, differentiable by a custom VJP.
 
 Forward, input gradient and kernel gradient are each one FFI call into
-``onednn_conv.cc`` (oneDNN's forward, backward-data and backward-weights primitives), so
-``jax.grad`` through :func:`conv2d` never reaches XLA's own convolution. Reverse mode
+``onednn_conv.cc`` (oneDNN's forward, backward-data and backward-weights primitives), or
+for bfloat16 kernel gradients on CPUs with AVX-512 BF16 and no AMX into the binding's own
+``kernel_grad_pairs.cc`` (:func:`kernel_grad_method`), so ``jax.grad`` through
+:func:`conv2d` never reaches XLA's own convolution. Reverse mode
 only: ``jax.jvp`` / ``jax.jacfwd`` through it raise (a custom VJP has no JVP rule).
 
 Examples (tests/test_onednn.py runs them where oneDNN is available):

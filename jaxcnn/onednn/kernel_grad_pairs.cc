@@ -119,11 +119,13 @@ void PackDy(const uint16_t* dy, const Geometry& g, int64_t n0, uint32_t* dq) {
   }
 }
 
-// Adds one tile's sums over the group's pixels to acc (kMC x kFW floats).
+// Adds one tile's sums over the group's pixels to acc (kMC x kFW floats): its first M
+// input channels (M < kMC for a last block that holds fewer, so no zeros are multiplied).
+template <int M>
 void Tile(const uint32_t* xq, const uint32_t* dq, const Geometry& g, int64_t u, int64_t v,
           int64_t cb, int64_t fb, float* acc) {
-  __m512 sum[kMC][kNV];
-  for (int i = 0; i < kMC; ++i)
+  __m512 sum[M][kNV];
+  for (int i = 0; i < M; ++i)
     for (int j = 0; j < kNV; ++j) sum[i][j] = _mm512_loadu_ps(acc + (i * kNV + j) * 16);
   for (int64_t gi = 0; gi < g.g; ++gi) {
     const uint32_t* d = dq + (gi * g.fb + fb) * g.pixels() * kFW;
@@ -132,15 +134,27 @@ void Tile(const uint32_t* xq, const uint32_t* dq, const Geometry& g, int64_t u, 
       for (int64_t j0 = 0; j0 < g.ow; ++j0, d += kFW, xr += kMC) {
         __m512bh dv[kNV];
         for (int j = 0; j < kNV; ++j) dv[j] = (__m512bh)_mm512_loadu_si512(d + 16 * j);
-        for (int i = 0; i < kMC; ++i) {
+        for (int i = 0; i < M; ++i) {
           __m512bh xv = (__m512bh)_mm512_set1_epi32(static_cast<int>(xr[i]));
           for (int j = 0; j < kNV; ++j) sum[i][j] = _mm512_dpbf16_ps(sum[i][j], xv, dv[j]);
         }
       }
     }
   }
-  for (int i = 0; i < kMC; ++i)
+  for (int i = 0; i < M; ++i)
     for (int j = 0; j < kNV; ++j) _mm512_storeu_ps(acc + (i * kNV + j) * 16, sum[i][j]);
+}
+
+void TileOf(int64_t channels, const uint32_t* xq, const uint32_t* dq, const Geometry& g,
+            int64_t u, int64_t v, int64_t cb, int64_t fb, float* acc) {
+  switch (channels) {
+    case 1: return Tile<1>(xq, dq, g, u, v, cb, fb, acc);
+    case 2: return Tile<2>(xq, dq, g, u, v, cb, fb, acc);
+    case 3: return Tile<3>(xq, dq, g, u, v, cb, fb, acc);
+    case 4: return Tile<4>(xq, dq, g, u, v, cb, fb, acc);
+    case 5: return Tile<5>(xq, dq, g, u, v, cb, fb, acc);
+    default: return Tile<kMC>(xq, dq, g, u, v, cb, fb, acc);
+  }
 }
 
 // A thread's buffers, kept between calls (grown, never shrunk), so that a step does not
@@ -180,7 +194,8 @@ void KernelGrad(const uint16_t* x, const uint16_t* dy, const Geometry& g, int th
           for (int64_t v = 0; v < g.kw; ++v)
             for (int64_t cb = 0; cb < g.cb; ++cb) {
               int64_t tile = ((u * g.kw + v) * g.cb + cb) * g.fb + fb;
-              Tile(s.xq.data(), s.dq.data(), g, u, v, cb, fb, s.acc.data() + tile * tile_size);
+              TileOf(std::min<int64_t>(kMC, g.c - cb * kMC), s.xq.data(), s.dq.data(), g, u,
+                     v, cb, fb, s.acc.data() + tile * tile_size);
             }
     }
 #pragma omp barrier
