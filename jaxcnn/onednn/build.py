@@ -266,7 +266,23 @@ def _load() -> str | None:
     for target, symbol in TARGETS.items():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)))
     _versions["main"] = _version_of(library)
+    library.JaxcnnKernelGradPairsBuilt.restype = ctypes.c_int64
+    _built["kernel_grad_pairs"] = bool(library.JaxcnnKernelGradPairsBuilt())
     return None
+
+
+_built: dict[str, bool] = {}  # optional kernels -> whether this build compiled them
+
+
+def kernel_grad_pairs_built() -> bool:
+    """Whether the loaded library has ``kernel_grad_pairs.cc``'s kernel: its compiler
+    targeted AVX-512 BF16 (``-march=native`` on such a CPU). False where it is not loaded.
+
+    Examples:
+        >>> kernel_grad_pairs_built() in (True, False)
+        True
+    """
+    return _load() is None and _built.get("kernel_grad_pairs", False)
 
 
 _versions: dict[str, str] = {}  # "main" / "onednn3" -> the oneDNN version each links

@@ -204,17 +204,18 @@ def kernel_grad_method(
     ``"mosaic"`` or ``"pairs"``.
 
     ``JAXCNN_ONEDNN_KERNEL_GRAD`` (read at trace time): ``auto`` (default), for bfloat16
-    convolutions with stride 1 and no dilation: on a CPU with AVX-512 BF16 and no AMX
-    (``avx512_bf16``, ``amx``; ``None``: this CPU's ``avx512_bf16`` and ``amx_bf16``
-    flags), the binding's own kernel where the output channels are a multiple of
-    ``PAIRS_CHANNEL_MULTIPLE``; otherwise it swaps those with at most ``SWAP_MAX_PIXELS``
-    output pixels and, where the CPU has AMX, tiles into mosaics those with up to
-    ``MOSAIC_MAX_PIXELS`` and at least ``MOSAIC_MIN_CHANNELS`` channels in and out;
-    ``swapped`` / ``mosaic`` / ``pairs`` do so for every stride-1 undilated one they can
-    run (``mosaic`` where :func:`mosaic_grid` finds a grid for the batch, ``pairs`` for
-    bfloat16 with those output channels on AVX-512 BF16); ``direct`` none. ``"swapped"``
-    is oneDNN's *forward* convolution of the input, batch and channels exchanged, with
-    the output gradient as its kernel (:func:`_kernel_grad_swapped`); ``"mosaic"`` its
+    convolutions with stride 1 and no dilation, on a CPU with AVX-512 BF16 and no AMX
+    (``avx512_bf16``, ``amx``; ``None``: this CPU's ``avx512_bf16`` flag where the
+    library's build has the kernel, and its ``amx_bf16`` flag), runs the binding's own
+    kernel where the output channels are a multiple of ``PAIRS_CHANNEL_MULTIPLE``;
+    otherwise it swaps those with at most ``SWAP_MAX_PIXELS`` output pixels and, where the
+    CPU has AMX, tiles into mosaics those with up to ``MOSAIC_MAX_PIXELS`` and at least
+    ``MOSAIC_MIN_CHANNELS`` channels in and out. ``swapped`` / ``mosaic`` / ``pairs`` do
+    so for every stride-1 undilated one they can run (``mosaic`` where
+    :func:`mosaic_grid` finds a grid for the batch, ``pairs`` for bfloat16 with those
+    output channels on AVX-512 BF16); ``direct`` none. ``"swapped"`` is oneDNN's
+    *forward* convolution of the input, batch and channels exchanged, with the output
+    gradient as its kernel (:func:`_kernel_grad_swapped`); ``"mosaic"`` its
     backward-weights over fewer, larger images (:func:`_kernel_grad_mosaic`); ``"pairs"``
     ``kernel_grad_pairs.cc`` (:func:`_kernel_grad_pairs`).
 
@@ -238,7 +239,8 @@ def kernel_grad_method(
         return "direct"
     padded = [size + lo + hi for size, (lo, hi) in zip(x_shape[1:3], padding, strict=True)]
     tiles = mosaic_grid(x_shape[0], padded) is not None
-    avx512_bf16 = avx512_bf16_here() if avx512_bf16 is None else avx512_bf16
+    if avx512_bf16 is None:  # the CPU has it and so does the library's build
+        avx512_bf16 = avx512_bf16_here() and build.kernel_grad_pairs_built()
     pairs = (
         avx512_bf16
         and np.dtype(dtype) == jax.numpy.bfloat16

@@ -251,6 +251,10 @@ ffi::Error KernelGradPairs(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> dy,
 
 }  // namespace
 
+// 1 where this build has the kernel (its compiler and -march=native gave AVX-512 BF16),
+// else 0: build.py asks, so that a CPU flag alone never routes a call to the error above.
+extern "C" int64_t JaxcnnKernelGradPairsBuilt() { return JAXCNN_SIMD16; }
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnKernelGradPairs, KernelGradPairs,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::BF16>>()
