@@ -221,7 +221,8 @@ def kernel_grad_method(
 
     Examples:
         >>> valid, same = ((0, 0), (0, 0)), ((1, 1), (1, 1))
-        >>> xeon, zen5, avx2 = {"amx": True}, {"amx": False}, {"amx": False, "avx512_bf16": False}
+        >>> xeon, zen5 = {"amx": True}, {"amx": False, "avx512_bf16": True}
+        >>> avx2 = {"amx": False, "avx512_bf16": False}
         >>> conv3 = ((128, 6, 6, 64), (3, 3, 64, 64), "bfloat16", (1, 1), valid, (1, 1))
         >>> kernel_grad_method(*conv3, **xeon), kernel_grad_method(*conv3, **zen5)
         ('swapped', 'pairs')
