@@ -17,7 +17,8 @@
 // lane, so each pair must belong to the same sum: here, the same pixel of two images.
 // Each thread takes groups of G image pairs and copies them into its own buffers with the
 // two images interleaved (one 32-bit word per pixel and channel), padded, and blocked:
-//   xq [G][CB][HP][WP][kMC]   input channels in blocks of kMC (the last one zero-filled)
+//   xq [G][CB][HP][WP][kMC]   input channels in blocks of kMC (a last, partial block is
+//                             zero-filled, and its tiles multiply only its channels)
 //   dq [G][FB][OH OW][kFW]    output channels in blocks of kFW = 64
 // so that the innermost loop reads both contiguously. It then adds each (u, v, channel
 // block, output block) tile of the gradient, kMC x 64 floats in 24 registers, over the
@@ -70,7 +71,8 @@ inline __mmask16 Lanes(int64_t left) {
   return left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
 }
 
-// Images first, first + 1 (or null past the batch) of an (N, pixels, channels) array.
+// Image `image` of an (n, pixels x channels = size) array, or null past the batch (so an
+// odd batch's last image pairs with zeros).
 inline const uint16_t* Image(const uint16_t* base, int64_t n, int64_t image, int64_t size) {
   return image < n ? base + image * size : nullptr;
 }
