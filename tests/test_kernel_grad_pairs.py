@@ -125,6 +125,8 @@ SEVEN = ((128, 7, 7, 256), (3, 3, 256, 256), "bfloat16", (1, 1), ((1, 1), (1, 1)
         ({3: (2, 2)}, {"amx": False, "avx512_bf16": True}, "direct"),  # stride 1 only
         ({5: (2, 2)}, {"amx": False, "avx512_bf16": True}, "direct"),  # no dilation
         ({0: (128, 4, 4, 256)}, {"amx": False, "avx512_bf16": True}, "pairs"),  # before swap
+        ({0: (4, 64, 64, 256)}, {"amx": False, "avx512_bf16": True}, "pairs"),  # 4,096 pixels
+        ({0: (4, 65, 64, 256)}, {"amx": False, "avx512_bf16": True}, "direct"),  # one row more
     ],
 )
 def test_which_kernel_gradients_auto_takes_pairs(monkeypatch, change, cpu, expected):

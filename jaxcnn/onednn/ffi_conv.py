@@ -151,7 +151,12 @@ KERNEL_GRAD_METHODS = ("auto", "direct", "swapped", "mosaic", "pairs")
 # 256 channels 11.0-12.0 -> 8.3-8.5 ms, 15x15 64 -> 256 11.6-12.3 -> 9.5, 3x3 256 -> 256
 # 2.45 (swapped) -> 1.6-1.8 (docs/perf_notes.md, item 66). Not on AMX, whose oneDNN
 # kernels run bfloat16 several times faster than AVX-512 (not measured against them).
+# Nor on maps above PAIRS_MAX_PIXELS output pixels: a group of one image pair then
+# outgrows the core's L2 cache, and each tile streams it from memory. Alone on Zen 5,
+# 3x3, 64 channels: 56x56 maps (batch 32) 9.9 -> 9.3 ms, 112x112 (64 -> 128, batch 8)
+# level (18.7-21.1 against 18.7-19.1), 224x224 (batch 4) 22.7 -> 31-32 ms (item 66).
 PAIRS_CHANNEL_MULTIPLE = 64
+PAIRS_MAX_PIXELS = 64 * 64
 # "auto" swaps where the output map is small, in bfloat16: oneDNN 2.6's AMX
 # backward-weights kernel is slow there, its forward one is not. Alone, batch 128, on the
 # Intel Xeon: 4x4 outputs 64 -> 64 channels 1.22 -> 0.54 ms, 256 -> 256 10.1 -> 2.5 ms.
@@ -207,7 +212,8 @@ def kernel_grad_method(
     convolutions with stride 1 and no dilation, on a CPU with AVX-512 BF16 and no AMX
     (``avx512_bf16``, ``amx``; ``None``: this CPU's ``avx512_bf16`` flag where the
     library's build has the kernel, and its ``amx_bf16`` flag), runs the binding's own
-    kernel where the output channels are a multiple of ``PAIRS_CHANNEL_MULTIPLE``;
+    kernel where the output channels are a multiple of ``PAIRS_CHANNEL_MULTIPLE`` and
+    the output maps have at most ``PAIRS_MAX_PIXELS`` pixels;
     otherwise it swaps those with at most ``SWAP_MAX_PIXELS`` output pixels and, where the
     CPU has AMX, tiles into mosaics those with up to ``MOSAIC_MAX_PIXELS`` and at least
     ``MOSAIC_MIN_CHANNELS`` channels in and out. ``swapped`` / ``mosaic`` / ``pairs`` do
@@ -255,10 +261,10 @@ def kernel_grad_method(
     if np.dtype(dtype) != jax.numpy.bfloat16:
         return "direct"
     amx = amx_here() if amx is None else amx
-    if pairs and not amx:
-        return "pairs"
     out = shapes.conv_output_shape(x_shape[1:3], kernel_shape[:2], 1, padding)
     pixels = out[0] * out[1]
+    if pairs and not amx and pixels <= PAIRS_MAX_PIXELS:
+        return "pairs"
     if pixels <= SWAP_MAX_PIXELS:
         return "swapped"
     wide = min(kernel_shape[2:]) >= MOSAIC_MIN_CHANNELS
