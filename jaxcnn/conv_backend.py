@@ -175,14 +175,6 @@ def amx_here() -> bool:
     return "amx_bf16" in cpu_vendor_and_flags(_cpuinfo_here())[1]
 
 
-@functools.cache
-def avx512_bf16_here() -> bool:
-    """Whether this CPU has AVX-512 BF16 (``avx512_bf16``): the binding's own bfloat16
-    kernel-gradient kernel (``kernel_grad_pairs.cc``, built with ``-march=native``) runs
-    only there."""
-    return "avx512_bf16" in cpu_vendor_and_flags(_cpuinfo_here())[1]
-
-
 def resolved_backend() -> str:
     """``"onednn"`` or ``"xla"``: what ``conv_backend()`` means for a CPU call here.
 

@@ -17,7 +17,7 @@ from jaxcnn import conv_backend, onednn
 from jaxcnn.onednn import build, ffi_conv
 
 needs_kernel = pytest.mark.skipif(
-    not (onednn.available() and conv_backend.avx512_bf16_here()),
+    not build.kernel_grad_pairs_built(),
     reason=f"needs oneDNN's library ({onednn.unavailable_reason() or 'built'}) on a CPU "
     "with AVX-512 BF16",
 )
@@ -142,12 +142,11 @@ def test_asking_for_pairs_falls_back_where_it_cannot_run(monkeypatch, avx512_bf1
     assert method == expected  # even with AMX, when asked for by name
 
 
-def test_auto_needs_the_kernel_in_the_build_as_well_as_the_cpu_flag(monkeypatch):
-    """A compiler without AVX-512 BF16 builds the library without the kernel; the CPU
-    flag alone must not route calls to it."""
+def test_auto_asks_the_build_for_the_kernel(monkeypatch):
+    """A compiler without AVX-512 BF16 (or a CPU without it: -march=native) builds the
+    library without the kernel; then no call may be routed to it."""
     monkeypatch.delenv("JAXCNN_ONEDNN_KERNEL_GRAD", raising=False)
     monkeypatch.setattr(conv_backend, "amx_here", lambda: False)
-    monkeypatch.setattr(conv_backend, "avx512_bf16_here", lambda: True)
     for built, expected in ((False, "direct"), (True, "pairs")):
         monkeypatch.setattr(build, "kernel_grad_pairs_built", lambda built=built: built)
         assert ffi_conv.kernel_grad_method(*SEVEN) == expected

@@ -339,11 +339,12 @@ def test_which_kernel_gradients_auto_tiles(monkeypatch, x_shape, channels, expec
 
 @pytest.mark.parametrize("amx", [True, False])
 @pytest.mark.parametrize("avx512_bf16", [True, False])
-def test_auto_asks_the_cpu_for_amx_and_avx512_bf16_unless_told(monkeypatch, amx, avx512_bf16):
+def test_auto_asks_the_cpu_for_amx_and_the_build_for_pairs_unless_told(
+    monkeypatch, amx, avx512_bf16
+):
     monkeypatch.delenv("JAXCNN_ONEDNN_KERNEL_GRAD", raising=False)
     monkeypatch.setattr(conv_backend, "amx_here", lambda: amx)
-    monkeypatch.setattr(conv_backend, "avx512_bf16_here", lambda: avx512_bf16)
-    monkeypatch.setattr(build, "kernel_grad_pairs_built", lambda: True)
+    monkeypatch.setattr(build, "kernel_grad_pairs_built", lambda: avx512_bf16)
     same = ((1, 1), (1, 1))
     method = ffi_conv.kernel_grad_method(
         (128, 7, 7, 256), (3, 3, 256, 256), "bfloat16", (1, 1), same, (1, 1)

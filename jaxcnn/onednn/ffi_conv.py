@@ -210,8 +210,8 @@ def kernel_grad_method(
 
     ``JAXCNN_ONEDNN_KERNEL_GRAD`` (read at trace time): ``auto`` (default), for bfloat16
     convolutions with stride 1 and no dilation, on a CPU with AVX-512 BF16 and no AMX
-    (``avx512_bf16``, ``amx``; ``None``: this CPU's ``avx512_bf16`` flag where the
-    library's build has the kernel, and its ``amx_bf16`` flag), runs the binding's own
+    (``avx512_bf16``, ``amx``; ``None``: whether the library's ``-march=native`` build
+    has the kernel, and this CPU's ``amx_bf16`` flag), runs the binding's own
     kernel where the output channels are a multiple of ``PAIRS_CHANNEL_MULTIPLE`` and
     the output maps have at most ``PAIRS_MAX_PIXELS`` pixels;
     otherwise it swaps those with at most ``SWAP_MAX_PIXELS`` output pixels and, where the
@@ -239,15 +239,15 @@ def kernel_grad_method(
         >>> [kernel_grad_method(*seven, **cpu) for cpu in (xeon, zen5, avx2)]
         ['mosaic', 'pairs', 'direct']
     """
-    from jaxcnn.conv_backend import amx_here, avx512_bf16_here, env_choice
+    from jaxcnn.conv_backend import amx_here, env_choice
 
     choice = env_choice("JAXCNN_ONEDNN_KERNEL_GRAD", "auto", KERNEL_GRAD_METHODS)
     if choice == "direct" or tuple(strides) != (1, 1) or tuple(dilation) != (1, 1):
         return "direct"
     padded = [size + lo + hi for size, (lo, hi) in zip(x_shape[1:3], padding, strict=True)]
     tiles = mosaic_grid(x_shape[0], padded) is not None
-    if avx512_bf16 is None:  # the CPU has it and so does the library's build
-        avx512_bf16 = avx512_bf16_here() and build.kernel_grad_pairs_built()
+    if avx512_bf16 is None:  # -march=native compiled the kernel only on such a CPU
+        avx512_bf16 = build.kernel_grad_pairs_built()
     pairs = (
         avx512_bf16
         and np.dtype(dtype) == jax.numpy.bfloat16
