@@ -45,6 +45,10 @@ CASES = [
     ((3, 8, 5, 24), (5, 5, 24, 64), ((2, 2), (2, 2))),  # 24 channels: whole blocks of six
     ((20, 3, 3, 70), (3, 3, 70, 64), ((1, 1), (1, 1))),  # groups of 8 pairs, C = 16 k + 6
     ((2, 1, 1, 16), (1, 1, 16, 64), ((0, 0), (0, 0))),  # one output pixel
+    # 32 output channels: tiles of 12 input x 32 output channels
+    ((5, 6, 5, 32), (3, 3, 32, 32), ((1, 1), (1, 1))),  # whole blocks of twelve but the last
+    ((3, 4, 4, 7), (3, 2, 7, 96), ((0, 1), (1, 0))),  # 96: three 32-blocks, C < 12
+    ((18, 3, 3, 12), (3, 3, 12, 32), ((1, 1), (1, 1))),  # groups of 8 pairs, one whole block
 ]
 
 
@@ -106,9 +110,9 @@ def test_gradients_through_conv2d_match_onednns_backward_weights(monkeypatch):
 @needs_kernel
 def test_shapes_it_cannot_take_are_refused_by_name():
     x = jnp.zeros((2, 5, 5, 8), jnp.bfloat16)
-    dy = jnp.zeros((2, 3, 3, 32), jnp.bfloat16)  # 32 output channels: not a multiple of 64
-    with pytest.raises(Exception, match="kernel_grad_pairs.*multiple of 64"):
-        ffi_conv._kernel_grad_pairs(x, dy, (3, 3, 8, 32), ((0, 0), (0, 0))).block_until_ready()
+    dy = jnp.zeros((2, 3, 3, 48), jnp.bfloat16)  # 48 output channels: not a multiple of 32
+    with pytest.raises(Exception, match="kernel_grad_pairs.*multiple of 32"):
+        ffi_conv._kernel_grad_pairs(x, dy, (3, 3, 8, 48), ((0, 0), (0, 0))).block_until_ready()
 
 
 SEVEN = ((128, 7, 7, 256), (3, 3, 256, 256), "bfloat16", (1, 1), ((1, 1), (1, 1)), (1, 1))
@@ -121,7 +125,11 @@ SEVEN = ((128, 7, 7, 256), (3, 3, 256, 256), "bfloat16", (1, 1), ((1, 1), (1, 1)
         ({}, {"amx": True, "avx512_bf16": True}, "mosaic"),  # the Intel Xeon: oneDNN's AMX
         ({}, {"amx": False, "avx512_bf16": False}, "direct"),  # AVX2 or AVX-512 without BF16
         ({2: "float32"}, {"amx": False, "avx512_bf16": True}, "direct"),  # bfloat16 only
-        ({1: (3, 3, 256, 96)}, {"amx": False, "avx512_bf16": True}, "direct"),  # 96 % 64
+        ({1: (3, 3, 256, 96)}, {"amx": False, "avx512_bf16": True}, "pairs"),  # 96: 32-blocks
+        ({1: (3, 3, 256, 80)}, {"amx": False, "avx512_bf16": True}, "direct"),  # 80 % 32
+        ({1: (3, 3, 8, 32)}, {"amx": False, "avx512_bf16": True}, "pairs"),  # 8 in, 32 out
+        ({1: (3, 3, 7, 32)}, {"amx": False, "avx512_bf16": True}, "direct"),  # 7 in: lost
+        ({1: (3, 3, 3, 64)}, {"amx": False, "avx512_bf16": True}, "pairs"),  # 3 in, 64 out
         ({3: (2, 2)}, {"amx": False, "avx512_bf16": True}, "direct"),  # stride 1 only
         ({5: (2, 2)}, {"amx": False, "avx512_bf16": True}, "direct"),  # no dilation
         ({0: (128, 4, 4, 256)}, {"amx": False, "avx512_bf16": True}, "pairs"),  # before swap

@@ -50,11 +50,18 @@ from pathlib import Path
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 # Compiled into one library: the convolutions, batch norm's kernels, the fused first-layer
-# conv + max pool, the bfloat16 kernel gradient over image pairs, and the headers they
-# share (the OpenMP team, bfloat16 conversions, AVX-512 helpers).
+# conv + max pool, the bfloat16 kernel gradient over image pairs, the gradient sum of
+# fast_ops.fork, and the headers they share (the OpenMP team, bfloat16 conversions,
+# AVX-512 helpers).
 SOURCES = tuple(
     SOURCE.with_name(name)
-    for name in ("onednn_conv.cc", "batch_norm.cc", "conv_pool.cc", "kernel_grad_pairs.cc")
+    for name in (
+        "onednn_conv.cc",
+        "batch_norm.cc",
+        "conv_pool.cc",
+        "kernel_grad_pairs.cc",
+        "add.cc",
+    )
 )
 HEADERS = tuple(SOURCE.with_name(h) for h in ("team.h", "bfloat16.h", "simd16.h"))
 # FFI target name -> the handler symbol the library exports.
@@ -69,6 +76,7 @@ TARGETS = {
     "jaxcnn_conv_max_pool_forward": "JaxcnnConvMaxPoolForward",
     "jaxcnn_conv_max_pool_kernel_grad": "JaxcnnConvMaxPoolKernelGrad",
     "jaxcnn_kernel_grad_pairs": "JaxcnnKernelGradPairs",
+    "jaxcnn_add": "JaxcnnAdd",
 }
 
 

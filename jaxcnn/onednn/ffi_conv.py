@@ -146,7 +146,11 @@ def _backward_rule(strides, padding, dilation, algorithm, residuals, dy):
 KERNEL_GRAD_METHODS = ("auto", "direct", "swapped", "mosaic", "pairs")
 # "auto" takes the binding's own kernel over image pairs (kernel_grad_pairs.cc) for every
 # bfloat16 stride-1 convolution it can run (output channels a multiple of
-# PAIRS_CHANNEL_MULTIPLE) on CPUs with AVX-512 BF16 and no AMX. Alone on the Zen 5 CPU,
+# PAIRS_CHANNEL_MULTIPLE) on CPUs with AVX-512 BF16 and no AMX, except those with fewer
+# than PAIRS_MIN_NARROW_IN_CHANNELS input channels and an odd multiple of 32 output
+# channels: its 12 x 32 tiles lost alone there, 3 -> 32 channels on 30x30 maps 0.50 ->
+# 0.64 ms, 1 -> 32 0.31 -> 0.51, where 8 -> 32 won 1.01 -> 0.86 and 32 -> 32 (16x16 maps)
+# 0.79-0.89 -> 0.73 (docs/perf_notes.md, item 68). Alone on the Zen 5 CPU,
 # batch 128, against oneDNN 3.2's backward-weights (or item 44's swap): 7x7 maps 256 ->
 # 256 channels 11.0-12.0 -> 8.3-8.5 ms, 15x15 64 -> 256 11.6-12.3 -> 9.5, 3x3 256 -> 256
 # 2.45 (swapped) -> 1.6-1.8 (docs/perf_notes.md, item 66). Not on AMX, whose oneDNN
@@ -155,7 +159,8 @@ KERNEL_GRAD_METHODS = ("auto", "direct", "swapped", "mosaic", "pairs")
 # outgrows the core's L2 cache, and each tile streams it from memory. Alone on Zen 5,
 # 3x3, 64 channels: 56x56 maps (batch 32) 9.9 -> 9.3 ms, 112x112 (64 -> 128, batch 8)
 # level (18.7-21.1 against 18.7-19.1), 224x224 (batch 4) 22.7 -> 31-32 ms (item 66).
-PAIRS_CHANNEL_MULTIPLE = 64
+PAIRS_CHANNEL_MULTIPLE = 32
+PAIRS_MIN_NARROW_IN_CHANNELS = 8
 PAIRS_MAX_PIXELS = 64 * 64
 # "auto" swaps where the output map is small, in bfloat16: oneDNN 2.6's AMX
 # backward-weights kernel is slow there, its forward one is not. Alone, batch 128, on the
@@ -212,8 +217,9 @@ def kernel_grad_method(
     convolutions with stride 1 and no dilation, on a CPU with AVX-512 BF16 and no AMX
     (``avx512_bf16``, ``amx``; ``None``: whether the library's ``-march=native`` build
     has the kernel, and this CPU's ``amx_bf16`` flag), runs the binding's own
-    kernel where the output channels are a multiple of ``PAIRS_CHANNEL_MULTIPLE`` and
-    the output maps have at most ``PAIRS_MAX_PIXELS`` pixels;
+    kernel where the output channels are a multiple of ``PAIRS_CHANNEL_MULTIPLE`` (of 64,
+    or of 32 with at least ``PAIRS_MIN_NARROW_IN_CHANNELS`` input channels) and the
+    output maps have at most ``PAIRS_MAX_PIXELS`` pixels;
     otherwise it swaps those with at most ``SWAP_MAX_PIXELS`` output pixels and, where the
     CPU has AMX, tiles into mosaics those with up to ``MOSAIC_MAX_PIXELS`` and at least
     ``MOSAIC_MIN_CHANNELS`` channels in and out. ``swapped`` / ``mosaic`` / ``pairs`` do
@@ -233,8 +239,10 @@ def kernel_grad_method(
         >>> kernel_grad_method(*conv3, **xeon), kernel_grad_method(*conv3, **zen5)
         ('swapped', 'pairs')
         >>> thirty_two = ((128, 14, 14, 32), (3, 3, 32, 32), "bfloat16", (1, 1), valid, (1, 1))
-        >>> kernel_grad_method(*thirty_two, **zen5)  # 32 output channels: not a multiple of 64
-        'direct'
+        >>> sixteen = ((128, 14, 14, 32), (3, 3, 32, 16), "bfloat16", (1, 1), valid, (1, 1))
+        >>> rgb = ((128, 32, 32, 3), (3, 3, 3, 32), "bfloat16", (1, 1), valid, (1, 1))
+        >>> [kernel_grad_method(*conv, **zen5) for conv in (thirty_two, sixteen, rgb)]
+        ['pairs', 'direct', 'direct']
         >>> seven = ((128, 7, 7, 256), (3, 3, 256, 256), "bfloat16", (1, 1), same, (1, 1))
         >>> [kernel_grad_method(*seven, **cpu) for cpu in (xeon, zen5, avx2)]
         ['mosaic', 'pairs', 'direct']
@@ -263,7 +271,8 @@ def kernel_grad_method(
     amx = amx_here() if amx is None else amx
     out = shapes.conv_output_shape(x_shape[1:3], kernel_shape[:2], 1, padding)
     pixels = out[0] * out[1]
-    if pairs and not amx and pixels <= PAIRS_MAX_PIXELS:
+    narrow = kernel_shape[3] % 64 != 0 and kernel_shape[2] < PAIRS_MIN_NARROW_IN_CHANNELS
+    if pairs and not amx and pixels <= PAIRS_MAX_PIXELS and not narrow:
         return "pairs"
     if pixels <= SWAP_MAX_PIXELS:
         return "swapped"

@@ -5,7 +5,8 @@
 // Why: on CPUs with AVX-512 BF16 and no AMX (AMD Zen 4 and 5), oneDNN's backward-weights
 // kernels ran at about 70 % of its forward ones: the fast CIFAR net's 7 x 7 x 256 layers
 // 11.0-12.0 ms against 7.4 forward, 45 ms of its 135 ms bfloat16 step on the Zen 5 CPU.
-// This kernel ran them in 8.3-8.5 ms (docs/perf_notes.md, item 66).
+// This kernel ran them in 8.3-8.5 ms (docs/perf_notes.md, item 66); ResNet-20's 16 x 16,
+// 32-channel layers 0.79-0.89 -> 0.73 ms (item 68).
 //
 // What it computes (channels-last, stride 1, no dilation):
 //   x (N, H, W, C), dy (N, OH, OW, F) with OH = H + pt + pb - KH + 1, OW likewise
@@ -19,9 +20,9 @@
 // two images interleaved (one 32-bit word per pixel and channel), padded, and blocked:
 //   xq [G][CB][HP][WP][kMC]   input channels in blocks of kMC (a last, partial block is
 //                             zero-filled, and its tiles multiply only its channels)
-//   dq [G][FB][OH OW][kFW]    output channels in blocks of kFW = 64
+//   dq [G][FB][OH OW][kFW]    output channels in blocks of kFW (64, or 32: Shape below)
 // so that the innermost loop reads both contiguously. It then adds each (u, v, channel
-// block, output block) tile of the gradient, kMC x 64 floats in 24 registers, over the
+// block, output block) tile of the gradient, kMC x kFW floats in 24 registers, over the
 // group's pixels. Each thread sums into its own float32 copy of the gradient; the copies
 // are added and rounded at the end. A batch of odd size pairs its last image with zeros.
 
@@ -30,6 +31,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "simd16.h"
@@ -42,9 +44,16 @@ namespace {
 
 #if JAXCNN_SIMD16
 
-constexpr int kMC = 6;          // input channels per tile (broadcast from xq)
-constexpr int kNV = 4;          // 16-lane vectors of output channels per tile
-constexpr int kFW = 16 * kNV;   // output channels per tile
+// A tile's shape: NV 16-lane vectors of output channels (kFW = 16 NV of them) by kMC =
+// 24 / NV input channels, 24 registers of sums: 6 x 64 where the output channels are a
+// multiple of 64, else 12 x 32 (ResNet-20's 32-channel layers; tiles of 24 x 16 for 16
+// channels lost to oneDNN, since every vdpbf16ps then needs its own broadcast).
+template <int NV>
+struct Shape {
+  static constexpr int kNV = NV;
+  static constexpr int kFW = 16 * NV;
+  static constexpr int kMC = 24 / NV;
+};
 constexpr int64_t kGroupPixels = 392;  // pixels a group of image pairs should hold at least
 constexpr int64_t kMaxGroup = 8;       // image pairs per group at most (its buffers stay in L2)
 
@@ -54,8 +63,9 @@ struct Geometry {
   int64_t g, cb, fb;                      // image pairs per group, channel blocks in and out
   int64_t pixels() const { return oh * ow; }
   int64_t tiles() const { return kh * kw * cb * fb; }
-  int64_t xq_size() const { return g * cb * hp * wp * kMC; }
-  int64_t dq_size() const { return g * fb * pixels() * kFW; }
+  int64_t mc, fw;                         // the tile's input and output channels
+  int64_t xq_size() const { return g * cb * hp * wp * mc; }
+  int64_t dq_size() const { return g * fb * pixels() * fw; }
 };
 
 // Sixteen channels (fewer under mask m) of the same pixel of images a and b as 32-bit
@@ -78,7 +88,9 @@ inline const uint16_t* Image(const uint16_t* base, int64_t n, int64_t image, int
 }
 
 // The group of image pairs starting at image n0 into xq (padded, interleaved, blocked).
+template <typename S>
 void PackX(const uint16_t* x, const Geometry& g, int64_t n0, uint32_t* xq, uint32_t* row) {
+  constexpr int kMC = S::kMC;
   std::memset(xq, 0, sizeof(uint32_t) * g.xq_size());
   const int64_t block = g.hp * g.wp * kMC, image = g.h * g.w * g.c;
   for (int64_t gi = 0; gi < g.g && n0 + 2 * gi < g.n; ++gi) {
@@ -100,7 +112,9 @@ void PackX(const uint16_t* x, const Geometry& g, int64_t n0, uint32_t* xq, uint3
 }
 
 // The same group's output gradient into dq (interleaved, blocked; zeros past the batch).
+template <typename S>
 void PackDy(const uint16_t* dy, const Geometry& g, int64_t n0, uint32_t* dq) {
+  constexpr int kNV = S::kNV, kFW = S::kFW;
   const int64_t pixels = g.pixels(), image = pixels * g.f;
   for (int64_t gi = 0; gi < g.g; ++gi) {
     const uint16_t* a = Image(dy, g.n, n0 + 2 * gi, image);
@@ -123,9 +137,10 @@ void PackDy(const uint16_t* dy, const Geometry& g, int64_t n0, uint32_t* dq) {
 
 // Adds one tile's sums over the group's pixels to acc (kMC x kFW floats): its first M
 // input channels (M < kMC for a last block that holds fewer, so no zeros are multiplied).
-template <int M>
+template <typename S, int M>
 void Tile(const uint32_t* xq, const uint32_t* dq, const Geometry& g, int64_t u, int64_t v,
           int64_t cb, int64_t fb, float* acc) {
+  constexpr int kNV = S::kNV, kFW = S::kFW, kMC = S::kMC;
   __m512 sum[M][kNV];
   for (int i = 0; i < M; ++i)
     for (int j = 0; j < kNV; ++j) sum[i][j] = _mm512_loadu_ps(acc + (i * kNV + j) * 16);
@@ -147,16 +162,18 @@ void Tile(const uint32_t* xq, const uint32_t* dq, const Geometry& g, int64_t u, 
     for (int j = 0; j < kNV; ++j) _mm512_storeu_ps(acc + (i * kNV + j) * 16, sum[i][j]);
 }
 
+template <typename S, int... M>
+void TileOfM(int64_t channels, std::integer_sequence<int, M...>, const uint32_t* xq,
+             const uint32_t* dq, const Geometry& g, int64_t u, int64_t v, int64_t cb,
+             int64_t fb, float* acc) {
+  ((channels == M + 1 ? Tile<S, M + 1>(xq, dq, g, u, v, cb, fb, acc) : void()), ...);
+}
+
+template <typename S>
 void TileOf(int64_t channels, const uint32_t* xq, const uint32_t* dq, const Geometry& g,
             int64_t u, int64_t v, int64_t cb, int64_t fb, float* acc) {
-  switch (channels) {
-    case 1: return Tile<1>(xq, dq, g, u, v, cb, fb, acc);
-    case 2: return Tile<2>(xq, dq, g, u, v, cb, fb, acc);
-    case 3: return Tile<3>(xq, dq, g, u, v, cb, fb, acc);
-    case 4: return Tile<4>(xq, dq, g, u, v, cb, fb, acc);
-    case 5: return Tile<5>(xq, dq, g, u, v, cb, fb, acc);
-    default: return Tile<kMC>(xq, dq, g, u, v, cb, fb, acc);
-  }
+  TileOfM<S>(channels, std::make_integer_sequence<int, S::kMC>{}, xq, dq, g, u, v, cb, fb,
+             acc);
 }
 
 // A thread's buffers, kept between calls (grown, never shrunk), so that a step does not
@@ -171,8 +188,10 @@ Scratch& ThreadScratch() {
   return scratch;
 }
 
+template <typename S>
 void KernelGrad(const uint16_t* x, const uint16_t* dy, const Geometry& g, int threads,
                 uint16_t* dkernel) {
+  constexpr int kNV = S::kNV, kFW = S::kFW, kMC = S::kMC;
   const int64_t tile_size = kMC * kFW, groups = (g.n + 2 * g.g - 1) / (2 * g.g);
   std::vector<float*> partial(threads);
 #pragma omp parallel num_threads(threads)
@@ -188,8 +207,8 @@ void KernelGrad(const uint16_t* x, const uint16_t* dy, const Geometry& g, int th
     int64_t lo, hi;
     jaxcnn::Share(groups, t, nt, lo, hi);
     for (int64_t k = lo; k < hi; ++k) {
-      PackX(x, g, 2 * g.g * k, s.xq.data(), s.row.data());
-      PackDy(dy, g, 2 * g.g * k, s.dq.data());
+      PackX<S>(x, g, 2 * g.g * k, s.xq.data(), s.row.data());
+      PackDy<S>(dy, g, 2 * g.g * k, s.dq.data());
       // Output block outermost: its slice of dq (G OH OW x 256 bytes, about 100 KB for the
       // fast CIFAR net's layers) is read by every tile of that block.
       for (int64_t fb = 0; fb < g.fb; ++fb)
@@ -197,7 +216,7 @@ void KernelGrad(const uint16_t* x, const uint16_t* dy, const Geometry& g, int th
           for (int64_t v = 0; v < g.kw; ++v)
             for (int64_t cb = 0; cb < g.cb; ++cb) {
               int64_t tile = ((u * g.kw + v) * g.cb + cb) * g.fb + fb;
-              TileOf(std::min<int64_t>(kMC, g.c - cb * kMC), s.xq.data(), s.dq.data(), g, u,
+              TileOf<S>(std::min<int64_t>(kMC, g.c - cb * kMC), s.xq.data(), s.dq.data(), g, u,
                      v, cb, fb, s.acc.data() + tile * tile_size);
             }
     }
@@ -235,18 +254,28 @@ ffi::Error KernelGradPairs(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> dy,
   g.oh = g.hp - g.kh + 1;
   g.ow = g.wp - g.kw + 1;
   if (kd[2] != g.c || yd[0] != g.n || yd[1] != g.oh || yd[2] != g.ow || yd[3] != g.f ||
-      g.oh < 1 || g.ow < 1 || g.f % kFW != 0 || *std::min_element(padding.begin(), padding.end()) < 0) {
+      g.oh < 1 || g.ow < 1 || g.f % 32 != 0 || *std::min_element(padding.begin(), padding.end()) < 0) {
     return ffi::Error::InvalidArgument(
         "jaxcnn kernel_grad_pairs: needs dy (N, OH, OW, F) of a stride-1 convolution of x "
-        "(N, H, W, C) by dkernel (KH, KW, C, F), F a multiple of 64, padding >= 0");
+        "(N, H, W, C) by dkernel (KH, KW, C, F), F a multiple of 32, padding >= 0");
   }
   g.g = std::clamp<int64_t>((kGroupPixels + g.pixels() - 1) / g.pixels(), 1, kMaxGroup);
-  g.cb = (g.c + kMC - 1) / kMC;
-  g.fb = g.f / kFW;
   jaxcnn::InFlight team;
-  KernelGrad(reinterpret_cast<const uint16_t*>(x.typed_data()),
-             reinterpret_cast<const uint16_t*>(dy.typed_data()), g, team.threads,
-             reinterpret_cast<uint16_t*>(dkernel->typed_data()));
+  auto run = [&](auto shape) {
+    using S = decltype(shape);
+    g.mc = S::kMC;
+    g.fw = S::kFW;
+    g.cb = (g.c + S::kMC - 1) / S::kMC;
+    g.fb = g.f / S::kFW;
+    KernelGrad<S>(reinterpret_cast<const uint16_t*>(x.typed_data()),
+                  reinterpret_cast<const uint16_t*>(dy.typed_data()), g, team.threads,
+                  reinterpret_cast<uint16_t*>(dkernel->typed_data()));
+  };
+  if (g.f % 64 == 0) {
+    run(Shape<4>{});
+  } else {
+    run(Shape<2>{});
+  }
   return ffi::Error::Success();
 #else
   return ffi::Error(ffi::ErrorCode::kUnimplemented,
