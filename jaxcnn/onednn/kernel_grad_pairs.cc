@@ -162,6 +162,8 @@ void Tile(const uint32_t* xq, const uint32_t* dq, const Geometry& g, int64_t u, 
     for (int j = 0; j < kNV; ++j) _mm512_storeu_ps(acc + (i * kNV + j) * 16, sum[i][j]);
 }
 
+// Tile<S, channels> for 1 <= channels <= kMC, one instance per count (a switch written
+// out by the fold over M = 0 .. kMC - 1).
 template <typename S, int... M>
 void TileOfM(int64_t channels, std::integer_sequence<int, M...>, const uint32_t* xq,
              const uint32_t* dq, const Geometry& g, int64_t u, int64_t v, int64_t cb,
@@ -209,8 +211,8 @@ void KernelGrad(const uint16_t* x, const uint16_t* dy, const Geometry& g, int th
     for (int64_t k = lo; k < hi; ++k) {
       PackX<S>(x, g, 2 * g.g * k, s.xq.data(), s.row.data());
       PackDy<S>(dy, g, 2 * g.g * k, s.dq.data());
-      // Output block outermost: its slice of dq (G OH OW x 256 bytes, about 100 KB for the
-      // fast CIFAR net's layers) is read by every tile of that block.
+      // Output block outermost: its slice of dq (G OH OW x kFW x 4 bytes, about 100 KB for
+      // the fast CIFAR net's layers) is read by every tile of that block.
       for (int64_t fb = 0; fb < g.fb; ++fb)
         for (int64_t u = 0; u < g.kh; ++u)
           for (int64_t v = 0; v < g.kw; ++v)
