@@ -7,6 +7,8 @@ the fallback to ``(x, x)`` and the argument checks are tested everywhere.
 
 from __future__ import annotations
 
+import doctest
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,9 +33,17 @@ def special_values(dtype) -> tuple[jax.Array, jax.Array]:
     edge_b = [1.0, np.inf, 2.0, -0.0, -0.0, float(finfo.max), 2.0**-8, float(finfo.tiny) / 4]
     a = np.concatenate([a, edge_a]).astype(np.float32)
     b = np.concatenate([b, edge_b]).astype(np.float32)
-    # 1 + 2^-8 rounds to 1 in bfloat16 (a tie, to even); 1 + 3 * 2^-9 to 1 + 2^-7.
+    # The edges, pair by pair: inf + 1, -inf + inf (NaN), NaN + 2, 0 + -0, -0 + -0 (-0),
+    # max + max (overflows to inf), 1 + 2^-8 (a tie in bfloat16: rounds to even, 1), and
+    # two subnormals.
     shape = (len(a) // 8, 8)
     return jnp.asarray(a, dtype).reshape(shape), jnp.asarray(b, dtype).reshape(shape)
+
+
+@needs_native
+def test_doctests():
+    result = doctest.testmod(ffi_add)
+    assert result.failed == 0 and result.attempted > 0
 
 
 @needs_native

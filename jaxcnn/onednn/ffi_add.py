@@ -5,7 +5,7 @@ to nearest even as XLA does, on every core, where XLA:CPU runs an elementwise fu
 one thread. :func:`jaxcnn.fast_ops.fork` calls it for the gradient of a value that two
 layers read.
 
-Examples (tests/test_fork.py runs them where the binding builds):
+Examples (they need the binding; tests/test_fork.py runs them where it builds):
     >>> import jax.numpy as jnp
     >>> add(jnp.array([1.0, 2.0]), jnp.array([0.5, -2.0])).tolist()
     [1.5, 0.0]
