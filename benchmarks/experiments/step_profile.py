@@ -28,6 +28,11 @@ no call hides); and the binding's calls summed by FFI target. Session 29 found w
 that its own earlier profiles ran without fit's malloc settings (``docs/perf_notes.md``,
 item 64).
 
+``--calls`` adds each binding call's time per step, by FFI target and result shape: how
+many such calls a step makes, their mean and their fastest, to set against the same
+call alone (session 31 found ResNet-20's norm kernels 1.5-3x slower in the step than
+alone: ``docs/perf_notes.md``, item 67).
+
 ``--devices N`` splits the batch over N CPU devices (it sets
 ``--xla_force_host_platform_device_count``), the data-parallel experiment in
 ``docs/perf_notes.md``.
@@ -184,6 +189,47 @@ def binding_targets(hlo_text: str) -> dict[str, str]:
     return {m.group(1): m.group(2) for m in found}
 
 
+def binding_shapes(hlo_text: str) -> dict[str, str]:
+    """HLO instruction name -> result shape, for the binding's (``jaxcnn_*``) custom calls.
+
+    Examples:
+        >>> binding_shapes('%ffi_call.3 = bf16[2,8]{1,0} custom-call(%p), '
+        ...                'custom_call_target="jaxcnn_add"')
+        {'ffi_call.3': 'bf16[2,8]'}
+    """
+    found = re.finditer(
+        r'%([\w.\-]+) = \(?([a-z0-9]+\[[\d,]*\])[^\n]*custom_call_target="jaxcnn\w*"', hlo_text
+    )
+    return {m.group(1): m.group(2) for m in found}
+
+
+def per_call(events: list[dict], targets: dict[str, str], shapes: dict[str, str], steps: int):
+    """The ``--calls`` report: binding calls by (target, first result's shape).
+
+    Examples:
+        >>> events = [{"ph": "X", "name": "ffi_call.1", "ts": 0, "dur": 300},
+        ...           {"ph": "X", "name": "ffi_call.2", "ts": 400, "dur": 100},
+        ...           {"ph": "X", "name": "ffi_call.1", "ts": 900, "dur": 500},
+        ...           {"ph": "X", "name": "ffi_call.2", "ts": 1500, "dur": 100}]
+        >>> targets = {"ffi_call.1": "jaxcnn_add", "ffi_call.2": "jaxcnn_add"}
+        >>> shapes = {"ffi_call.1": "f32[8]", "ffi_call.2": "f32[8]"}
+        >>> print("\\n".join(per_call(events, targets, shapes, steps=2)))
+        binding calls by target and shape (calls per step, ms per call: mean, fastest):
+          jaxcnn_add                        f32[8]                  2.0  0.250  0.100
+    """
+    times = collections.defaultdict(list)
+    for e in _work_events(events):
+        if e["name"] in targets:
+            times[(targets[e["name"]], shapes.get(e["name"], "?"))].append(e["dur"] / 1e3)
+    lines = ["binding calls by target and shape (calls per step, ms per call: mean, fastest):"]
+    for (target, shape), ms in sorted(times.items()):
+        lines.append(
+            f"  {target:32s}  {shape:22s} {len(ms) / steps:4.1f}  "
+            f"{statistics.mean(ms):.3f}  {min(ms):.3f}"
+        )
+    return lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--net", default="cifar_cnn")
@@ -196,6 +242,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-profile", action="store_true")
     p.add_argument("--hlo", type=Path, help="write the optimised HLO here")
     p.add_argument("--timeline", action="store_true", help="also: binding calls against XLA's ops")
+    p.add_argument("--calls", action="store_true", help="also: each binding call's time")
     p.add_argument(
         "--model-kwargs",
         type=json.loads,
@@ -227,7 +274,8 @@ def main(argv=None) -> int:
     import jax
 
     step, state, batch = _build(args.net, args.batch, args.devices, args.dtype, args.model_kwargs)
-    hlo_text = step.lower(state, batch).compile().as_text() if args.hlo or args.timeline else ""
+    wants_hlo = args.hlo or args.timeline or args.calls
+    hlo_text = step.lower(state, batch).compile().as_text() if wants_hlo else ""
     if args.hlo:
         args.hlo.write_text(hlo_text)
     for _ in range(5):
@@ -255,6 +303,9 @@ def main(argv=None) -> int:
         print("\n".join(_top_ops(events, 10, args.top)))
         if args.timeline:
             print("\n".join(timeline(events, binding_targets(hlo_text), 10)))
+        if args.calls:
+            shapes = binding_shapes(hlo_text)
+            print("\n".join(per_call(events, binding_targets(hlo_text), shapes, 10)))
     return 0
 
 
