@@ -24,12 +24,12 @@ needs_kernel = pytest.mark.skipif(
 NHWC = ("NHWC", "HWIO", "NHWC")
 
 
-def reference(x, dy, kernel_shape, padding):
+def reference(x, dy, kernel_shape, padding, strides=(1, 1)):
     """XLA's float32 kernel gradient of the same bfloat16 inputs, at full precision."""
 
     def loss(kernel):
         y = lax.conv_general_dilated(
-            x.astype(jnp.float32), kernel, (1, 1), padding, dimension_numbers=NHWC,
+            x.astype(jnp.float32), kernel, strides, padding, dimension_numbers=NHWC,
             precision=lax.Precision.HIGHEST,
         )  # fmt: skip
         return jnp.vdot(y, dy.astype(jnp.float32))
@@ -50,17 +50,26 @@ CASES = [
     ((3, 4, 4, 7), (3, 2, 7, 96), ((0, 1), (1, 0))),  # 96: three 32-blocks, C < 12
     ((18, 3, 3, 12), (3, 3, 12, 32), ((1, 1), (1, 1))),  # groups of 8 pairs, one whole block
 ]
+STRIDED = [
+    # x shape, kernel shape, padding, strides
+    ((5, 8, 8, 16), (3, 3, 16, 32), ((1, 1), (1, 1)), (2, 2)),  # ResNet-20's downsampling
+    ((3, 7, 9, 12), (3, 2, 12, 64), ((1, 0), (0, 1)), (3, 2)),  # rows left over at the end
+    ((4, 6, 6, 8), (1, 1, 8, 32), ((0, 0), (0, 0)), (2, 2)),  # pixels the kernel skips
+]
 
 
 @needs_kernel
-@pytest.mark.parametrize("x_shape, k_shape, padding", CASES)
-def test_equals_xla_to_bfloat16_rounding(x_shape, k_shape, padding):
+@pytest.mark.parametrize(
+    "x_shape, k_shape, padding, strides", [(*case, (1, 1)) for case in CASES] + STRIDED
+)
+def test_equals_xla_to_bfloat16_rounding(x_shape, k_shape, padding, strides):
     x = jax.random.normal(jax.random.key(0), x_shape, jnp.bfloat16)
-    oh = x_shape[1] + sum(padding[0]) - k_shape[0] + 1
-    ow = x_shape[2] + sum(padding[1]) - k_shape[1] + 1
+    oh = (x_shape[1] + sum(padding[0]) - k_shape[0]) // strides[0] + 1
+    ow = (x_shape[2] + sum(padding[1]) - k_shape[1]) // strides[1] + 1
     dy = jax.random.normal(jax.random.key(1), (x_shape[0], oh, ow, k_shape[3]), jnp.bfloat16)
-    got = jax.jit(ffi_conv._kernel_grad_pairs, static_argnums=(2, 3))(x, dy, k_shape, padding)
-    want = reference(x, dy, k_shape, padding)
+    pairs = jax.jit(ffi_conv._kernel_grad_pairs, static_argnums=(2, 3, 4))
+    got = pairs(x, dy, k_shape, padding, strides)
+    want = reference(x, dy, k_shape, padding, strides)
     assert got.dtype == jnp.bfloat16 and got.shape == k_shape
     # float32 sums in another order, then one rounding to bfloat16 (8 significant bits).
     scale = float(jnp.abs(want).max())
@@ -85,19 +94,21 @@ def test_a_second_call_with_other_shapes_reuses_nothing_stale():
 
 
 @needs_kernel
-def test_gradients_through_conv2d_match_onednns_backward_weights(monkeypatch):
+@pytest.mark.parametrize("strides", [(1, 1), (2, 2)])
+def test_gradients_through_conv2d_match_onednns_backward_weights(monkeypatch, strides):
     x = jax.random.normal(jax.random.key(0), (6, 7, 7, 32), jnp.bfloat16)
     kernel = (jax.random.normal(jax.random.key(1), (3, 3, 32, 64)) * 0.1).astype(jnp.bfloat16)
     same = ((1, 1), (1, 1))
+    conv = lambda a, b: ffi_conv.conv2d(a, b, strides, same)  # noqa: E731
 
     def grads():
-        loss = lambda a, b: jnp.sum(ffi_conv.conv2d(a, b, (1, 1), same).astype(jnp.float32) ** 2)
+        loss = lambda a, b: jnp.sum(conv(a, b).astype(jnp.float32) ** 2)  # noqa: E731
         return jax.jit(jax.grad(loss, (0, 1)))(x, kernel)
 
     monkeypatch.setenv("JAXCNN_ONEDNN_KERNEL_GRAD", "direct")
     dx_direct, dk_direct = grads()
     monkeypatch.setenv("JAXCNN_ONEDNN_KERNEL_GRAD", "pairs")
-    text = jax.jit(jax.grad(lambda b: jnp.sum(ffi_conv.conv2d(x, b, (1, 1), same)))).lower(kernel)
+    text = jax.jit(jax.grad(lambda b: jnp.sum(conv(x, b)))).lower(kernel)
     assert "jaxcnn_kernel_grad_pairs" in text.as_text()
     dx_pairs, dk_pairs = grads()
     np.testing.assert_array_equal(dx_pairs, dx_direct)  # the input gradient is unchanged
@@ -130,7 +141,9 @@ SEVEN = ((128, 7, 7, 256), (3, 3, 256, 256), "bfloat16", (1, 1), ((1, 1), (1, 1)
         ({1: (3, 3, 8, 32)}, {"amx": False, "avx512_bf16": True}, "pairs"),  # 8 in, 32 out
         ({1: (3, 3, 7, 32)}, {"amx": False, "avx512_bf16": True}, "direct"),  # 7 in: lost
         ({1: (3, 3, 3, 64)}, {"amx": False, "avx512_bf16": True}, "pairs"),  # 3 in, 64 out
-        ({3: (2, 2)}, {"amx": False, "avx512_bf16": True}, "direct"),  # stride 1 only
+        ({3: (2, 2)}, {"amx": False, "avx512_bf16": True}, "pairs"),  # strides too
+        ({3: (2, 2)}, {"amx": True, "avx512_bf16": True}, "direct"),  # no swap or mosaic
+        ({1: (1, 1, 256, 256), 3: (2, 2)}, {"amx": False, "avx512_bf16": True}, "direct"),  # 2 > 1
         ({5: (2, 2)}, {"amx": False, "avx512_bf16": True}, "direct"),  # no dilation
         ({0: (128, 4, 4, 256)}, {"amx": False, "avx512_bf16": True}, "pairs"),  # before swap
         ({0: (4, 64, 64, 256)}, {"amx": False, "avx512_bf16": True}, "pairs"),  # 4,096 pixels

@@ -133,7 +133,7 @@ def _backward_rule(strides, padding, dilation, algorithm, residuals, dy):
     dx = _call("jaxcnn_onednn_conv_input_grad", _like(x), dy, kernel, *geometry)
     method = kernel_grad_method(x.shape, kernel.shape, x.dtype, strides, padding, dilation)
     if method == "pairs":
-        dkernel = _kernel_grad_pairs(x, dy, kernel.shape, padding)
+        dkernel = _kernel_grad_pairs(x, dy, kernel.shape, padding, strides)
     elif method == "swapped":
         dkernel = _kernel_grad_swapped(x, dy, kernel.shape, padding)
     elif method == "mosaic":
@@ -150,7 +150,11 @@ KERNEL_GRAD_METHODS = ("auto", "direct", "swapped", "mosaic", "pairs")
 # than PAIRS_MIN_NARROW_IN_CHANNELS input channels and an odd multiple of 32 output
 # channels: its 12 x 32 tiles lost alone there, 3 -> 32 channels on 30x30 maps 0.50 ->
 # 0.64 ms, 1 -> 32 0.31 -> 0.51, where 8 -> 32 won 1.01 -> 0.86 and 32 -> 32 (16x16 maps)
-# 0.79-0.89 -> 0.73 (docs/perf_notes.md, item 68). Alone on the Zen 5 CPU,
+# 0.79-0.89 -> 0.73 (docs/perf_notes.md, item 68). Since item 70 it takes strides too:
+# ResNet-20's two stride-2 layers in its step 1.24 -> 0.98 and 1.68 -> 0.95 ms a call
+# (alone oneDNN's were as fast as the kernel: 0.57 against 0.59, 0.61 against 0.54), but
+# not where a stride exceeds the kernel (a 1x1 stride-2 shortcut 0.09 -> 0.26 alone: the
+# kernel copies the pixels it skips). Alone on the Zen 5 CPU,
 # batch 128, against oneDNN 3.2's backward-weights (or item 44's swap): 7x7 maps 256 ->
 # 256 channels 11.0-12.0 -> 8.3-8.5 ms, 15x15 64 -> 256 11.6-12.3 -> 9.5, 3x3 256 -> 256
 # 2.45 (swapped) -> 1.6-1.8 (docs/perf_notes.md, item 66). Not on AMX, whose oneDNN
@@ -214,18 +218,19 @@ def kernel_grad_method(
     ``"mosaic"`` or ``"pairs"``.
 
     ``JAXCNN_ONEDNN_KERNEL_GRAD`` (read at trace time): ``auto`` (default), for bfloat16
-    convolutions with stride 1 and no dilation, on a CPU with AVX-512 BF16 and no AMX
-    (``avx512_bf16``, ``amx``; ``None``: whether the library's ``-march=native`` build
-    has the kernel, and this CPU's ``amx_bf16`` flag), runs the binding's own
-    kernel where the output channels are a multiple of ``PAIRS_CHANNEL_MULTIPLE`` (of 64,
-    or of 32 with at least ``PAIRS_MIN_NARROW_IN_CHANNELS`` input channels) and the
-    output maps have at most ``PAIRS_MAX_PIXELS`` pixels;
-    otherwise it swaps those with at most ``SWAP_MAX_PIXELS`` output pixels and, where the
-    CPU has AMX, tiles into mosaics those with up to ``MOSAIC_MAX_PIXELS`` and at least
-    ``MOSAIC_MIN_CHANNELS`` channels in and out. ``swapped`` / ``mosaic`` / ``pairs`` do
-    so for every stride-1 undilated one they can run (``mosaic`` where
-    :func:`mosaic_grid` finds a grid for the batch, ``pairs`` for bfloat16 with those
-    output channels on AVX-512 BF16); ``direct`` none. ``"swapped"`` is oneDNN's
+    convolutions with no dilation and no stride longer than the kernel, on a CPU with
+    AVX-512 BF16 and no AMX (``avx512_bf16``, ``amx``; ``None``: whether the library's
+    ``-march=native`` build has the kernel, and this CPU's ``amx_bf16`` flag), runs the
+    binding's own kernel where the output channels are a multiple of
+    ``PAIRS_CHANNEL_MULTIPLE`` (of 64, or of 32 with at least
+    ``PAIRS_MIN_NARROW_IN_CHANNELS`` input channels) and the output maps have at most
+    ``PAIRS_MAX_PIXELS`` pixels; otherwise, at stride 1, it swaps those with at most
+    ``SWAP_MAX_PIXELS`` output pixels and, where the CPU has AMX, tiles into mosaics
+    those with up to ``MOSAIC_MAX_PIXELS`` and at least ``MOSAIC_MIN_CHANNELS`` channels
+    in and out. ``swapped`` / ``mosaic`` / ``pairs`` do so for every undilated one they
+    can run (``swapped`` and ``mosaic`` at stride 1, ``mosaic`` where :func:`mosaic_grid`
+    finds a grid for the batch, ``pairs`` for bfloat16 with those output channels on
+    AVX-512 BF16); ``direct`` none. ``"swapped"`` is oneDNN's
     *forward* convolution of the input, batch and channels exchanged, with the output
     gradient as its kernel (:func:`_kernel_grad_swapped`); ``"mosaic"`` its
     backward-weights over fewer, larger images (:func:`_kernel_grad_mosaic`); ``"pairs"``
@@ -243,6 +248,9 @@ def kernel_grad_method(
         >>> rgb = ((128, 32, 32, 3), (3, 3, 3, 32), "bfloat16", (1, 1), valid, (1, 1))
         >>> [kernel_grad_method(*conv, **zen5) for conv in (thirty_two, sixteen, rgb)]
         ['pairs', 'direct', 'direct']
+        >>> halve = ((128, 16, 16, 32), (3, 3, 32, 64), "bfloat16", (2, 2), same, (1, 1))
+        >>> kernel_grad_method(*halve, **zen5), kernel_grad_method(*halve, **xeon)
+        ('pairs', 'direct')
         >>> seven = ((128, 7, 7, 256), (3, 3, 256, 256), "bfloat16", (1, 1), same, (1, 1))
         >>> [kernel_grad_method(*seven, **cpu) for cpu in (xeon, zen5, avx2)]
         ['mosaic', 'pairs', 'direct']
@@ -250,10 +258,11 @@ def kernel_grad_method(
     from jaxcnn.conv_backend import amx_here, env_choice
 
     choice = env_choice("JAXCNN_ONEDNN_KERNEL_GRAD", "auto", KERNEL_GRAD_METHODS)
-    if choice == "direct" or tuple(strides) != (1, 1) or tuple(dilation) != (1, 1):
+    if choice == "direct" or tuple(dilation) != (1, 1):
         return "direct"
+    strided = tuple(strides) != (1, 1)  # of the four, only the pairs kernel takes strides
     padded = [size + lo + hi for size, (lo, hi) in zip(x_shape[1:3], padding, strict=True)]
-    tiles = mosaic_grid(x_shape[0], padded) is not None
+    tiles = not strided and mosaic_grid(x_shape[0], padded) is not None
     if avx512_bf16 is None:  # -march=native compiled the kernel only on such a CPU
         avx512_bf16 = build.kernel_grad_pairs_built()
     pairs = (
@@ -265,28 +274,35 @@ def kernel_grad_method(
     if choice == "pairs":
         return "pairs" if pairs else "direct"
     if choice != "auto":
-        return choice if choice == "swapped" or tiles else "direct"
+        return choice if (choice == "swapped" and not strided) or tiles else "direct"
     if np.dtype(dtype) != jax.numpy.bfloat16:
         return "direct"
     amx = amx_here() if amx is None else amx
-    out = shapes.conv_output_shape(x_shape[1:3], kernel_shape[:2], 1, padding)
+    out = shapes.conv_output_shape(x_shape[1:3], kernel_shape[:2], tuple(strides), padding)
     pixels = out[0] * out[1]
     narrow = kernel_shape[3] % 64 != 0 and kernel_shape[2] < PAIRS_MIN_NARROW_IN_CHANNELS
-    if pairs and not amx and pixels <= PAIRS_MAX_PIXELS and not narrow:
+    # A stride longer than the kernel skips input pixels that the kernel would still copy.
+    skips = any(s > k for s, k in zip(strides, kernel_shape[:2], strict=True))
+    if pairs and not amx and pixels <= PAIRS_MAX_PIXELS and not narrow and not skips:
         return "pairs"
+    if strided:
+        return "direct"
     if pixels <= SWAP_MAX_PIXELS:
         return "swapped"
     wide = min(kernel_shape[2:]) >= MOSAIC_MIN_CHANNELS
     return "mosaic" if amx and pixels <= MOSAIC_MAX_PIXELS and wide and tiles else "direct"
 
 
-def _kernel_grad_pairs(x, dy, kernel_shape, padding):
-    """dkernel of a stride-1 bfloat16 convolution by ``kernel_grad_pairs.cc``: vdpbf16ps
+def _kernel_grad_pairs(x, dy, kernel_shape, padding, strides=(1, 1)):
+    """dkernel of an undilated bfloat16 convolution by ``kernel_grad_pairs.cc``: vdpbf16ps
     over the same pixel of two images at a time, float32 sums rounded once."""
     build.require()
     out = jax.ShapeDtypeStruct(tuple(kernel_shape), x.dtype)
     return jax.ffi.ffi_call("jaxcnn_kernel_grad_pairs", out, vmap_method="sequential")(
-        x, dy, padding=np.asarray(padding, np.int64).reshape(-1)
+        x,
+        dy,
+        padding=np.asarray(padding, np.int64).reshape(-1),
+        strides=np.asarray(strides, np.int64),
     )
 
 

@@ -1,16 +1,17 @@
-// The kernel gradient of a stride-1 bfloat16 convolution, as an XLA FFI handler, written
-// for AVX-512 BF16 (vdpbf16ps). jaxcnn/onednn/build.py compiles this file with the
+// The kernel gradient of a bfloat16 convolution, as an XLA FFI handler, written for
+// AVX-512 BF16 (vdpbf16ps). jaxcnn/onednn/build.py compiles this file with the
 // others; jaxcnn/onednn/ffi_conv.py calls it where kernel_grad_method says "pairs".
 //
 // Why: on CPUs with AVX-512 BF16 and no AMX (AMD Zen 4 and 5), oneDNN's backward-weights
 // kernels ran at about 70 % of its forward ones: the fast CIFAR net's 7 x 7 x 256 layers
 // 11.0-12.0 ms against 7.4 forward, 45 ms of its 135 ms bfloat16 step on the Zen 5 CPU.
 // This kernel ran them in 8.3-8.5 ms (docs/perf_notes.md, item 66); ResNet-20's 16 x 16,
-// 32-channel layers 0.79-0.89 -> 0.73 ms (item 68).
+// 32-channel layers 0.79-0.89 -> 0.73 ms (item 68); its stride-2 layers in its step 1.24
+// -> 0.98 and 1.68 -> 0.95 ms a call (item 70).
 //
-// What it computes (channels-last, stride 1, no dilation):
-//   x (N, H, W, C), dy (N, OH, OW, F) with OH = H + pt + pb - KH + 1, OW likewise
-//   dkernel[u, v, c, f] = sum over n, i, j of xp[n, i + u, j + v, c] dy[n, i, j, f]
+// What it computes (channels-last, strides (sh, sw), no dilation):
+//   x (N, H, W, C), dy (N, OH, OW, F) with OH = (H + pt + pb - KH) / sh + 1, OW likewise
+//   dkernel[u, v, c, f] = sum over n, i, j of xp[n, sh i + u, sw j + v, c] dy[n, i, j, f]
 // where xp is x zero-padded by (pt, pb) rows and (pl, pr) columns. Sums in float32, one
 // rounding to bfloat16 at the end, as oneDNN's.
 //
@@ -59,6 +60,7 @@ constexpr int64_t kMaxGroup = 8;       // image pairs per group at most (its buf
 
 struct Geometry {
   int64_t n, h, w, c, f, kh, kw, pt, pl;  // x, kernel and padding
+  int64_t sh, sw;                         // strides
   int64_t oh, ow, hp, wp;                 // dy's map and the padded input's
   int64_t g, cb, fb;                      // image pairs per group, channel blocks in and out
   int64_t pixels() const { return oh * ow; }
@@ -147,8 +149,8 @@ void Tile(const uint32_t* xq, const uint32_t* dq, const Geometry& g, int64_t u, 
   for (int64_t gi = 0; gi < g.g; ++gi) {
     const uint32_t* d = dq + (gi * g.fb + fb) * g.pixels() * kFW;
     for (int64_t i0 = 0; i0 < g.oh; ++i0) {
-      const uint32_t* xr = xq + (((gi * g.cb + cb) * g.hp + i0 + u) * g.wp + v) * kMC;
-      for (int64_t j0 = 0; j0 < g.ow; ++j0, d += kFW, xr += kMC) {
+      const uint32_t* xr = xq + (((gi * g.cb + cb) * g.hp + i0 * g.sh + u) * g.wp + v) * kMC;
+      for (int64_t j0 = 0; j0 < g.ow; ++j0, d += kFW, xr += kMC * g.sw) {
         __m512bh dv[kNV];
         for (int j = 0; j < kNV; ++j) dv[j] = (__m512bh)_mm512_loadu_si512(d + 16 * j);
         for (int i = 0; i < M; ++i) {
@@ -243,22 +245,26 @@ void KernelGrad(const uint16_t* x, const uint16_t* dy, const Geometry& g, int th
 
 ffi::Error KernelGradPairs(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> dy,
                            ffi::ResultBuffer<ffi::BF16> dkernel,
-                           ffi::Span<const int64_t> padding) {
+                           ffi::Span<const int64_t> padding,
+                           ffi::Span<const int64_t> strides) {
 #if JAXCNN_SIMD16
   auto xd = x.dimensions(), yd = dy.dimensions(), kd = dkernel->dimensions();
-  if (xd.size() != 4 || yd.size() != 4 || kd.size() != 4 || padding.size() != 4) {
+  if (xd.size() != 4 || yd.size() != 4 || kd.size() != 4 || padding.size() != 4 ||
+      strides.size() != 2 || strides[0] < 1 || strides[1] < 1) {
     return ffi::Error::InvalidArgument(
-        "jaxcnn kernel_grad_pairs: x, dy and dkernel must be 4-D and padding 4 numbers");
+        "jaxcnn kernel_grad_pairs: x, dy and dkernel must be 4-D, padding 4 numbers and "
+        "strides 2 positive ones");
   }
-  Geometry g{xd[0], xd[1], xd[2], xd[3], kd[3], kd[0], kd[1], padding[0], padding[2]};
+  Geometry g{xd[0], xd[1],      xd[2],      xd[3],      kd[3],     kd[0],
+             kd[1], padding[0], padding[2], strides[0], strides[1]};
   g.hp = g.h + padding[0] + padding[1];
   g.wp = g.w + padding[2] + padding[3];
-  g.oh = g.hp - g.kh + 1;
-  g.ow = g.wp - g.kw + 1;
+  g.oh = g.hp < g.kh ? 0 : (g.hp - g.kh) / g.sh + 1;
+  g.ow = g.wp < g.kw ? 0 : (g.wp - g.kw) / g.sw + 1;
   if (kd[2] != g.c || yd[0] != g.n || yd[1] != g.oh || yd[2] != g.ow || yd[3] != g.f ||
       g.oh < 1 || g.ow < 1 || g.f % 32 != 0 || *std::min_element(padding.begin(), padding.end()) < 0) {
     return ffi::Error::InvalidArgument(
-        "jaxcnn kernel_grad_pairs: needs dy (N, OH, OW, F) of a stride-1 convolution of x "
+        "jaxcnn kernel_grad_pairs: needs dy (N, OH, OW, F) of a convolution of x "
         "(N, H, W, C) by dkernel (KH, KW, C, F), F a multiple of 32, padding >= 0");
   }
   g.g = std::clamp<int64_t>((kGroupPixels + g.pixels() - 1) / g.pixels(), 1, kMaxGroup);
@@ -297,4 +303,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnKernelGradPairs, KernelGradPairs,
                                   .Arg<ffi::Buffer<ffi::BF16>>()
                                   .Arg<ffi::Buffer<ffi::BF16>>()
                                   .Ret<ffi::Buffer<ffi::BF16>>()
-                                  .Attr<ffi::Span<const int64_t>>("padding"));
+                                  .Attr<ffi::Span<const int64_t>>("padding")
+                                  .Attr<ffi::Span<const int64_t>>("strides"));
