@@ -298,12 +298,10 @@ def test_swapped_and_mosaic_kernel_gradients_equal_backward_weights(
 )
 def test_which_kernel_gradients_auto_swaps(monkeypatch, x_shape, dtype, strides, expected):
     monkeypatch.delenv("JAXCNN_ONEDNN_KERNEL_GRAD", raising=False)
-    valid, cpu = (
-        ((0, 0), (0, 0)),
-        {"amx": True},
-    )  # AMX: no "pairs" (tests/test_kernel_grad_pairs.py)
+    valid = ((0, 0), (0, 0))
+    # On AMX: no "pairs" (which tests/test_kernel_grad_pairs.py covers).
     method = ffi_conv.kernel_grad_method(
-        x_shape, (3, 3, 64, 64), dtype, strides, valid, (1, 1), **cpu
+        x_shape, (3, 3, 64, 64), dtype, strides, valid, (1, 1), amx=True
     )
     assert method == expected
 

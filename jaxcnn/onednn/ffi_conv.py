@@ -145,24 +145,24 @@ def _backward_rule(strides, padding, dilation, algorithm, residuals, dy):
 
 KERNEL_GRAD_METHODS = ("auto", "direct", "swapped", "mosaic", "pairs")
 # "auto" takes the binding's own kernel over image pairs (kernel_grad_pairs.cc) for every
-# bfloat16 stride-1 convolution it can run (output channels a multiple of
-# PAIRS_CHANNEL_MULTIPLE) on CPUs with AVX-512 BF16 and no AMX, except those with fewer
-# than PAIRS_MIN_NARROW_IN_CHANNELS input channels and an odd multiple of 32 output
-# channels: its 12 x 32 tiles lost alone there, 3 -> 32 channels on 30x30 maps 0.50 ->
-# 0.64 ms, 1 -> 32 0.31 -> 0.51, where 8 -> 32 won 1.01 -> 0.86 and 32 -> 32 (16x16 maps)
-# 0.79-0.89 -> 0.73 (docs/perf_notes.md, item 68). Since item 70 it takes strides too:
-# ResNet-20's two stride-2 layers in its step 1.24 -> 0.98 and 1.68 -> 0.95 ms a call
-# (alone oneDNN's were as fast as the kernel: 0.57 against 0.59, 0.61 against 0.54), but
-# not where a stride exceeds the kernel (a 1x1 stride-2 shortcut 0.09 -> 0.26 alone: the
-# kernel copies the pixels it skips). Alone on the Zen 5 CPU,
-# batch 128, against oneDNN 3.2's backward-weights (or item 44's swap): 7x7 maps 256 ->
-# 256 channels 11.0-12.0 -> 8.3-8.5 ms, 15x15 64 -> 256 11.6-12.3 -> 9.5, 3x3 256 -> 256
-# 2.45 (swapped) -> 1.6-1.8 (docs/perf_notes.md, item 66). Not on AMX, whose oneDNN
-# kernels run bfloat16 several times faster than AVX-512 (not measured against them).
-# Nor on maps above PAIRS_MAX_PIXELS output pixels: a group of one image pair then
-# outgrows the core's L2 cache, and each tile streams it from memory. Alone on Zen 5,
-# 3x3, 64 channels: 56x56 maps (batch 32) 9.9 -> 9.3 ms, 112x112 (64 -> 128, batch 8)
-# level (18.7-21.1 against 18.7-19.1), 224x224 (batch 4) 22.7 -> 31-32 ms (item 66).
+# bfloat16 convolution it can run (output channels a multiple of PAIRS_CHANNEL_MULTIPLE)
+# on CPUs with AVX-512 BF16 and no AMX. Alone on the Zen 5 CPU, batch 128, against
+# oneDNN 3.2's backward-weights (or item 44's swap): 7x7 maps 256 -> 256 channels
+# 11.0-12.0 -> 8.3-8.5 ms, 15x15 64 -> 256 11.6-12.3 -> 9.5, 3x3 256 -> 256 2.45
+# (swapped) -> 1.6-1.8 (docs/perf_notes.md, item 66). Not on AMX, whose oneDNN kernels
+# run bfloat16 several times faster than AVX-512 (not measured against them). Nor:
+# * with fewer than PAIRS_MIN_NARROW_IN_CHANNELS input channels and an odd multiple of
+#   32 output channels: its 12 x 32 tiles lost alone there, 3 -> 32 channels on 30x30
+#   maps 0.50 -> 0.64 ms, 1 -> 32 0.31 -> 0.51, where 8 -> 32 won 1.01 -> 0.86 and
+#   32 -> 32 (16x16 maps) 0.79-0.89 -> 0.73 (item 68);
+# * where a stride exceeds the kernel (a 1x1 stride-2 shortcut 0.09 -> 0.26 ms alone: the
+#   kernel copies the pixels it skips). Other strided ones it takes: ResNet-20's two
+#   stride-2 layers in its step 1.24 -> 0.98 and 1.68 -> 0.95 ms a call (alone oneDNN's
+#   were as fast as the kernel: 0.57 against 0.59, 0.61 against 0.54; item 70);
+# * on maps above PAIRS_MAX_PIXELS output pixels: a group of one image pair then
+#   outgrows the core's L2 cache, and each tile streams it from memory. Alone on Zen 5,
+#   3x3, 64 channels: 56x56 maps (batch 32) 9.9 -> 9.3 ms, 112x112 (64 -> 128, batch 8)
+#   level (18.7-21.1 against 18.7-19.1), 224x224 (batch 4) 22.7 -> 31-32 ms (item 66).
 PAIRS_CHANNEL_MULTIPLE = 32
 PAIRS_MIN_NARROW_IN_CHANNELS = 8
 PAIRS_MAX_PIXELS = 64 * 64

@@ -65,10 +65,17 @@ struct Geometry {
   int64_t g, cb, fb;                      // image pairs per group, channel blocks in and out
   int64_t pixels() const { return oh * ow; }
   int64_t tiles() const { return kh * kw * cb * fb; }
-  int64_t mc, fw;                         // the tile's input and output channels
-  int64_t xq_size() const { return g * cb * hp * wp * mc; }
-  int64_t dq_size() const { return g * fb * pixels() * fw; }
 };
+
+// Words in a group's xq and dq buffers, for tiles of shape S.
+template <typename S>
+int64_t XqSize(const Geometry& g) {
+  return g.g * g.cb * g.hp * g.wp * S::kMC;
+}
+template <typename S>
+int64_t DqSize(const Geometry& g) {
+  return g.g * g.fb * g.pixels() * S::kFW;
+}
 
 // Sixteen channels (fewer under mask m) of the same pixel of images a and b as 32-bit
 // pairs, a in the low half (the first element of a bfloat16 pair); b null: zeros.
@@ -93,7 +100,7 @@ inline const uint16_t* Image(const uint16_t* base, int64_t n, int64_t image, int
 template <typename S>
 void PackX(const uint16_t* x, const Geometry& g, int64_t n0, uint32_t* xq, uint32_t* row) {
   constexpr int kMC = S::kMC;
-  std::memset(xq, 0, sizeof(uint32_t) * g.xq_size());
+  std::memset(xq, 0, sizeof(uint32_t) * XqSize<S>(g));
   const int64_t block = g.hp * g.wp * kMC, image = g.h * g.w * g.c;
   for (int64_t gi = 0; gi < g.g && n0 + 2 * gi < g.n; ++gi) {
     const uint16_t* a = Image(x, g.n, n0 + 2 * gi, image);
@@ -203,8 +210,8 @@ void KernelGrad(const uint16_t* x, const uint16_t* dy, const Geometry& g, int th
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     Scratch& s = ThreadScratch();
     s.acc.resize(std::max<size_t>(s.acc.size(), g.tiles() * tile_size));
-    s.xq.resize(std::max<size_t>(s.xq.size(), g.xq_size()));
-    s.dq.resize(std::max<size_t>(s.dq.size(), g.dq_size()));
+    s.xq.resize(std::max<size_t>(s.xq.size(), XqSize<S>(g)));
+    s.dq.resize(std::max<size_t>(s.dq.size(), DqSize<S>(g)));
     s.row.resize(std::max<size_t>(s.row.size(), g.cb * kMC + 16));
     std::fill_n(s.acc.data(), g.tiles() * tile_size, 0.0f);
     partial[t] = s.acc.data();
@@ -271,8 +278,6 @@ ffi::Error KernelGradPairs(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> dy,
   jaxcnn::InFlight team;
   auto run = [&](auto shape) {
     using S = decltype(shape);
-    g.mc = S::kMC;
-    g.fw = S::kFW;
     g.cb = (g.c + S::kMC - 1) / S::kMC;
     g.fb = g.f / S::kFW;
     KernelGrad<S>(reinterpret_cast<const uint16_t*>(x.typed_data()),
