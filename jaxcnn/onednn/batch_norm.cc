@@ -45,6 +45,7 @@ namespace {
 
 using jaxcnn::Dispatch;
 using jaxcnn::EachRow;
+using jaxcnn::EachRowLastFirst;
 using jaxcnn::Floating;
 using jaxcnn::Load;
 using jaxcnn::Share;
@@ -366,7 +367,7 @@ void Forward(const TX* __restrict x, const TY* __restrict residual, const float*
   const float* __restrict k = slope.data();
   const float* __restrict b = offset.data();
   WithWidth(layout, [&](auto width) {
-    EachRow(layout.rows, threads, [&](int, int64_t r) {
+    EachRowLastFirst(layout.rows, threads, [&](int, int64_t r) {
       const TX* __restrict row = x + r * width;
       TY* __restrict out = y + r * width;
 #if JAXCNN_SIMD16
@@ -472,7 +473,7 @@ void Backward(const TX* __restrict x, const TY* __restrict residual, const TY* _
   const float* __restrict o = offset.data();
   const float* __restrict l = slope.data();
   WithWidth(layout, [&](auto width) {
-    EachRow(layout.rows, threads, [&](int, int64_t r) {
+    EachRowLastFirst(layout.rows, threads, [&](int, int64_t r) {
       const TX* __restrict row = x + r * width;
       [[maybe_unused]] const TY* __restrict grad = dy + r * width;
       TX* __restrict out = dx + r * width;

@@ -63,4 +63,17 @@ void EachRow(int64_t rows, int threads, F&& body) {
   }
 }
 
+// As EachRow, each thread's rows taken last first: a second pass over what a first pass
+// just read starts where that pass ended, on rows still in the thread's caches.
+template <typename F>
+void EachRowLastFirst(int64_t rows, int threads, F&& body) {
+#pragma omp parallel num_threads(threads)
+  {
+    int t = omp_get_thread_num();
+    int64_t lo, hi;
+    Share(rows, t, omp_get_num_threads(), lo, hi);
+    for (int64_t r = hi - 1; r >= lo; --r) body(t, r);
+  }
+}
+
 }  // namespace jaxcnn
