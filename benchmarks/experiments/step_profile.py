@@ -177,33 +177,26 @@ def timeline(events: list[dict], targets: dict[str, str], steps: int) -> list[st
     return lines
 
 
-def binding_targets(hlo_text: str) -> dict[str, str]:
-    """HLO instruction name -> FFI target, for the binding's (``jaxcnn_*``) custom calls.
+def binding_calls(hlo_text: str) -> dict[str, tuple[str, str]]:
+    """HLO instruction name -> (FFI target, first result's shape), for the binding's
+    (``jaxcnn_*``) custom calls; the shape ``"?"`` where the HLO does not give one.
 
     Examples:
-        >>> binding_targets('%ffi_call.3 = bf16[2]{0} custom-call(%p), '
-        ...                 'custom_call_target="jaxcnn_batch_norm_forward"')
-        {'ffi_call.3': 'jaxcnn_batch_norm_forward'}
-    """
-    found = re.finditer(r'%([\w.\-]+) = [^\n]*custom_call_target="(jaxcnn\w*)"', hlo_text)
-    return {m.group(1): m.group(2) for m in found}
-
-
-def binding_shapes(hlo_text: str) -> dict[str, str]:
-    """HLO instruction name -> result shape, for the binding's (``jaxcnn_*``) custom calls.
-
-    Examples:
-        >>> binding_shapes('%ffi_call.3 = bf16[2,8]{1,0} custom-call(%p), '
-        ...                'custom_call_target="jaxcnn_add"')
-        {'ffi_call.3': 'bf16[2,8]'}
+        >>> binding_calls('%ffi_call.3 = bf16[2,8]{1,0} custom-call(%p), '
+        ...               'custom_call_target="jaxcnn_add"')
+        {'ffi_call.3': ('jaxcnn_add', 'bf16[2,8]')}
+        >>> binding_calls('%ffi_call.4 = (f32[4]{0}, f32[4]{0}) custom-call(%p, %q), '
+        ...               'custom_call_target="jaxcnn_batch_norm_forward"')
+        {'ffi_call.4': ('jaxcnn_batch_norm_forward', 'f32[4]')}
     """
     found = re.finditer(
-        r'%([\w.\-]+) = \(?([a-z0-9]+\[[\d,]*\])[^\n]*custom_call_target="jaxcnn\w*"', hlo_text
+        r'%([\w.\-]+) = \(?([a-z0-9]+\[[\d,]*\])?[^\n]*custom_call_target="(jaxcnn\w*)"',
+        hlo_text,
     )
-    return {m.group(1): m.group(2) for m in found}
+    return {m.group(1): (m.group(3), m.group(2) or "?") for m in found}
 
 
-def per_call(events: list[dict], targets: dict[str, str], shapes: dict[str, str], steps: int):
+def per_call(events: list[dict], calls: dict[str, tuple[str, str]], steps: int):
     """The ``--calls`` report: binding calls by (target, first result's shape).
 
     Examples:
@@ -211,16 +204,15 @@ def per_call(events: list[dict], targets: dict[str, str], shapes: dict[str, str]
         ...           {"ph": "X", "name": "ffi_call.2", "ts": 400, "dur": 100},
         ...           {"ph": "X", "name": "ffi_call.1", "ts": 900, "dur": 500},
         ...           {"ph": "X", "name": "ffi_call.2", "ts": 1500, "dur": 100}]
-        >>> targets = {"ffi_call.1": "jaxcnn_add", "ffi_call.2": "jaxcnn_add"}
-        >>> shapes = {"ffi_call.1": "f32[8]", "ffi_call.2": "f32[8]"}
-        >>> print("\\n".join(per_call(events, targets, shapes, steps=2)))
+        >>> calls = {"ffi_call.1": ("jaxcnn_add", "f32[8]"), "ffi_call.2": ("jaxcnn_add", "f32[8]")}
+        >>> print("\\n".join(per_call(events, calls, steps=2)))
         binding calls by target and shape (calls per step, ms per call: mean, fastest):
           jaxcnn_add                        f32[8]                  2.0  0.250  0.100
     """
     times = collections.defaultdict(list)
     for e in _work_events(events):
-        if e["name"] in targets:
-            times[(targets[e["name"]], shapes.get(e["name"], "?"))].append(e["dur"] / 1e3)
+        if e["name"] in calls:
+            times[calls[e["name"]]].append(e["dur"] / 1e3)
     lines = ["binding calls by target and shape (calls per step, ms per call: mean, fastest):"]
     for (target, shape), ms in sorted(times.items()):
         lines.append(
@@ -301,11 +293,12 @@ def main(argv=None) -> int:
             jax.profiler.stop_trace()
             events = _trace_events(trace_dir)  # read once, for both reports
         print("\n".join(_top_ops(events, 10, args.top)))
+        calls = binding_calls(hlo_text)
         if args.timeline:
-            print("\n".join(timeline(events, binding_targets(hlo_text), 10)))
+            targets = {name: target for name, (target, _) in calls.items()}
+            print("\n".join(timeline(events, targets, 10)))
         if args.calls:
-            shapes = binding_shapes(hlo_text)
-            print("\n".join(per_call(events, binding_targets(hlo_text), shapes, 10)))
+            print("\n".join(per_call(events, calls, 10)))
     return 0
 
 
