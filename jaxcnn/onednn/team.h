@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdint>
 #include <mutex>
+#include <utility>
 
 namespace jaxcnn {
 
@@ -51,29 +52,27 @@ inline void Share(int64_t rows, int t, int nt, int64_t& lo, int64_t& hi) {
 }
 
 // Calls `body(t, r)` for every row r, the rows shared out over a team of `threads`; t is
-// the calling thread's number in the team (for per-thread partial sums).
-template <typename F>
+// the calling thread's number in the team (for per-thread partial sums). kLastFirst: each
+// thread takes its rows last first, so that a second pass over what a first pass just
+// read starts where that pass ended, on rows still in the thread's caches.
+template <bool kLastFirst = false, typename F>
 void EachRow(int64_t rows, int threads, F&& body) {
 #pragma omp parallel num_threads(threads)
   {
     int t = omp_get_thread_num();
     int64_t lo, hi;
     Share(rows, t, omp_get_num_threads(), lo, hi);
-    for (int64_t r = lo; r < hi; ++r) body(t, r);
+    if constexpr (kLastFirst) {
+      for (int64_t r = hi - 1; r >= lo; --r) body(t, r);
+    } else {
+      for (int64_t r = lo; r < hi; ++r) body(t, r);
+    }
   }
 }
 
-// As EachRow, each thread's rows taken last first: a second pass over what a first pass
-// just read starts where that pass ended, on rows still in the thread's caches.
 template <typename F>
 void EachRowLastFirst(int64_t rows, int threads, F&& body) {
-#pragma omp parallel num_threads(threads)
-  {
-    int t = omp_get_thread_num();
-    int64_t lo, hi;
-    Share(rows, t, omp_get_num_threads(), lo, hi);
-    for (int64_t r = hi - 1; r >= lo; --r) body(t, r);
-  }
+  EachRow<true>(rows, threads, std::forward<F>(body));
 }
 
 }  // namespace jaxcnn
