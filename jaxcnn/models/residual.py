@@ -20,9 +20,8 @@ Intel Xeon; ``docs/perf_notes.md``, item 40). The variables are the same as befo
 
 In training each block's input goes through :func:`jaxcnn.fast_ops.fork`, one copy for
 the first conv and one for the shortcut: where the batch-norm kernels run, the sum of
-their gradients runs on every core instead of XLA's one thread (ResNet-20's bfloat16
-step 1.03x in float32 on the Zen 5 CPU, ``docs/perf_notes.md``, item 67); values are
-unchanged.
+their gradients runs on every core instead of XLA's one thread (ResNet-20's float32
+step 1.03x on the Zen 5 CPU, ``docs/perf_notes.md``, item 67); values are unchanged.
 
 Each block's output goes through :func:`jaxcnn.fast_ops.materialize` unless
 ``materialize_output=False``: on CPU it stops XLA from recomputing a chain of blocks'
