@@ -53,10 +53,8 @@ def test_the_kernels_sum_is_xlas_bit_for_bit(dtype):
     got = jax.jit(ffi_add.add)(a, b)
     want = jax.jit(jnp.add)(a, b)
     assert got.dtype == want.dtype and got.shape == want.shape
-    np.testing.assert_array_equal(
-        np.asarray(got).view(np.uint16 if dtype == jnp.bfloat16 else np.uint32),
-        np.asarray(want).view(np.uint16 if dtype == jnp.bfloat16 else np.uint32),
-    )
+    bits = np.uint16 if dtype == jnp.bfloat16 else np.uint32
+    np.testing.assert_array_equal(np.asarray(got).view(bits), np.asarray(want).view(bits))
 
 
 @needs_native

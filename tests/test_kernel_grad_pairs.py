@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxcnn import conv_backend, onednn
+from jaxcnn import conv_backend, onednn, shapes
 from jaxcnn.onednn import build, ffi_conv
 
 needs_kernel = pytest.mark.skipif(
@@ -64,8 +64,7 @@ STRIDED = [
 )
 def test_equals_xla_to_bfloat16_rounding(x_shape, k_shape, padding, strides):
     x = jax.random.normal(jax.random.key(0), x_shape, jnp.bfloat16)
-    oh = (x_shape[1] + sum(padding[0]) - k_shape[0]) // strides[0] + 1
-    ow = (x_shape[2] + sum(padding[1]) - k_shape[1]) // strides[1] + 1
+    oh, ow = shapes.conv_output_shape(x_shape[1:3], k_shape[:2], strides, padding)
     dy = jax.random.normal(jax.random.key(1), (x_shape[0], oh, ow, k_shape[3]), jnp.bfloat16)
     pairs = jax.jit(ffi_conv._kernel_grad_pairs, static_argnums=(2, 3, 4))
     got = pairs(x, dy, k_shape, padding, strides)

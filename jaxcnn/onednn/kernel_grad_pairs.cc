@@ -269,7 +269,7 @@ ffi::Error KernelGradPairs(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> dy,
   g.oh = g.hp < g.kh ? 0 : (g.hp - g.kh) / g.sh + 1;
   g.ow = g.wp < g.kw ? 0 : (g.wp - g.kw) / g.sw + 1;
   if (kd[2] != g.c || yd[0] != g.n || yd[1] != g.oh || yd[2] != g.ow || yd[3] != g.f ||
-      g.oh < 1 || g.ow < 1 || g.f % 32 != 0 || *std::min_element(padding.begin(), padding.end()) < 0) {
+      g.oh < 1 || g.ow < 1 || g.f % Shape<2>::kFW != 0 || *std::min_element(padding.begin(), padding.end()) < 0) {
     return ffi::Error::InvalidArgument(
         "jaxcnn kernel_grad_pairs: needs dy (N, OH, OW, F) of a convolution of x "
         "(N, H, W, C) by dkernel (KH, KW, C, F), F a multiple of 32, padding >= 0");
@@ -284,7 +284,7 @@ ffi::Error KernelGradPairs(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> dy,
                   reinterpret_cast<const uint16_t*>(dy.typed_data()), g, team.threads,
                   reinterpret_cast<uint16_t*>(dkernel->typed_data()));
   };
-  if (g.f % 64 == 0) {
+  if (g.f % Shape<4>::kFW == 0) {
     run(Shape<4>{});
   } else {
     run(Shape<2>{});
