@@ -139,6 +139,15 @@ def test_which_convolutions_run_winograd(channels, algorithm, expected):
             "direct",
             "swapped",
         ),
+        (
+            "JAXCNN_ONEDNN_FORWARD",
+            lambda: ffi_conv.forward_method(
+                (1, 6, 6, 4), (3, 3, 4, 4), (1, 1), ((1, 1), (1, 1)), (1, 1), "direct"
+            ),
+            "swapped",
+            "direct",
+            "transposed",
+        ),
     ],
 )
 def test_onednn_settings_are_validated_with_the_valid_ones(
@@ -151,6 +160,71 @@ def test_onednn_settings_are_validated_with_the_valid_ones(
     assert read() == spelled
     monkeypatch.delenv(variable)
     assert read() == default
+
+
+TRANSPOSABLE = [
+    # stride 1, padding within the kernel's extent less one: each CONFIGS kind, and more
+    ((2, 10, 10, 16), (3, 3, 16, 16), (1, 1), ((1, 1), (1, 1)), (1, 1)),  # ResNet-20's
+    ((3, 12, 7, 5), (3, 5, 5, 7), (1, 1), ((0, 2), (1, 3)), (1, 1)),  # asymmetric
+    ((1, 13, 13, 4), (3, 3, 4, 8), (1, 1), ((2, 1), (0, 2)), (2, 2)),  # dilated
+    CONFIGS[3],  # non-square kernel
+    CONFIGS[4],  # 1x1
+]
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("x_shape, k_shape, strides, padding, dilation", TRANSPOSABLE)
+def test_the_transposed_forward_equals_lax(
+    x_shape, k_shape, strides, padding, dilation, dtype, monkeypatch
+):
+    # The binding's taps flipped and channels exchanged through its gather table: a tap
+    # or channel in the wrong place would be off by the values themselves, not rounding.
+    x, kernel = normal(0, x_shape, dtype), normal(1, k_shape, dtype)
+    monkeypatch.setenv("JAXCNN_ONEDNN_FORWARD", "transposed")
+    y, _, text = conv_with("onednn", x, kernel, strides, padding, dilation)
+    assert "conv_forward" in text and "algorithm = 2" in text  # either library's target
+    y_ref, _, _ = conv_with("xla", x, kernel, strides, padding, dilation)
+    scale = float(jnp.abs(y_ref.astype(jnp.float32)).max())
+    tolerance = 1e-5 if dtype == jnp.float32 else 0.02  # float32 / bfloat16 rounding
+    np.testing.assert_allclose(
+        y.astype(jnp.float32), y_ref.astype(jnp.float32), rtol=0, atol=tolerance * scale
+    )
+
+
+@needs_onednn
+def test_the_binding_runs_a_transposed_forward_it_cannot_take_direct():
+    # Asked for the transposed forward of a strided convolution (forward_method never
+    # asks), the binding builds the direct primitive instead, like Winograd's fallback.
+    x_shape, k_shape, strides, padding, _ = CONFIGS[1]
+    x, kernel = normal(0, x_shape), normal(1, k_shape)
+    pairs = ((0, 1), (0, 1))  # SAME for 8 -> 4 at stride 2 with a 3x3 kernel
+    out = jax.ShapeDtypeStruct(
+        ffi_conv.output_shape(x_shape, k_shape, strides, pairs, (1, 1)), x.dtype
+    )
+    got = ffi_conv._call(
+        "jaxcnn_onednn_conv_forward", out, x, kernel, strides, pairs, (1, 1), "transposed"
+    )
+    want = lax.conv_general_dilated(x, kernel, strides, pairs, dimension_numbers=NHWC)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "k_shape, strides, padding, algorithm, expected",
+    [
+        ((3, 3, 16, 16), (1, 1), ((1, 1), (1, 1)), "direct", "transposed"),  # few out
+        ((3, 3, 3, 32), (1, 1), ((0, 0), (0, 0)), "direct", "transposed"),  # narrow in
+        ((3, 3, 8, 32), (1, 1), ((1, 1), (1, 1)), "direct", "direct"),
+        ((3, 3, 3, 64), (1, 1), ((1, 1), (1, 1)), "direct", "direct"),
+        ((3, 3, 16, 16), (2, 2), ((1, 1), (1, 1)), "direct", "direct"),  # strided
+        ((3, 3, 16, 16), (1, 1), ((3, 0), (0, 0)), "direct", "direct"),  # pad > extent - 1
+        ((3, 3, 16, 16), (1, 1), ((1, 1), (1, 1)), "winograd", "direct"),
+    ],
+)
+def test_which_forward_passes_auto_transposes(k_shape, strides, padding, algorithm, expected):
+    x_shape = (8, 16, 16, k_shape[2])
+    method = ffi_conv.forward_method(x_shape, k_shape, strides, padding, (1, 1), algorithm)
+    assert method == expected
 
 
 # Kernels up to 1 MB reach oneDNN's blocked layouts through the binding's gather table,

@@ -30,6 +30,8 @@ Pairs = tuple[tuple[int, int], ...]
 
 # oneDNN's algorithm, by name -> the binding's "algorithm" attribute.
 ALGORITHMS = {"direct": 0, "winograd": 1}
+# The binding's third value, forward passes only: see forward_method.
+_ATTRIBUTES = {**ALGORITHMS, "transposed": 2}
 
 
 def _call(target: str, out: jax.ShapeDtypeStruct, a, b, strides, padding, dilation, algorithm):
@@ -42,7 +44,7 @@ def _call(target: str, out: jax.ShapeDtypeStruct, a, b, strides, padding, dilati
         window_strides=np.asarray(strides, np.int64),
         padding=np.asarray(padding, np.int64).reshape(-1),
         rhs_dilation=np.asarray(dilation, np.int64),
-        algorithm=np.int64(ALGORITHMS[algorithm]),
+        algorithm=np.int64(_ATTRIBUTES[algorithm]),
     )
 
 
@@ -111,11 +113,71 @@ def output_shape(x_shape, kernel_shape, strides, padding, dilation) -> tuple[int
     return (x_shape[0], *spatial, kernel_shape[3])
 
 
+FORWARD_METHODS = ("auto", "direct", "transposed")
+# "auto" runs the forward pass as the transposed convolution's backward data (the
+# binding's "transposed") for layers with fewer than TRANSPOSED_OUT_CHANNELS_BELOW output
+# channels, or up to that many from fewer than TRANSPOSED_NARROW_IN_CHANNELS input
+# channels: there oneDNN's forward kernel (brgconv) is the slower one. Alone on the Zen 5
+# CPU, batch 128, float32, oneDNN 2.6 (ms): 32x32 maps 3 -> 16 channels 0.38 -> 0.25,
+# 16 -> 16 1.39 -> 1.27 (1.81 -> 1.37 in another run), 8 -> 16 0.82 -> 0.68, the whitening
+# layer's 2x2 3 -> 24 0.34 -> 0.24, 3 -> 32 (30x30 out) 0.57 -> 0.39; but 8 -> 32 and
+# 16 -> 32 x0.97-0.98, 3 -> 64 x0.90-0.97, 32 -> 32 x0.96, 24 -> 64 x0.87. bfloat16 on
+# oneDNN 3.2: 3 -> 24 x1.50, 3 -> 16 x1.09, 16 -> 16 x1.03, wider ones x0.94-1.02
+# (docs/perf_notes.md, item 75).
+TRANSPOSED_OUT_CHANNELS_BELOW = 32
+TRANSPOSED_NARROW_IN_CHANNELS = 8
+
+
+def forward_method(x_shape, kernel_shape, strides, padding, dilation, algorithm: str) -> str:
+    """How the forward pass of one convolution runs: ``"direct"`` (oneDNN's forward
+    convolution, Winograd's where ``algorithm`` is ``"winograd"``) or ``"transposed"``.
+
+    ``"transposed"`` computes it as oneDNN's backward data of the transposed convolution
+    (taps flipped, channels exchanged: the same sums), for stride 1, direct algorithm,
+    padding no wider than the (dilated) kernel less one, and kernels of up to 2**18
+    elements (the binding's 1 MiB gather table).
+    ``JAXCNN_ONEDNN_FORWARD`` (read at trace time): ``auto`` (default) takes it for those
+    with fewer than ``TRANSPOSED_OUT_CHANNELS_BELOW`` output channels, or exactly that
+    many from fewer than ``TRANSPOSED_NARROW_IN_CHANNELS`` input channels;
+    ``transposed`` for every one it can run; ``direct`` for none.
+
+    Examples:
+        >>> same, one = ((1, 1), (1, 1)), (1, 1)
+        >>> forward_method((8, 32, 32, 16), (3, 3, 16, 16), one, same, one, "direct")
+        'transposed'
+        >>> forward_method((8, 32, 32, 16), (3, 3, 16, 32), one, same, one, "direct")
+        'direct'
+        >>> forward_method((8, 32, 32, 3), (3, 3, 3, 32), one, same, one, "direct")
+        'transposed'
+        >>> forward_method((8, 32, 32, 16), (3, 3, 16, 16), (2, 2), same, one, "direct")
+        'direct'
+    """
+    from jaxcnn.conv_backend import env_choice
+
+    choice = env_choice("JAXCNN_ONEDNN_FORWARD", "auto", FORWARD_METHODS)
+    extents = [(k - 1) * d + 1 for k, d in zip(kernel_shape[:2], dilation, strict=True)]
+    runs = (
+        algorithm == "direct"
+        and tuple(strides) == (1, 1)
+        and all(max(pair) <= e - 1 for pair, e in zip(padding, extents, strict=True))
+        and np.prod(kernel_shape) <= 1 << 18  # the binding's gather table: 1 MiB in float32
+    )
+    if choice == "direct" or not runs:
+        return "direct"
+    if choice == "transposed":
+        return "transposed"
+    channels_in, channels_out = kernel_shape[2:]
+    few_out = channels_out < TRANSPOSED_OUT_CHANNELS_BELOW
+    narrow_in = channels_in < TRANSPOSED_NARROW_IN_CHANNELS
+    return "transposed" if few_out or (narrow_in and channels_out == 32) else "direct"
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _conv(x, kernel, strides: tuple, padding: Pairs, dilation: tuple, algorithm: str):
     shape = output_shape(x.shape, kernel.shape, strides, padding, dilation)
     out = jax.ShapeDtypeStruct(shape, x.dtype)
-    geometry = (strides, padding, dilation, algorithm)
+    method = forward_method(x.shape, kernel.shape, strides, padding, dilation, algorithm)
+    geometry = (strides, padding, dilation, algorithm if method == "direct" else method)
     return _call("jaxcnn_onednn_conv_forward", out, x, kernel, *geometry)
 
 

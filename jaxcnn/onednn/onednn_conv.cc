@@ -14,7 +14,10 @@
 // it (float32 3x3 stride-1 convolutions on AVX-512), else direct. Winograd needs oneDNN's
 // blocked activation layout, so its inputs are reordered into per-thread scratch memory
 // and its output back to NHWC; on AMD Zen 4 it still took 0.44-0.72x direct's time
-// (docs/perf_notes.md, item 34).
+// (docs/perf_notes.md, item 34). 2, forward only: the transposed convolution's backward
+// data, which computes the same sums (see TransposedGeometry); oneDNN's backward-data
+// kernel is the faster one for layers with few output channels (item 75). Stride 1 and
+// kernels up to kGatherKernelBytes; direct otherwise.
 
 #include <omp.h>
 #include <oneapi/dnnl/dnnl.hpp>
@@ -26,6 +29,7 @@
 #include <memory>
 #include <mutex>
 #include <new>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -41,7 +45,7 @@ using tag = dnnl::memory::format_tag;
 namespace {
 
 enum class Kind : int64_t { kForward = 0, kInputGrad = 1, kKernelGrad = 2 };
-enum class Algorithm : int64_t { kDirect = 0, kWinograd = 1 };
+enum class Algorithm : int64_t { kDirect = 0, kWinograd = 1, kTransposed = 2 };
 
 // Kernels up to this size are reordered through a gather table (see GatherTable).
 constexpr size_t kGatherKernelBytes = size_t{1} << 20;
@@ -68,6 +72,8 @@ struct Entry {
   dnnl::reorder to_kernel_layout;  // plain -> kernel_desc (forward, input gradient)
   dnnl::reorder to_plain_layout;   // kernel_desc -> plain (kernel gradient)
   memory::desc reorder_scratchpad;
+  // A forward convolution run as the backward data of its transpose (Algorithm 2).
+  bool transposed = false;
   // The kernel reorder as a table, for kernels up to kGatherKernelBytes: for each element
   // of the reorder's destination, 1 + the source element it copies (0: padding, zero).
   std::vector<int32_t> kernel_gather;
@@ -234,6 +240,67 @@ void Gather(const std::vector<int32_t>& table, const void* from, void* to) {
   }
 }
 
+// A stride-1 convolution y = conv(x, W) is the backward data of its transpose, the
+// convolution from y's shape to x's with kernel W'[u', v', o, c] = W[K-1-u', K-1-v', c, o]
+// (taps flipped, channels exchanged) and padding lo' = K-1-lo: the forward pass sums
+// x[n, i + u - lo, j + v - lo, c] W[u, v, c, o] over u, v, c, and backward data, fed x as
+// its output gradient, x[n, i - u' + lo', j - v' + lo', c] W'[u', v', o, c] over u', v',
+// c, the same terms (u = K-1-u'). K is the dilated extent; one axis written.
+Geometry TransposedGeometry(const Geometry& g) {
+  Geometry t = g;
+  t.src = g.dst;  // the transposed convolution's input has y's shape, its output x's
+  t.dst = g.src;
+  t.weights = {g.weights[1], g.weights[0], g.weights[2], g.weights[3]};  // (C, O, KH, KW)
+  for (int axis = 0; axis < 2; ++axis) {
+    int64_t extent = (g.weights[2 + axis] - 1) * (g.dilates[axis] + 1) + 1;
+    t.pad_lo[axis] = extent - 1 - g.pad_lo[axis];
+    t.pad_hi[axis] = extent - 1 - g.pad_hi[axis];
+  }
+  t.algorithm = Algorithm::kDirect;
+  return t;
+}
+
+// The forward pass as the transposed convolution's backward data. The kernel copy is a
+// gather table (as in BuildFor) that also flips the taps: learned from oneDNN's reorder
+// of XLA's HWIO buffer read as the transposed kernel's (C, O, KH, KW), then each source
+// position (u, v, c, o) replaced by (KH-1-u, KW-1-v, c, o).
+std::shared_ptr<Entry> BuildTransposed(const Geometry& g) {
+  if (g.strides[0] != 1 || g.strides[1] != 1) throw std::invalid_argument("strided");
+  Geometry t = TransposedGeometry(g);
+  auto hint = ForwardHint(t);
+  auto pd = BackwardDesc<dnnl::convolution_backward_data>(t, hint);
+  auto entry = std::make_shared<Entry>();
+  int64_t out = g.weights[0], in = g.weights[1], kh = g.weights[2], kw = g.weights[3];
+  // XLA's HWIO buffer, element (u, v, c, o) at ((u * KW + v) * C + c) * O + o.
+  entry->plain_kernel = memory::desc(t.weights, g.type, {out, 1, kw * in * out, in * out});
+  if (entry->plain_kernel.get_size() > kGatherKernelBytes) throw std::invalid_argument("big");
+  entry->transposed = true;
+  entry->conv = dnnl::convolution_backward_data(pd);
+  entry->kernel_desc = pd.weights_desc();
+  entry->conv_scratchpad = pd.scratchpad_desc();
+  entry->src_desc = pd.diff_dst_desc();  // x
+  entry->dst_desc = pd.diff_src_desc();  // y
+  entry->dst_is_output = true;
+  entry->needs_reorder = true;  // the flip, even where the layouts agree
+  dnnl::reorder::primitive_desc reorder_pd(Engine(), entry->plain_kernel, Engine(),
+                                           entry->kernel_desc, UserScratchpad());
+  entry->to_kernel_layout = dnnl::reorder(reorder_pd);
+  entry->reorder_scratchpad = reorder_pd.scratchpad_desc();
+  entry->kernel_gather = GatherTable(entry->to_kernel_layout, reorder_pd.src_desc(),
+                                     reorder_pd.dst_desc(), reorder_pd.scratchpad_desc(), g.type);
+  int64_t tap = in * out;
+  for (auto& source : entry->kernel_gather) {
+    if (source == 0) continue;  // padding
+    int64_t k = source - 1, u = k / (kw * tap), v = k / tap % kw;
+    source = static_cast<int32_t>(((kh - 1 - u) * kw + (kw - 1 - v)) * tap + k % tap + 1);
+  }
+  ActivationReorder(entry->src_desc, Nhwc(g.src, g.type), false, entry->src_reorder,
+                    entry->src_needs_reorder, entry->reorder_scratchpad);
+  ActivationReorder(entry->dst_desc, Nhwc(g.dst, g.type), true, entry->dst_reorder,
+                    entry->dst_needs_reorder, entry->reorder_scratchpad);
+  return entry;
+}
+
 std::shared_ptr<Entry> BuildFor(Kind kind, const Geometry& g) {
   auto hint = ForwardHint(g);
   auto entry = std::make_shared<Entry>();
@@ -288,8 +355,18 @@ std::shared_ptr<Entry> BuildFor(Kind kind, const Geometry& g) {
   return entry;
 }
 
-// Winograd where oneDNN implements it for this call, else direct.
+// Winograd or the transposed forward where oneDNN implements it for this call, else direct.
 std::shared_ptr<Entry> Build(Kind kind, Geometry g) {
+  if (g.algorithm == Algorithm::kTransposed) {
+    if (kind == Kind::kForward) {
+      try {
+        return BuildTransposed(g);
+      } catch (const dnnl::error&) {
+      } catch (const std::invalid_argument&) {
+      }
+    }
+    g.algorithm = Algorithm::kDirect;
+  }
   if (g.algorithm == Algorithm::kWinograd) {
     try {
       return BuildFor(kind, g);
@@ -346,8 +423,8 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer src, ffi::AnyBuffer kernel, ffi::AnyBuf
   g.pad_hi = {padding[1], padding[3]};
   // oneDNN counts dilation from 0 (no dilation), XLA from 1.
   g.dilates = {dilation[0] - 1, dilation[1] - 1};
-  if (algorithm != 0 && algorithm != 1) {
-    return ffi::Error::InvalidArgument("jaxcnn oneDNN conv: algorithm must be 0 or 1");
+  if (algorithm < 0 || algorithm > 2) {
+    return ffi::Error::InvalidArgument("jaxcnn oneDNN conv: algorithm must be 0, 1 or 2");
   }
   g.algorithm = static_cast<Algorithm>(algorithm);
   InFlight team;
@@ -396,6 +473,13 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer src, ffi::AnyBuffer kernel, ffi::AnyBuf
     switch (kind) {
       case Kind::kForward:
         if (entry->needs_reorder) kernel_reorder(entry->to_kernel_layout, plain, blocked);
+        if (entry->transposed) {  // y as the transposed convolution's input gradient
+          entry->conv.execute(stream, {{DNNL_ARG_DIFF_SRC, dst_mem},
+                                       {DNNL_ARG_WEIGHTS, blocked},
+                                       {DNNL_ARG_DIFF_DST, src_mem},
+                                       {DNNL_ARG_SCRATCHPAD, conv_scratch}});
+          break;
+        }
         entry->conv.execute(stream, {{DNNL_ARG_SRC, src_mem},
                                      {DNNL_ARG_WEIGHTS, blocked},
                                      {DNNL_ARG_DST, dst_mem},
