@@ -340,3 +340,16 @@ def test_step_profile_timeline_splits_the_wall_time_between_binding_calls_and_xl
         "      1.00  select_fusion",
     ]
     assert lines[3:] == ["binding calls (ms/step):", "      3.00  jaxcnn_conv"]
+
+
+def test_same_process_ab_restores_what_each_variant_set():
+    # benchmarks/experiments/same_process_ab.py (docs/perf_notes.md, items 75-76): the
+    # second variant must be traced without the first one's settings.
+    import doctest
+
+    from benchmarks.experiments import same_process_ab
+
+    assert doctest.testmod(same_process_ab).failed == 0
+    bad = same_process_ab.settings("JAXCNN_ONEDNN_FORWARD=direct")  # no env: / attr:
+    with pytest.raises(ValueError, match="expected env:VAR=VALUE"), bad:
+        pass

@@ -315,6 +315,33 @@ def test_bfloat16_runs_on_onednn3_beside_the_main_library(monkeypatch):
         np.testing.assert_allclose(got, want, atol=2.0**-7 * float(jnp.abs(want).max()))
 
 
+@needs_onednn3
+@pytest.mark.parametrize("amx", [False, True])
+def test_strided_bfloat16_input_gradients_run_on_the_main_library_without_amx(monkeypatch, amx):
+    # ResNet-20's 16 -> 32 stride-2 layer, smaller: oneDNN 3.2's strided backward data is
+    # the slow one without AMX (main_library_pays); the forward stays on 3.2.
+    x, kernel = normal(0, (2, 12, 12, 16), jnp.bfloat16), normal(1, (3, 3, 16, 32), jnp.bfloat16)
+    monkeypatch.setattr(conv_backend, "amx_here", lambda: amx)
+    monkeypatch.setenv("JAXCNN_ONEDNN_BFLOAT16", "auto")
+    y, grads, conv_text = conv_with("onednn", x, kernel, (2, 2), ((1, 1), (1, 1)))
+    with conv_backend.use_conv_backend("onednn"):
+        loss = lambda a, b: (  # noqa: E731
+            conv_backend.conv_general_dilated(
+                a, b, (2, 2), ((1, 1), (1, 1)), dimension_numbers=NHWC
+            )
+            .astype(jnp.float32)
+            .sum()
+        )
+        text = jax.jit(jax.grad(loss, (0, 1))).lower(x, kernel).as_text()
+    library = "jaxcnn_onednn3" if amx else "jaxcnn_onednn"
+    assert text.count(f"{library}_conv_input_grad") == 1
+    assert "jaxcnn_onednn3_conv_forward" in conv_text
+    y_ref, grads_ref, _ = conv_with("xla", x, kernel, (2, 2), ((1, 1), (1, 1)))
+    for got, want in zip((y, *grads), (y_ref, *grads_ref), strict=True):
+        got, want = got.astype(jnp.float32), want.astype(jnp.float32)
+        np.testing.assert_allclose(got, want, atol=0.02 * float(jnp.abs(want).max()))
+
+
 def test_bfloat16_switch_is_validated(monkeypatch):
     monkeypatch.setenv("JAXCNN_ONEDNN_BFLOAT16", "v3")
     with pytest.raises(ValueError, match=r"JAXCNN_ONEDNN_BFLOAT16='v3'; valid: auto, main"):

@@ -34,9 +34,20 @@ ALGORITHMS = {"direct": 0, "winograd": 1}
 _ATTRIBUTES = {**ALGORITHMS, "transposed": 2}
 
 
-def _call(target: str, out: jax.ShapeDtypeStruct, a, b, strides, padding, dilation, algorithm):
+def _call(
+    target: str,
+    out: jax.ShapeDtypeStruct,
+    a,
+    b,
+    strides,
+    padding,
+    dilation,
+    algorithm,
+    on_main: bool = False,
+):
     build.require()
-    if build.onednn3_serves(out.dtype):  # bfloat16 on oneDNN 3 where it runs beside 2.x
+    # bfloat16 on oneDNN 3 where it runs beside 2.x, unless `on_main` (main_library_pays)
+    if not on_main and build.onednn3_serves(out.dtype):
         target = build.onednn3_target(target)
     return jax.ffi.ffi_call(target, out, vmap_method="sequential")(
         a,
@@ -111,6 +122,41 @@ def output_shape(x_shape, kernel_shape, strides, padding, dilation) -> tuple[int
     """
     spatial = shapes.conv_output_shape(x_shape[1:3], kernel_shape[:2], strides, padding, dilation)
     return (x_shape[0], *spatial, kernel_shape[3])
+
+
+# Strided input gradients with fewer input channels than this run on the main library
+# (oneDNN 2.6) even where bfloat16 runs on oneDNN 3.2: 3.2's strided backward data
+# (brgconv_strided) is the slower one there on AVX-512 without AMX. Alone on the Zen 5
+# CPU, bfloat16 (ms, 2.6 against 3.2): ResNet-20's 32x32 16 -> 32 stride 2 0.36 against
+# 0.95-0.96, 16x16 32 -> 64 0.35 against 0.56, a 1x1 stride-2 16 -> 32 0.07 against
+# 0.36, 56x56 1x1 64 -> 128 0.55 against 0.80, 3x3 4.03 against 4.12; but 3.2 faster
+# from 128 channels: 28x28 128 -> 256 4.22 against 3.69, 14x14 256 -> 512 4.94 against
+# 3.71 (docs/perf_notes.md, item 76). Not where the CPU has AMX, whose 3.2 kernels are
+# the fast ones (item 46).
+STRIDED_INPUT_GRAD_MAIN_BELOW = 128
+
+
+def main_library_pays(kernel_shape, strides, amx: bool | None = None) -> bool:
+    """Whether a convolution's input gradient runs on the main library even where
+    bfloat16 runs on oneDNN 3 (``jaxcnn.onednn.build.onednn3_serves``): strided, with
+    fewer than ``STRIDED_INPUT_GRAD_MAIN_BELOW`` input channels, on a CPU without AMX
+    (``amx``; ``None``: this CPU's ``amx_bf16`` flag).
+
+    Examples:
+        >>> main_library_pays((3, 3, 16, 32), (2, 2), amx=False)
+        True
+        >>> main_library_pays((3, 3, 16, 32), (2, 2), amx=True)
+        False
+        >>> main_library_pays((3, 3, 16, 16), (1, 1), amx=False)
+        False
+        >>> main_library_pays((3, 3, 128, 256), (2, 2), amx=False)
+        False
+    """
+    from jaxcnn.conv_backend import amx_here
+
+    if tuple(strides) == (1, 1) or kernel_shape[2] >= STRIDED_INPUT_GRAD_MAIN_BELOW:
+        return False
+    return not (amx_here() if amx is None else amx)
 
 
 FORWARD_METHODS = ("auto", "direct", "transposed")
@@ -192,7 +238,8 @@ def _backward_rule(strides, padding, dilation, algorithm, residuals, dy):
     # d(loss)/dx: oneDNN's backward-data; d(loss)/dkernel: its backward-weights (over
     # mosaics of the images), or its forward convolution with batch and channels swapped,
     # where each measured faster (kernel_grad_method).
-    dx = _call("jaxcnn_onednn_conv_input_grad", _like(x), dy, kernel, *geometry)
+    on_main = main_library_pays(kernel.shape, strides)
+    dx = _call("jaxcnn_onednn_conv_input_grad", _like(x), dy, kernel, *geometry, on_main)
     method = kernel_grad_method(x.shape, kernel.shape, x.dtype, strides, padding, dilation)
     if method == "pairs":
         dkernel = _kernel_grad_pairs(x, dy, kernel.shape, padding, strides)
