@@ -283,6 +283,9 @@ needs_onednn3 = pytest.mark.skipif(
 @needs_onednn3
 def test_bfloat16_runs_on_onednn3_beside_the_main_library(monkeypatch):
     x, kernel = normal(0, (2, 12, 12, 16), jnp.bfloat16), normal(1, (3, 3, 16, 8), jnp.bfloat16)
+    # As on AMX, where every bfloat16 gradient runs on 3.2 (without it narrow input
+    # gradients stay on the main library: the test below).
+    monkeypatch.setattr(conv_backend, "amx_here", lambda: True)
     runs = {}
     for choice in ("auto", "main"):
         monkeypatch.setenv("JAXCNN_ONEDNN_BFLOAT16", choice)
@@ -316,27 +319,35 @@ def test_bfloat16_runs_on_onednn3_beside_the_main_library(monkeypatch):
 
 
 @needs_onednn3
-@pytest.mark.parametrize("amx", [False, True])
-def test_strided_bfloat16_input_gradients_run_on_the_main_library_without_amx(monkeypatch, amx):
-    # ResNet-20's 16 -> 32 stride-2 layer, smaller: oneDNN 3.2's strided backward data is
-    # the slow one without AMX (main_library_pays); the forward stays on 3.2.
-    x, kernel = normal(0, (2, 12, 12, 16), jnp.bfloat16), normal(1, (3, 3, 16, 32), jnp.bfloat16)
+@pytest.mark.parametrize(
+    "channels, amx, library",
+    [
+        ((16, 32), False, "jaxcnn_onednn"),  # ResNet-20's stride-2 layer, smaller
+        ((16, 32), True, "jaxcnn_onednn3"),
+        ((16, 128), False, "jaxcnn_onednn3"),
+    ],
+)
+def test_narrow_bfloat16_input_gradients_run_on_the_main_library_without_amx(
+    monkeypatch, channels, amx, library
+):
+    # oneDNN 3.2's backward data is the slow one below 128 channels without AMX
+    # (main_library_pays); the forward stays on 3.2.
+    x = normal(0, (2, 12, 12, channels[0]), jnp.bfloat16)
+    kernel = normal(1, (3, 3, *channels), jnp.bfloat16)
+    geometry = ((2, 2), ((1, 1), (1, 1)))
     monkeypatch.setattr(conv_backend, "amx_here", lambda: amx)
     monkeypatch.setenv("JAXCNN_ONEDNN_BFLOAT16", "auto")
-    y, grads, conv_text = conv_with("onednn", x, kernel, (2, 2), ((1, 1), (1, 1)))
+    y, grads, conv_text = conv_with("onednn", x, kernel, *geometry)
     with conv_backend.use_conv_backend("onednn"):
         loss = lambda a, b: (  # noqa: E731
-            conv_backend.conv_general_dilated(
-                a, b, (2, 2), ((1, 1), (1, 1)), dimension_numbers=NHWC
-            )
+            conv_backend.conv_general_dilated(a, b, *geometry, dimension_numbers=NHWC)
             .astype(jnp.float32)
             .sum()
         )
         text = jax.jit(jax.grad(loss, (0, 1))).lower(x, kernel).as_text()
-    library = "jaxcnn_onednn3" if amx else "jaxcnn_onednn"
     assert text.count(f"{library}_conv_input_grad") == 1
     assert "jaxcnn_onednn3_conv_forward" in conv_text
-    y_ref, grads_ref, _ = conv_with("xla", x, kernel, (2, 2), ((1, 1), (1, 1)))
+    y_ref, grads_ref, _ = conv_with("xla", x, kernel, *geometry)
     for got, want in zip((y, *grads), (y_ref, *grads_ref), strict=True):
         got, want = got.astype(jnp.float32), want.astype(jnp.float32)
         np.testing.assert_allclose(got, want, atol=0.02 * float(jnp.abs(want).max()))

@@ -9,7 +9,7 @@ gave x1.001 (quartiles 0.991-1.014) on ResNet-20 (docs/perf_notes.md, item 76).
 
 A variant is ``none`` or settings applied only while its step is traced: environment
 variables read at trace time (``env:JAXCNN_ONEDNN_FORWARD=direct``) or module constants
-(``attr:jaxcnn.onednn.ffi_conv.STRIDED_INPUT_GRAD_MAIN_BELOW=0``), several joined by
+(``attr:jaxcnn.onednn.ffi_conv.INPUT_GRAD_MAIN_BELOW=0``), several joined by
 ``,``.
 
     python benchmarks/experiments/same_process_ab.py --net resnet20 --dtype bfloat16 \\

@@ -124,37 +124,38 @@ def output_shape(x_shape, kernel_shape, strides, padding, dilation) -> tuple[int
     return (x_shape[0], *spatial, kernel_shape[3])
 
 
-# Strided input gradients with fewer input channels than this run on the main library
-# (oneDNN 2.6) even where bfloat16 runs on oneDNN 3.2: 3.2's strided backward data
-# (brgconv_strided) is the slower one there on AVX-512 without AMX. Alone on the Zen 5
-# CPU, bfloat16 (ms, 2.6 against 3.2): ResNet-20's 32x32 16 -> 32 stride 2 0.36 against
-# 0.95-0.96, 16x16 32 -> 64 0.35 against 0.56, a 1x1 stride-2 16 -> 32 0.07 against
-# 0.36, 56x56 1x1 64 -> 128 0.55 against 0.80, 3x3 4.03 against 4.12; but 3.2 faster
-# from 128 channels: 28x28 128 -> 256 4.22 against 3.69, 14x14 256 -> 512 4.94 against
-# 3.71 (docs/perf_notes.md, item 76). Not where the CPU has AMX, whose 3.2 kernels are
-# the fast ones (item 46).
-STRIDED_INPUT_GRAD_MAIN_BELOW = 128
+# Input gradients of convolutions with fewer channels than this in and out run on the
+# main library (oneDNN 2.6) even where bfloat16 runs on oneDNN 3.2, on CPUs without AMX:
+# there 3.2's backward data (brg_fwd, brgconv_strided) is the slower one, wider ones the
+# faster. Alone on the Zen 5 CPU, batch 128, bfloat16 (ms, 2.6 against 3.2): ResNet-20's
+# 32x32 16 -> 32 stride 2 0.36 against 0.95, 16x16 32 -> 64 stride 2 0.35 against 0.56,
+# 16x16 32 -> 32 0.55 against 0.60, 32x32 16 -> 16 and 8x8 64 -> 64 level (0.77, 0.56-0.57
+# against 0.55-0.56); the teaching nets' conv2 (valid) 12x12 0.57 against 0.78, 14x14 0.80
+# against 0.84, the CIFAR net's 6x6 conv3 0.15 against 0.22; the fast CIFAR net's 31x31
+# 24 -> 64 4.9 against 5.3, 15x15 64 -> 64 level; but 15x15 64 -> 256 9.3 against 7.6,
+# 7x7 256 -> 256 8.3 against 6.8, stride 2 from 128 channels (batch 32) 4.2 against 3.7
+# (docs/perf_notes.md, item 76). Not where the CPU has AMX, whose 3.2 kernels are the
+# fast ones (item 46).
+INPUT_GRAD_MAIN_BELOW = 128
 
 
-def main_library_pays(kernel_shape, strides, amx: bool | None = None) -> bool:
+def main_library_pays(kernel_shape, amx: bool | None = None) -> bool:
     """Whether a convolution's input gradient runs on the main library even where
-    bfloat16 runs on oneDNN 3 (``jaxcnn.onednn.build.onednn3_serves``): strided, with
-    fewer than ``STRIDED_INPUT_GRAD_MAIN_BELOW`` input channels, on a CPU without AMX
-    (``amx``; ``None``: this CPU's ``amx_bf16`` flag).
+    bfloat16 runs on oneDNN 3 (``jaxcnn.onednn.build.onednn3_serves``): fewer than
+    ``INPUT_GRAD_MAIN_BELOW`` channels in and out, on a CPU without AMX (``amx``;
+    ``None``: this CPU's ``amx_bf16`` flag).
 
     Examples:
-        >>> main_library_pays((3, 3, 16, 32), (2, 2), amx=False)
+        >>> main_library_pays((3, 3, 16, 32), amx=False)
         True
-        >>> main_library_pays((3, 3, 16, 32), (2, 2), amx=True)
+        >>> main_library_pays((3, 3, 16, 32), amx=True)
         False
-        >>> main_library_pays((3, 3, 16, 16), (1, 1), amx=False)
-        False
-        >>> main_library_pays((3, 3, 128, 256), (2, 2), amx=False)
+        >>> main_library_pays((3, 3, 64, 256), amx=False)
         False
     """
     from jaxcnn.conv_backend import amx_here
 
-    if tuple(strides) == (1, 1) or kernel_shape[2] >= STRIDED_INPUT_GRAD_MAIN_BELOW:
+    if max(kernel_shape[2:]) >= INPUT_GRAD_MAIN_BELOW:
         return False
     return not (amx_here() if amx is None else amx)
 
@@ -238,7 +239,7 @@ def _backward_rule(strides, padding, dilation, algorithm, residuals, dy):
     # d(loss)/dx: oneDNN's backward-data; d(loss)/dkernel: its backward-weights (over
     # mosaics of the images), or its forward convolution with batch and channels swapped,
     # where each measured faster (kernel_grad_method).
-    on_main = main_library_pays(kernel.shape, strides)
+    on_main = main_library_pays(kernel.shape)
     dx = _call("jaxcnn_onednn_conv_input_grad", _like(x), dy, kernel, *geometry, on_main)
     method = kernel_grad_method(x.shape, kernel.shape, x.dtype, strides, padding, dilation)
     if method == "pairs":
