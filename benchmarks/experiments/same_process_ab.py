@@ -124,18 +124,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from benchmarks.experiments import step_profile
-    from jaxcnn import xla_flags
 
-    def scratch():  # glibc malloc as fit sets it for this net (item 47)
-        import jax.numpy as jnp
-
-        from benchmarks import common
-        from jaxcnn import cpu_malloc, models
-
-        zoo = models.get(args.net, dtype=jnp.dtype(args.dtype))
-        return cpu_malloc.activation_bytes(zoo, common.NETS[args.net][0], args.batch)
-
-    xla_flags.configure_cpu(xla_flags.chosen_cpu_flags(), scratch_bytes=scratch)
+    step_profile.configure_like_fit(args.net, args.dtype, args.batch)
     import jax
 
     runs = []

@@ -222,6 +222,23 @@ def per_call(events: list[dict], calls: dict[str, tuple[str, str]], steps: int):
     return lines
 
 
+def configure_like_fit(net: str, dtype: str, batch: int, extra_flags=(), model_kwargs=None):
+    """XLA's CPU flags (``JAXCNN_XLA_FLAGS`` too) and glibc malloc as ``fit`` and the
+    benchmark set them for this net (item 47), plus ``extra_flags``; before jax starts."""
+    from jaxcnn import xla_flags
+
+    def scratch():
+        import jax.numpy as jnp
+
+        from benchmarks import common
+        from jaxcnn import cpu_malloc, models
+
+        zoo = models.get(net, dtype=jnp.dtype(dtype), **(model_kwargs or {}))
+        return cpu_malloc.activation_bytes(zoo, common.NETS[net][0], batch)
+
+    xla_flags.configure_cpu((*xla_flags.chosen_cpu_flags(), *extra_flags), scratch_bytes=scratch)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--net", default="cifar_cnn")
@@ -243,23 +260,10 @@ def main(argv=None) -> int:
     )
     args = p.parse_args(argv)
 
-    from jaxcnn import xla_flags
-
     extra = ["--xla_cpu_enable_xprof_traceme=true"]
     if args.devices > 1:
         extra.append(f"--xla_force_host_platform_device_count={args.devices}")
-
-    def scratch():  # glibc malloc as fit and the benchmark set it for this net (item 47)
-        import jax.numpy as jnp
-
-        from benchmarks import common
-        from jaxcnn import cpu_malloc, models
-
-        zoo = models.get(args.net, dtype=jnp.dtype(args.dtype), **args.model_kwargs)
-        return cpu_malloc.activation_bytes(zoo, common.NETS[args.net][0], args.batch)
-
-    flags = (*xla_flags.chosen_cpu_flags(), *extra)  # JAXCNN_XLA_FLAGS too
-    xla_flags.configure_cpu(flags, scratch_bytes=scratch)
+    configure_like_fit(args.net, args.dtype, args.batch, extra, args.model_kwargs)
     from jaxcnn import cpu_malloc
 
     print(f"malloc: {cpu_malloc.state()}")

@@ -260,53 +260,48 @@ Geometry TransposedGeometry(const Geometry& g) {
   return t;
 }
 
-// The forward pass as the transposed convolution's backward data. The kernel copy is a
-// gather table (as in BuildFor) that also flips the taps: learned from oneDNN's reorder
-// of XLA's HWIO buffer read as the transposed kernel's (C, O, KH, KW), then each source
-// position (u, v, c, o) replaced by (KH-1-u, KW-1-v, c, o).
-std::shared_ptr<Entry> BuildTransposed(const Geometry& g) {
+// The forward pass as the transposed convolution's backward data (Algorithm 2). Its
+// kernel copy is BuildFor's gather table, learned from oneDNN's reorder of XLA's HWIO
+// buffer read as the transposed kernel's (C, O, KH, KW); FlipTaps then flips the taps.
+void SetTransposedForward(const Geometry& g, Entry& entry) {
   if (g.strides[0] != 1 || g.strides[1] != 1) throw std::invalid_argument("strided");
-  Geometry t = TransposedGeometry(g);
-  auto hint = ForwardHint(t);
-  auto pd = BackwardDesc<dnnl::convolution_backward_data>(t, hint);
-  auto entry = std::make_shared<Entry>();
-  int64_t out = g.weights[0], in = g.weights[1], kh = g.weights[2], kw = g.weights[3];
+  int64_t out = g.weights[0], in = g.weights[1], kw = g.weights[3];
   // XLA's HWIO buffer, element (u, v, c, o) at ((u * KW + v) * C + c) * O + o.
-  entry->plain_kernel = memory::desc(t.weights, g.type, {out, 1, kw * in * out, in * out});
-  if (entry->plain_kernel.get_size() > kGatherKernelBytes) throw std::invalid_argument("big");
-  entry->transposed = true;
-  entry->conv = dnnl::convolution_backward_data(pd);
-  entry->kernel_desc = pd.weights_desc();
-  entry->conv_scratchpad = pd.scratchpad_desc();
-  entry->src_desc = pd.diff_dst_desc();  // x
-  entry->dst_desc = pd.diff_src_desc();  // y
-  entry->dst_is_output = true;
-  entry->needs_reorder = true;  // the flip, even where the layouts agree
-  dnnl::reorder::primitive_desc reorder_pd(Engine(), entry->plain_kernel, Engine(),
-                                           entry->kernel_desc, UserScratchpad());
-  entry->to_kernel_layout = dnnl::reorder(reorder_pd);
-  entry->reorder_scratchpad = reorder_pd.scratchpad_desc();
-  entry->kernel_gather = GatherTable(entry->to_kernel_layout, reorder_pd.src_desc(),
-                                     reorder_pd.dst_desc(), reorder_pd.scratchpad_desc(), g.type);
-  int64_t tap = in * out;
-  for (auto& source : entry->kernel_gather) {
-    if (source == 0) continue;  // padding
+  Geometry t = TransposedGeometry(g);
+  entry.plain_kernel = memory::desc(t.weights, g.type, {out, 1, kw * in * out, in * out});
+  // The flip needs the gather table, which BuildFor makes only up to this size.
+  if (entry.plain_kernel.get_size() > kGatherKernelBytes) throw std::invalid_argument("big");
+  auto pd = BackwardDesc<dnnl::convolution_backward_data>(t, ForwardHint(t));
+  entry.transposed = true;
+  entry.conv = dnnl::convolution_backward_data(pd);
+  entry.kernel_desc = pd.weights_desc();
+  entry.conv_scratchpad = pd.scratchpad_desc();
+  entry.src_desc = pd.diff_dst_desc();  // x
+  entry.dst_desc = pd.diff_src_desc();  // y
+  entry.dst_is_output = true;
+}
+
+// Each source position (u, v, c, o) of a gather table over an HWIO kernel replaced by
+// (KH-1-u, KW-1-v, c, o); padding (0) stays.
+void FlipTaps(const Geometry& g, std::vector<int32_t>& table) {
+  int64_t kh = g.weights[2], kw = g.weights[3], tap = g.weights[0] * g.weights[1];
+  for (auto& source : table) {
+    if (source == 0) continue;
     int64_t k = source - 1, u = k / (kw * tap), v = k / tap % kw;
     source = static_cast<int32_t>(((kh - 1 - u) * kw + (kw - 1 - v)) * tap + k % tap + 1);
   }
-  ActivationReorder(entry->src_desc, Nhwc(g.src, g.type), false, entry->src_reorder,
-                    entry->src_needs_reorder, entry->reorder_scratchpad);
-  ActivationReorder(entry->dst_desc, Nhwc(g.dst, g.type), true, entry->dst_reorder,
-                    entry->dst_needs_reorder, entry->reorder_scratchpad);
-  return entry;
 }
 
 std::shared_ptr<Entry> BuildFor(Kind kind, const Geometry& g) {
-  auto hint = ForwardHint(g);
   auto entry = std::make_shared<Entry>();
   entry->plain_kernel = memory::desc(g.weights, g.type, tag::hwio);
+  auto hint = ForwardHint(g);
   switch (kind) {
     case Kind::kForward:
+      if (g.algorithm == Algorithm::kTransposed) {
+        SetTransposedForward(g, *entry);
+        break;
+      }
       entry->conv = dnnl::convolution_forward(hint);
       entry->kernel_desc = hint.weights_desc();
       entry->conv_scratchpad = hint.scratchpad_desc();
@@ -334,7 +329,8 @@ std::shared_ptr<Entry> BuildFor(Kind kind, const Geometry& g) {
       break;
     }
   }
-  entry->needs_reorder = entry->kernel_desc != entry->plain_kernel;
+  // The transposed forward copies through its table even where the layouts agree (the flip).
+  entry->needs_reorder = entry->transposed || entry->kernel_desc != entry->plain_kernel;
   if (entry->needs_reorder) {
     bool to_plain = kind == Kind::kKernelGrad;
     dnnl::reorder::primitive_desc pd(
@@ -348,6 +344,7 @@ std::shared_ptr<Entry> BuildFor(Kind kind, const Geometry& g) {
                                          pd.scratchpad_desc(), g.type);
     }
   }
+  if (entry->transposed) FlipTaps(g, entry->kernel_gather);
   ActivationReorder(entry->src_desc, Nhwc(g.src, g.type), entry->src_is_output,
                     entry->src_reorder, entry->src_needs_reorder, entry->reorder_scratchpad);
   ActivationReorder(entry->dst_desc, Nhwc(g.dst, g.type), entry->dst_is_output,
@@ -357,20 +354,15 @@ std::shared_ptr<Entry> BuildFor(Kind kind, const Geometry& g) {
 
 // Winograd or the transposed forward where oneDNN implements it for this call, else direct.
 std::shared_ptr<Entry> Build(Kind kind, Geometry g) {
-  if (g.algorithm == Algorithm::kTransposed) {
-    if (kind == Kind::kForward) {
-      try {
-        return BuildTransposed(g);
-      } catch (const dnnl::error&) {
-      } catch (const std::invalid_argument&) {
-      }
-    }
+  if (g.algorithm == Algorithm::kTransposed && kind != Kind::kForward) {
     g.algorithm = Algorithm::kDirect;
   }
-  if (g.algorithm == Algorithm::kWinograd) {
+  if (g.algorithm != Algorithm::kDirect) {
     try {
       return BuildFor(kind, g);
     } catch (const dnnl::error&) {
+      g.algorithm = Algorithm::kDirect;
+    } catch (const std::invalid_argument&) {  // SetTransposedForward: strided, or too big
       g.algorithm = Algorithm::kDirect;
     }
   }
