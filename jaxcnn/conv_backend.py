@@ -3,7 +3,8 @@
 :func:`conv_general_dilated` has ``lax.conv_general_dilated``'s signature; the layers call
 it instead of lax. It sends a call to oneDNN (:mod:`jaxcnn.onednn`) when the backend is
 ``"onednn"`` -- or ``"auto"`` and oneDNN measured faster on this CPU -- and the call is
-one oneDNN runs: 2-D, NHWC input, HWIO kernel, float32 or bfloat16, no input dilation,
+one oneDNN runs: 2-D, NHWC input, HWIO kernel, float32 or bfloat16 (bfloat16 only where
+oneDNN has kernels for it: AVX-512 or AVX2-VNNI-2, not AVX2 alone), no input dilation,
 no groups, non-negative padding, tracing for a single CPU device (XLA cannot split a
 foreign call over several devices). Anything else goes to lax.
 
@@ -213,6 +214,14 @@ def _onednn_runs(lhs, rhs, padding, lhs_dilation, dimension_numbers, feature_gro
     return given == wanted
 
 
+def _dtype_runs(dtype) -> bool:
+    """Whether oneDNN has kernels for ``dtype`` on this CPU: float32 everywhere, bfloat16
+    with AVX-512 or AVX2-VNNI-2 (``jaxcnn.onednn.build.makes_bfloat16``)."""
+    from jaxcnn.onednn import build
+
+    return dtype != jax.numpy.bfloat16 or build.makes_bfloat16()
+
+
 def conv_general_dilated(
     lhs,
     rhs,
@@ -239,7 +248,7 @@ def conv_general_dilated(
             feature_group_count, batch_group_count, precision, preferred_element_type)  # fmt: skip
     runs = _onednn_runs(lhs, rhs, padding, lhs_dilation, dimension_numbers,
                         feature_group_count, batch_group_count, preferred_element_type)  # fmt: skip
-    if not runs or resolved_backend() != "onednn":
+    if not runs or resolved_backend() != "onednn" or not _dtype_runs(lhs.dtype):
         return lax.conv_general_dilated(*args)
     from jaxcnn.onednn import conv2d
 

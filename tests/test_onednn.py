@@ -28,6 +28,14 @@ needs_onednn = pytest.mark.skipif(
 )
 
 
+# oneDNN's bfloat16 kernels need AVX-512 or AVX2-VNNI-2: not on an AVX2-only CPU (Zen 3).
+needs_onednn_bfloat16 = pytest.mark.skipif(
+    not onednn.available() or not build.makes_bfloat16(),
+    reason="oneDNN has no bfloat16 convolution kernels on this CPU (needs AVX-512)",
+)
+BFLOAT16 = pytest.param(jnp.bfloat16, marks=needs_onednn_bfloat16, id="bfloat16")
+
+
 def normal(seed, shape, dtype=jnp.float32):
     return jax.random.normal(jax.random.key(seed), shape).astype(dtype)
 
@@ -92,7 +100,7 @@ def test_winograd_equals_lax_to_float32_rounding(config, attribute, monkeypatch)
         np.testing.assert_allclose(got, want, rtol=0, atol=3e-5 * scale)
 
 
-@needs_onednn
+@needs_onednn_bfloat16
 def test_winograd_where_onednn_has_none_runs_direct():
     # bfloat16 has no Winograd kernel: the binding builds the direct primitive instead.
     x, kernel = normal(0, (2, 12, 12, 16), jnp.bfloat16), normal(1, (3, 3, 16, 16), jnp.bfloat16)
@@ -100,6 +108,42 @@ def test_winograd_where_onednn_has_none_runs_direct():
     got = jax.jit(lambda a, b: ffi_conv._conv(a, b, *geometry, "winograd"))(x, kernel)
     want = jax.jit(lambda a, b: ffi_conv._conv(a, b, *geometry, "direct"))(x, kernel)
     np.testing.assert_array_equal(got.astype(jnp.float32), want.astype(jnp.float32))
+
+
+@needs_onednn
+def test_the_bfloat16_probe_agrees_with_the_cpu_flags():
+    # oneDNN's bfloat16 convolutions need its avx512_core set (or AVX2-VNNI-2, whose
+    # flags an AVX2-only CPU such as AMD's Zen 3 lacks too).
+    _, flags = conv_backend.cpu_vendor_and_flags(conv_backend._cpuinfo_here())
+    if flags >= conv_backend._AVX512_CORE:
+        assert build.makes_bfloat16() and build.makes_bfloat16(on_main=True)
+    elif not flags & {"avx_ne_convert", "avx_vnni_int8", "avx512f"}:
+        assert not build.makes_bfloat16() and not build.makes_bfloat16(on_main=True)
+    else:
+        pytest.skip(f"no expectation written for these flags: {sorted(flags)}")
+
+
+@needs_onednn
+def test_bfloat16_stays_with_xla_where_onednn_has_no_kernels(monkeypatch):
+    # As on an AVX2-only CPU: backend "onednn" keeps float32 on oneDNN, bfloat16 on lax.
+    monkeypatch.setattr(build, "makes_bfloat16", lambda on_main=False: False)
+    x, kernel = normal(0, (2, 8, 8, 4)), normal(1, (3, 3, 4, 6))
+    *_, f32_text = conv_with("onednn", x, kernel, (1, 1), "SAME")
+    x, kernel = x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
+    y, grads, text = conv_with("onednn", x, kernel, (1, 1), "SAME")
+    y_ref, grads_ref, _ = conv_with("xla", x, kernel, (1, 1), "SAME")
+    assert "jaxcnn_onednn" in f32_text and "jaxcnn_onednn" not in text
+    for got, want in zip((y, *grads), (y_ref, *grads_ref), strict=True):
+        np.testing.assert_array_equal(got.astype(jnp.float32), want.astype(jnp.float32))
+
+
+@needs_onednn
+def test_a_bfloat16_call_where_onednn_has_no_kernels_says_so(monkeypatch):
+    monkeypatch.setattr(build, "makes_bfloat16", lambda on_main=False: False)
+    x, kernel = normal(0, (1, 6, 6, 4), jnp.bfloat16), normal(1, (3, 3, 4, 4), jnp.bfloat16)
+    conv = jax.jit(lambda a, b: onednn.conv2d(a, b, (1, 1), ((1, 1), (1, 1))))
+    with pytest.raises(build.OnednnUnavailable, match=r"no bfloat16 convolution kernels for"):
+        conv.lower(x, kernel)
 
 
 def test_algorithm_names_are_validated_with_the_valid_ones():
@@ -173,7 +217,7 @@ TRANSPOSABLE = [
 
 
 @needs_onednn
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("dtype", [jnp.float32, BFLOAT16])
 @pytest.mark.parametrize("x_shape, k_shape, strides, padding, dilation", TRANSPOSABLE)
 def test_the_transposed_forward_equals_lax(
     x_shape, k_shape, strides, padding, dilation, dtype, monkeypatch
@@ -256,7 +300,7 @@ BFLOAT16_CONFIGS = [
 ]
 
 
-@needs_onednn
+@needs_onednn_bfloat16
 @pytest.mark.parametrize("x_shape, k_shape, strides, padding", BFLOAT16_CONFIGS)
 def test_bfloat16_matches_lax_to_bfloat16_rounding(x_shape, k_shape, strides, padding):
     x, kernel = normal(0, x_shape, jnp.bfloat16), normal(1, k_shape, jnp.bfloat16)
@@ -278,9 +322,14 @@ needs_onednn3 = pytest.mark.skipif(
     not onednn.available() or not build.onednn3_serves(jnp.bfloat16),
     reason=f"no second (oneDNN 3) library: {build._load_onednn3()}",
 )
+needs_both_bfloat16 = pytest.mark.skipif(
+    not build.makes_bfloat16() or not build.makes_bfloat16(on_main=True),
+    reason="oneDNN has no bfloat16 convolution kernels on this CPU (needs AVX-512)",
+)
 
 
 @needs_onednn3
+@needs_both_bfloat16
 def test_bfloat16_runs_on_onednn3_beside_the_main_library(monkeypatch):
     x, kernel = normal(0, (2, 12, 12, 16), jnp.bfloat16), normal(1, (3, 3, 16, 8), jnp.bfloat16)
     # As on AMX, where every bfloat16 gradient runs on 3.2 (without it narrow input
@@ -319,6 +368,7 @@ def test_bfloat16_runs_on_onednn3_beside_the_main_library(monkeypatch):
 
 
 @needs_onednn3
+@needs_both_bfloat16
 @pytest.mark.parametrize(
     "channels, amx, library",
     [
@@ -373,7 +423,7 @@ def test_the_main_library_prefers_the_given_root_then_the_systems(monkeypatch, t
 
 @needs_onednn
 @pytest.mark.parametrize("method", ["swapped", "mosaic"])
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("dtype", [jnp.float32, BFLOAT16])
 @pytest.mark.parametrize(
     "x_shape, k_shape, padding",
     [

@@ -276,7 +276,13 @@ def _load() -> str | None:
     _versions["main"] = _version_of(library)
     library.JaxcnnKernelGradPairsBuilt.restype = ctypes.c_int64
     _built["kernel_grad_pairs"] = bool(library.JaxcnnKernelGradPairsBuilt())
+    _built["bfloat16"] = _makes_bfloat16(library)
     return None
+
+
+def _makes_bfloat16(library) -> bool:
+    library.JaxcnnOnednnMakesBfloat16.restype = ctypes.c_int64
+    return bool(library.JaxcnnOnednnMakesBfloat16())
 
 
 _built: dict[str, bool] = {}  # optional kernels -> whether this build compiled them
@@ -329,6 +335,7 @@ def _load_onednn3() -> str | None:
         capsule = jax.ffi.pycapsule(getattr(library, TARGETS[target]))
         jax.ffi.register_ffi_target(onednn3_target(target), capsule)
     _versions["onednn3"] = _version_of(library)
+    _built["onednn3_bfloat16"] = _makes_bfloat16(library)
     return None
 
 
@@ -353,6 +360,24 @@ def onednn3_serves(dtype) -> bool:
     if choice == "main" or np.dtype(dtype) != jnp.bfloat16:
         return False
     return _load_onednn3() is None
+
+
+def makes_bfloat16(on_main: bool = False) -> bool:
+    """Whether oneDNN runs bfloat16 convolutions on this CPU: the library that takes them
+    (oneDNN 3 where :func:`onednn3_serves`, else the main one; ``on_main``: the main one)
+    creates their primitives. oneDNN's bfloat16 kernels need AVX-512 (``avx512_core``) or
+    AVX2-VNNI-2; an AVX2-only CPU such as AMD's Zen 3 has none, so jaxcnn leaves those
+    convolutions to XLA there (``jaxcnn.conv_backend``). False where nothing is loaded.
+
+    Examples:
+        >>> makes_bfloat16() in (True, False)
+        True
+    """
+    if _load() is not None:
+        return False
+    if not on_main and onednn3_serves("bfloat16"):
+        return _built.get("onednn3_bfloat16", False)
+    return _built.get("bfloat16", False)
 
 
 def onednn_versions() -> dict[str, str]:

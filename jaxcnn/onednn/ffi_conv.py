@@ -46,6 +46,11 @@ def _call(
     on_main: bool = False,
 ):
     build.require()
+    if out.dtype == jax.numpy.bfloat16 and not build.makes_bfloat16(on_main):
+        raise build.OnednnUnavailable(
+            f"oneDNN has no bfloat16 convolution kernels for this CPU ({target}): they need "
+            "AVX-512 or AVX2-VNNI-2; use float32, or the xla convolution backend"
+        )
     # bfloat16 on oneDNN 3 where it runs beside 2.x, unless `on_main` (main_library_pays)
     if not on_main and build.onednn3_serves(out.dtype):
         target = build.onednn3_target(target)
@@ -239,7 +244,7 @@ def _backward_rule(strides, padding, dilation, algorithm, residuals, dy):
     # d(loss)/dx: oneDNN's backward-data; d(loss)/dkernel: its backward-weights (over
     # mosaics of the images), or its forward convolution with batch and channels swapped,
     # where each measured faster (kernel_grad_method).
-    on_main = main_library_pays(kernel.shape)
+    on_main = main_library_pays(kernel.shape) and build.makes_bfloat16(on_main=True)
     dx = _call("jaxcnn_onednn_conv_input_grad", _like(x), dy, kernel, *geometry, on_main)
     method = kernel_grad_method(x.shape, kernel.shape, x.dtype, strides, padding, dilation)
     if method == "pairs":

@@ -549,6 +549,23 @@ extern "C" int64_t JaxcnnOnednnVersion() {
   return v->major * 10000 + v->minor * 100 + v->patch;
 }
 
+// 1 when oneDNN can create bfloat16 convolutions (forward and both gradients) on this
+// CPU, else 0. Its bfloat16 kernels need AVX-512 (avx512_core) or AVX2-VNNI-2; on an
+// AVX2-only CPU (AMD Zen 3) it has none, not even reference ones, and creating the
+// primitive fails. build.py asks once per library, right after loading.
+extern "C" int64_t JaxcnnOnednnMakesBfloat16() {
+  Geometry g{{1, 16, 8, 8}, {16, 16, 3, 3}, {1, 16, 8, 8}, {1, 1}, {1, 1}, {1, 1},
+             {0, 0},        memory::data_type::bf16,     1,  Algorithm::kDirect};
+  try {
+    auto hint = ForwardHint(g);
+    BackwardDesc<dnnl::convolution_backward_data>(g, hint);
+    BackwardDesc<dnnl::convolution_backward_weights>(g, hint);
+    return 1;
+  } catch (const dnnl::error&) {
+    return 0;
+  }
+}
+
 // The overlap policy (0 "wait", 1 "single"); build.py calls it once, right after loading.
 extern "C" void JaxcnnOnednnSetOverlap(int64_t single) {
   jaxcnn::overlap_single.store(single != 0);
