@@ -166,6 +166,24 @@ def test_other_activations_and_the_xla_setting_stay_on_xla(monkeypatch):
     assert "jaxcnn_batch_norm" not in relu.lower(x).as_text()
 
 
+@needs_native
+@pytest.mark.parametrize("simd16", [True, False])
+def test_auto_leaves_gelu_to_xla_where_the_kernels_lack_avx512(simd16, monkeypatch):
+    # Without simd16.h's loops (an AVX2-only CPU) the GELU kernels lost to XLA's fusions;
+    # ReLU and identity stay on them, and "native" still takes every activation.
+    monkeypatch.setattr(build, "simd16_built", lambda: simd16)
+    x = jnp.ones((4, 3, 3, 8))
+    monkeypatch.setenv("JAXCNN_NORM_BACKEND", "auto")
+    names = {
+        name: batch_norm.native_kernel_activation(x, batch_norm.get_activation(name), x.dtype)
+        for name in ("gelu", "relu", "identity")
+    }
+    assert names == {"gelu": "gelu" if simd16 else None, "relu": "relu", "identity": "identity"}
+    monkeypatch.setenv("JAXCNN_NORM_BACKEND", "native")
+    exact = batch_norm.get_activation("gelu_exact")
+    assert batch_norm.native_kernel_activation(x, exact, x.dtype) == "gelu_exact"
+
+
 @pytest.mark.parametrize("value", ["onednn", "gpu", "1"])
 def test_a_bad_setting_names_the_variable_and_the_choices(value, monkeypatch):
     monkeypatch.setenv("JAXCNN_NORM_BACKEND", value)

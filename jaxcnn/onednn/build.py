@@ -275,7 +275,7 @@ def _load() -> str | None:
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)))
     _versions["main"] = _version_of(library)
     library.JaxcnnKernelGradPairsBuilt.restype = ctypes.c_int64
-    _built["kernel_grad_pairs"] = bool(library.JaxcnnKernelGradPairsBuilt())
+    _built["simd16"] = bool(library.JaxcnnKernelGradPairsBuilt())  # JAXCNN_SIMD16
     _built["bfloat16"] = _makes_bfloat16(library)
     return None
 
@@ -288,15 +288,26 @@ def _makes_bfloat16(library) -> bool:
 _built: dict[str, bool] = {}  # optional kernels -> whether this build compiled them
 
 
-def kernel_grad_pairs_built() -> bool:
-    """Whether the loaded library has ``kernel_grad_pairs.cc``'s kernel: its compiler
-    targeted AVX-512 BF16 (``-march=native`` on such a CPU). False where it is not loaded.
+def simd16_built() -> bool:
+    """Whether the loaded library has ``simd16.h``'s AVX-512 loops: ``kernel_grad_pairs.cc``'s
+    kernel and ``batch_norm.cc``'s vector GELU. Its compiler targeted AVX-512F and
+    AVX512_BF16 (``-march=native`` on such a CPU). False where it is not loaded.
 
     Examples:
-        >>> kernel_grad_pairs_built() in (True, False)
+        >>> simd16_built() in (True, False)
         True
     """
-    return _load() is None and _built.get("kernel_grad_pairs", False)
+    return _load() is None and _built.get("simd16", False)
+
+
+def kernel_grad_pairs_built() -> bool:
+    """Whether the loaded library has ``kernel_grad_pairs.cc``'s kernel (:func:`simd16_built`).
+
+    Examples:
+        >>> kernel_grad_pairs_built() == simd16_built()
+        True
+    """
+    return simd16_built()
 
 
 _versions: dict[str, str] = {}  # "main" / "onednn3" -> the oneDNN version each links
