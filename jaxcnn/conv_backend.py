@@ -23,7 +23,9 @@ value (``docs/perf_notes.md``, items 34, 37 and 41).
 * ``"auto"`` (default): oneDNN when its library builds here and the CPU is one where it
   measured faster: Intel CPUs (the Xeon of ``docs/perf_notes.md``, items 23-26) and any
   x86 CPU with AVX-512 (AMD's Zen 4, item 33: 1.2-1.3x in float32 on the larger nets,
-  1.8x in bfloat16). Elsewhere (AVX2-only AMD CPUs, ARM: not measured) XLA.
+  1.8x in bfloat16). On AVX2-only x86 CPUs (AMD's Zen 3, item 78) XLA, except float32
+  convolutions with at most ``AVX2_ONEDNN_MAX_CHANNELS`` (32) channels in and out, which
+  oneDNN runs faster there (ResNet-20's step 1.45x). Elsewhere (ARM: not measured) XLA.
 * ``"xla"``: always ``lax.conv_general_dilated``.
 * ``"onednn"``: oneDNN wherever the call allows; raises if the library is unavailable.
 
@@ -214,6 +216,47 @@ def _onednn_runs(lhs, rhs, padding, lhs_dilation, dimension_numbers, feature_gro
     return given == wanted
 
 
+# On x86 CPUs with AVX2 but not oneDNN's avx512_core set (AMD's Zen 3), "auto" keeps XLA
+# but sends float32 convolutions with at most this many channels in and out to oneDNN:
+# there its AVX2 kernels beat XLA's on narrow layers (forward + both gradients alone,
+# 16 -> 16 1.6x, 16 -> 32 at stride 2 3.4x) and not on wide ones (64 -> 256 level,
+# 256 -> 256 0.75-1.0x). ResNet-20's float32 step 1.45x, the teaching and fast CIFAR
+# nets level; oneDNN for every layer lost 3-10 % on those three (docs/perf_notes.md,
+# item 78). bfloat16 stays on XLA: oneDNN has no AVX2 kernels for it.
+AVX2_ONEDNN_MAX_CHANNELS = 32
+
+
+def avx2_without_avx512(cpuinfo: str) -> bool:
+    r"""Whether ``/proc/cpuinfo`` text describes an x86 CPU with AVX2 and FMA but without
+    oneDNN's ``avx512_core`` set: where ``"auto"`` sends narrow float32 convolutions to
+    oneDNN (``AVX2_ONEDNN_MAX_CHANNELS``).
+
+    Examples:
+        >>> avx2_without_avx512("vendor_id\t: AuthenticAMD\nflags\t\t: fma avx2\n")
+        True
+        >>> avx2_without_avx512("flags\t\t: fma avx2 avx512f avx512dq avx512bw avx512vl\n")
+        False
+    """
+    _, flags = cpu_vendor_and_flags(cpuinfo)
+    return {"avx2", "fma"} <= flags and not flags >= _AVX512_CORE
+
+
+@functools.cache
+def _avx2_without_avx512_here() -> bool:
+    return avx2_without_avx512(_cpuinfo_here())
+
+
+def _narrow_on_onednn(lhs, rhs) -> bool:
+    """Whether ``"auto"`` sends this call, which it would give XLA, to oneDNN instead."""
+    from jaxcnn import onednn
+
+    if conv_backend() != "auto" or lhs.dtype != jax.numpy.float32:
+        return False
+    if max(rhs.shape[2:]) > AVX2_ONEDNN_MAX_CHANNELS or not _avx2_without_avx512_here():
+        return False
+    return onednn.available()
+
+
 def _dtype_runs(dtype) -> bool:
     """Whether oneDNN has kernels for ``dtype`` on this CPU: float32 everywhere, bfloat16
     with AVX-512 or AVX2-VNNI-2 (``jaxcnn.onednn.build.makes_bfloat16``)."""
@@ -235,7 +278,9 @@ def conv_general_dilated(
     precision=None,
     preferred_element_type=None,
 ):
-    """``lax.conv_general_dilated``, run by the backend :func:`resolved_backend` picks.
+    """``lax.conv_general_dilated``, run by the backend :func:`resolved_backend` picks
+    (under ``"auto"`` on an AVX2-only CPU, narrow float32 calls by oneDNN: see
+    ``AVX2_ONEDNN_MAX_CHANNELS``).
 
     Examples:
         >>> import jax.numpy as jnp
@@ -248,7 +293,10 @@ def conv_general_dilated(
             feature_group_count, batch_group_count, precision, preferred_element_type)  # fmt: skip
     runs = _onednn_runs(lhs, rhs, padding, lhs_dilation, dimension_numbers,
                         feature_group_count, batch_group_count, preferred_element_type)  # fmt: skip
-    if not runs or resolved_backend() != "onednn" or not _dtype_runs(lhs.dtype):
+    backend = resolved_backend()
+    if runs and backend == "xla" and _narrow_on_onednn(lhs, rhs):
+        backend = "onednn"
+    if not runs or backend != "onednn" or not _dtype_runs(lhs.dtype):
         return lax.conv_general_dilated(*args)
     from jaxcnn.onednn import conv2d
 

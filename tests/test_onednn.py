@@ -146,6 +146,33 @@ def test_a_bfloat16_call_where_onednn_has_no_kernels_says_so(monkeypatch):
         conv.lower(x, kernel)
 
 
+@needs_onednn
+@pytest.mark.parametrize(
+    "avx2_only, channels, dtype, routed",
+    [
+        (True, (16, 32), jnp.float32, True),
+        (True, (32, 64), jnp.float32, False),  # wider than AVX2_ONEDNN_MAX_CHANNELS
+        (True, (16, 32), jnp.bfloat16, False),  # oneDNN has no AVX2 bfloat16 kernels
+        (False, (16, 32), jnp.float32, False),  # neither AVX-512 nor AVX2 (ARM)
+    ],
+)
+def test_auto_sends_narrow_float32_convolutions_to_onednn_on_avx2_only_cpus(
+    avx2_only, channels, dtype, routed, monkeypatch
+):
+    monkeypatch.setattr(conv_backend, "_onednn_preferred_here", lambda: False)
+    monkeypatch.setattr(conv_backend, "_avx2_without_avx512_here", lambda: avx2_only)
+    x = normal(0, (2, 8, 8, channels[0]), dtype)
+    kernel = normal(1, (3, 3, *channels), dtype)
+    assert conv_backend.resolved_backend() == "xla"  # batch splits and the rest as XLA's
+    y, grads, text = conv_with("auto", x, kernel, (1, 1), "SAME")
+    assert ("jaxcnn_onednn" in text) is routed
+    assert "jaxcnn_onednn" not in conv_with("xla", x, kernel, (1, 1), "SAME")[2]
+    if routed:
+        y_ref, grads_ref, _ = conv_with("xla", x, kernel, (1, 1), "SAME")
+        for got, want in zip((y, *grads), (y_ref, *grads_ref), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
 def test_algorithm_names_are_validated_with_the_valid_ones():
     x, kernel = jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 4))
     with pytest.raises(ValueError, match=r"algorithm='fft'; valid: auto, direct, winograd"):
