@@ -242,7 +242,8 @@ def avx2_without_avx512(cpuinfo: str) -> bool:
 
 
 @functools.cache
-def _avx2_without_avx512_here() -> bool:
+def avx2_without_avx512_here() -> bool:
+    """:func:`avx2_without_avx512` for this machine's CPU."""
     return avx2_without_avx512(_cpuinfo_here())
 
 
@@ -252,7 +253,7 @@ def _narrow_on_onednn(lhs, rhs) -> bool:
 
     if conv_backend() != "auto" or lhs.dtype != jax.numpy.float32:
         return False
-    if max(rhs.shape[2:]) > AVX2_ONEDNN_MAX_CHANNELS or not _avx2_without_avx512_here():
+    if max(rhs.shape[2:]) > AVX2_ONEDNN_MAX_CHANNELS or not avx2_without_avx512_here():
         return False
     return onednn.available()
 

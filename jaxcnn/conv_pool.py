@@ -187,6 +187,9 @@ CONV_POOL_BACKENDS = ("auto", "xla", "native")
 # convolution runs on AMX on the Intel Xeon and won from 3 channels (the CIFAR net's step
 # x0.91 on the kernel; the MNIST net's, 1 channel, x1.20): docs/perf_notes.md, item 42.
 NATIVE_MAX_CHANNELS = {"float32": 4, "bfloat16": 1}
+# On an AVX2-only CPU (AMD's Zen 3) the kernel, vectorised by the compiler for 8 lanes, lost
+# to the space-to-depth convolution: the MNIST net's float32 step 2.1x, the CIFAR net's
+# 1.8x with XLA's (item 79), so "auto" does not take it there.
 
 
 def conv_pool_backend() -> str:
@@ -195,8 +198,8 @@ def conv_pool_backend() -> str:
     * ``"auto"`` (default): the binding's fused kernel (``jaxcnn/onednn/conv_pool.cc``:
       the pooled map computed without writing the conv output, on every core) when the
       library builds here and the call is one it takes (2-D, float32 or bfloat16, at
-      most :data:`NATIVE_MAX_CHANNELS` input channels for its dtype, one CPU device),
-      else the space-to-depth convolution;
+      most :data:`NATIVE_MAX_CHANNELS` input channels for its dtype, one CPU device, a
+      CPU with AVX-512: not an AVX2-only one), else the space-to-depth convolution;
     * ``"xla"``: always the space-to-depth convolution;
     * ``"native"``: the kernel wherever the call allows, any channel count; raises if
       the library is unavailable.
@@ -224,6 +227,8 @@ def _native_applies(x: jax.Array, kernel: jax.Array, window: tuple) -> bool:
         return False
     if choice == "auto" and x.shape[-1] > NATIVE_MAX_CHANNELS[jnp.dtype(x.dtype).name]:
         return False
+    if choice == "auto" and conv_backend.avx2_without_avx512_here():
+        return False  # the kernel's loops want AVX-512: see NATIVE_MAX_CHANNELS
     # One CPU device only: XLA cannot split a foreign call over several devices' shards.
     if not placement.one_cpu_device():
         return False

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcnn import conv_pool
+from jaxcnn import conv_backend, conv_pool
 from jaxcnn.onednn import build, ffi_conv_pool
 
 needs_native = pytest.mark.skipif(
@@ -116,11 +116,23 @@ def test_nan_propagates_like_max(monkeypatch):
 )
 def test_routing(monkeypatch, backend, x, applies):
     monkeypatch.setenv("JAXCNN_CONV_POOL_BACKEND", backend)
+    monkeypatch.setattr(conv_backend, "avx2_without_avx512_here", lambda: False)  # AVX-512
     kernel = jnp.ones((3,) * (x.ndim - 2) + (x.shape[-1], 4), x.dtype)
     window = (2,) * (x.ndim - 2)
     if applies and not build.available():
         pytest.skip(f"binding unavailable: {build.unavailable_reason()}")
     assert conv_pool._native_applies(x, kernel, window) is applies
+
+
+@pytest.mark.parametrize("backend, applies", [("auto", False), ("native", True)])
+def test_auto_leaves_an_avx2_only_cpu_to_space_to_depth(monkeypatch, backend, applies):
+    # The kernel lost 2x to the space-to-depth convolution on the AVX2-only Zen 3.
+    monkeypatch.setenv("JAXCNN_CONV_POOL_BACKEND", backend)
+    monkeypatch.setattr(conv_backend, "avx2_without_avx512_here", lambda: True)
+    if applies and not build.available():
+        pytest.skip(f"binding unavailable: {build.unavailable_reason()}")
+    x, kernel = jnp.ones((1, 8, 8, 1)), jnp.ones((3, 3, 1, 4))
+    assert conv_pool._native_applies(x, kernel, (2, 2)) is applies
 
 
 def test_a_bad_switch_value_names_the_variable(monkeypatch):
