@@ -23,9 +23,10 @@ value (``docs/perf_notes.md``, items 34, 37 and 41).
 * ``"auto"`` (default): oneDNN when its library builds here and the CPU is one where it
   measured faster: Intel CPUs (the Xeon of ``docs/perf_notes.md``, items 23-26) and any
   x86 CPU with AVX-512 (AMD's Zen 4, item 33: 1.2-1.3x in float32 on the larger nets,
-  1.8x in bfloat16). On AVX2-only x86 CPUs (AMD's Zen 3, item 78) XLA, except float32
+  1.8x in bfloat16). On AVX2-only x86 CPUs (AMD's Zen 3, item 78) XLA, except
   convolutions with at most ``AVX2_ONEDNN_MAX_CHANNELS`` (32) channels in and out, which
-  oneDNN runs faster there (ResNet-20's step 1.45x). Elsewhere (ARM: not measured) XLA.
+  oneDNN runs faster there in float32 (ResNet-20's step 1.45x; bfloat16 ones computed in
+  float32 and rounded once, 1.24x, item 80). Elsewhere (ARM: not measured) XLA.
 * ``"xla"``: always ``lax.conv_general_dilated``.
 * ``"onednn"``: oneDNN wherever the call allows; raises if the library is unavailable.
 
@@ -222,14 +223,15 @@ def _onednn_runs(lhs, rhs, padding, lhs_dilation, dimension_numbers, feature_gro
 # 16 -> 16 1.6x, 16 -> 32 at stride 2 3.4x) and not on wide ones (64 -> 256 level,
 # 256 -> 256 0.75-1.0x). ResNet-20's float32 step 1.45x, the teaching and fast CIFAR
 # nets level; oneDNN for every layer lost 3-10 % on those three (docs/perf_notes.md,
-# item 78). bfloat16 stays on XLA: oneDNN has no AVX2 kernels for it.
+# item 78). oneDNN has no AVX2 kernels for bfloat16: such calls in bfloat16 are computed
+# in float32 on oneDNN and rounded once (ResNet-20's bfloat16 step 1.24x, item 80).
 AVX2_ONEDNN_MAX_CHANNELS = 32
 
 
 def avx2_without_avx512(cpuinfo: str) -> bool:
     r"""Whether ``/proc/cpuinfo`` text describes an x86 CPU with AVX2 and FMA but without
-    oneDNN's ``avx512_core`` set: where ``"auto"`` sends narrow float32 convolutions to
-    oneDNN (``AVX2_ONEDNN_MAX_CHANNELS``).
+    oneDNN's ``avx512_core`` set: where ``"auto"`` sends narrow convolutions to oneDNN
+    (``AVX2_ONEDNN_MAX_CHANNELS``).
 
     Examples:
         >>> avx2_without_avx512("vendor_id\t: AuthenticAMD\nflags\t\t: fma avx2\n")
@@ -251,7 +253,7 @@ def _narrow_on_onednn(lhs, rhs) -> bool:
     """Whether ``"auto"`` sends this call, which it would give XLA, to oneDNN instead."""
     from jaxcnn import onednn
 
-    if conv_backend() != "auto" or lhs.dtype != jax.numpy.float32:
+    if conv_backend() != "auto" or lhs.dtype not in (jax.numpy.float32, jax.numpy.bfloat16):
         return False
     if max(rhs.shape[2:]) > AVX2_ONEDNN_MAX_CHANNELS or not avx2_without_avx512_here():
         return False
@@ -280,8 +282,8 @@ def conv_general_dilated(
     preferred_element_type=None,
 ):
     """``lax.conv_general_dilated``, run by the backend :func:`resolved_backend` picks
-    (under ``"auto"`` on an AVX2-only CPU, narrow float32 calls by oneDNN: see
-    ``AVX2_ONEDNN_MAX_CHANNELS``).
+    (under ``"auto"`` on an AVX2-only CPU, narrow calls by oneDNN, bfloat16 ones in
+    float32: see ``AVX2_ONEDNN_MAX_CHANNELS``).
 
     Examples:
         >>> import jax.numpy as jnp
@@ -296,6 +298,10 @@ def conv_general_dilated(
                         feature_group_count, batch_group_count, preferred_element_type)  # fmt: skip
     backend = resolved_backend()
     if runs and backend == "xla" and _narrow_on_onednn(lhs, rhs):
+        if lhs.dtype == jax.numpy.bfloat16:  # no AVX2 kernels: float32, rounded once
+            wide = (lhs.astype(jax.numpy.float32), rhs.astype(jax.numpy.float32))
+            y = conv_general_dilated(*wide, *args[2:-1], preferred_element_type=None)
+            return y.astype(jax.numpy.bfloat16)
         backend = "onednn"
     if not runs or backend != "onednn" or not _dtype_runs(lhs.dtype):
         return lax.conv_general_dilated(*args)
