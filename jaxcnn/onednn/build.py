@@ -285,7 +285,8 @@ def _makes_bfloat16(library) -> bool:
     return bool(library.JaxcnnOnednnMakesBfloat16())
 
 
-_built: dict[str, bool] = {}  # optional kernels -> whether this build compiled them
+# What the loaded libraries have: simd16.h's loops compiled in, bfloat16 primitives.
+_built: dict[str, bool] = {}
 
 
 def simd16_built() -> bool:
@@ -377,8 +378,9 @@ def makes_bfloat16(on_main: bool = False) -> bool:
     """Whether oneDNN runs bfloat16 convolutions on this CPU: the library that takes them
     (oneDNN 3 where :func:`onednn3_serves`, else the main one; ``on_main``: the main one)
     creates their primitives. oneDNN's bfloat16 kernels need AVX-512 (``avx512_core``) or
-    AVX2-VNNI-2; an AVX2-only CPU such as AMD's Zen 3 has none, so jaxcnn leaves those
-    convolutions to XLA there (``jaxcnn.conv_backend``). False where nothing is loaded.
+    AVX2-VNNI-2; an AVX2-only CPU such as AMD's Zen 3 has none, so jaxcnn's backend
+    switch does not send it bfloat16 calls there (``jaxcnn.conv_backend``: XLA's, or
+    narrow ones in float32). False where nothing is loaded.
 
     Examples:
         >>> makes_bfloat16() in (True, False)
