@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcnn import batch_norm, conv_backend, conv_pool, fast_ops, placement, shapes
+from jaxcnn import batch_norm, conv_backend, conv_pool, fast_ops, initializers, placement, shapes
 from jaxcnn import bias_activation as bias_activation_lib
 
 # Re-exported: they lived here before jaxcnn.activations.
@@ -322,6 +322,7 @@ class DenseStack(nn.Module):
                 use_bias=self.use_bias,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
+                kernel_init=initializers.lecun_normal(),  # flax's default, drawn flat
                 name=f"Dense_{i}",
             )(x)
             if i < len(self.features):
@@ -364,7 +365,8 @@ class ConvBlock(nn.Module):
         elements). Same output shape and parameters.
       use_bias: conv bias; ``None`` means "only without a norm" (a norm's own shift
         makes it redundant).
-      kernel_init: conv kernel initialiser; ``None`` keeps flax's default.
+      kernel_init: conv kernel initialiser; ``None``: flax's default, ``lecun_normal``
+        (the same numbers, from ``jaxcnn.initializers``).
       dtype: computation dtype (``None``: from inputs and params).
       param_dtype: parameter dtype.
       fused_pool: ``True`` (default) runs ``conv + bias -> ReLU -> max pool`` as
@@ -660,7 +662,9 @@ class ConvBlock(nn.Module):
             self.padding,
             spec.dilation,
         )
-        extra = {} if self.kernel_init is None else {"kernel_init": self.kernel_init}
+        # None: flax's default (lecun_normal), drawn flat by jaxcnn.initializers: the same
+        # numbers, compiled by XLA:CPU in a fraction of the time (perf_notes item 81).
+        kernel_init = initializers.lecun_normal() if self.kernel_init is None else self.kernel_init
         use_bias = self.norm is None if self.use_bias is None else self.use_bias
         # The fused conv -> pool path adds no residual: it runs the plain sequence then.
         fused_window = (
@@ -683,7 +687,7 @@ class ConvBlock(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="conv",
-            **extra,
+            kernel_init=kernel_init,
             conv_general_dilated=conv_backend.conv_general_dilated if tap is None else tap,
         )
         spec = self.pool_spec(rank)

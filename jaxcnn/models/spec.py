@@ -6,7 +6,7 @@ with a ``"type"``; every other key is optional (defaults below)::
 
     spec = {
         "spatial_dims": 2,                     # 1, 2 or 3 (default 2)
-        "kernel_init": "lecun_normal",         # see KERNEL_INITS (default: flax's)
+        "kernel_init": "lecun_normal",         # see KERNEL_INITS (default: flax's, lecun_normal)
         "stages": [                            # spatial layers, in order
             {"type": "conv", "features": 32, "kernel": 3, "pool": "max"},
             {"type": "conv", "features": 64, "kernel": 3, "repeat": 2, "norm": "batch"},
@@ -60,21 +60,24 @@ import jax
 import jax.numpy as jnp
 from flax.core import FrozenDict
 
+from jaxcnn import initializers
 from jaxcnn.dropout import Dropout
 from jaxcnn.layers import ConvBlock, Flatten, GlobalPool, Pool, activate, get_activation
 from jaxcnn.models.residual import BottleneckBlock, ResidualBlock
 
+# jaxcnn.initializers gives jax's values drawn flat: XLA:CPU compiles that in a fraction
+# of the time (perf_notes item 81).
 KERNEL_INITS = {
-    "lecun_normal": nn.initializers.lecun_normal(),
-    "glorot_uniform": nn.initializers.glorot_uniform(),  # Keras' default
-    "he_normal": nn.initializers.he_normal(),
+    "lecun_normal": initializers.lecun_normal(),
+    "glorot_uniform": initializers.variance_scaling(1.0, "fan_avg", "uniform"),  # Keras'
+    "he_normal": initializers.variance_scaling(2.0, "fan_in", "truncated_normal"),
     # torchvision's ResNet / VGG conv init (kaiming_normal_, mode="fan_out").
-    "he_normal_fan_out": nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+    "he_normal_fan_out": initializers.variance_scaling(2.0, "fan_out", "normal"),
     # PyTorch's nn.Conv2d / nn.Linear default (kaiming_uniform_ with a=sqrt(5)):
     # U(+-1/sqrt(fan_in)), variance 1 / (3 fan_in). Under batch norm the weight's scale
     # sets the effective learning rate (lr / |w|^2), so recipes tuned in PyTorch need
     # its init to transfer.
-    "torch_default": nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
+    "torch_default": initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
 }
 
 
@@ -335,6 +338,7 @@ class CNN(nn.Module):
                 f"{(*x.shape[:-1], self.in_channels)}; got shape {tuple(x.shape)}"
             )
         common = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        dense_init = initializers.lecun_normal()  # flax's default, drawn flat
         init = KERNEL_INITS.get(spec["kernel_init"])
         first_conv = True
         for item in spec["stages"]:
@@ -402,13 +406,21 @@ class CNN(nn.Module):
                 x = GlobalPool(item["kind"])(x)
             elif kind == "dense":
                 x = nn.Dense(
-                    item["features"], use_bias=item["use_bias"], name=item["name"], **common
+                    item["features"],
+                    use_bias=item["use_bias"],
+                    name=item["name"],
+                    kernel_init=dense_init,
+                    **common,
                 )(x)
                 x = activate(item["activation"], x)
             else:  # dropout
                 x = Dropout(item["rate"], deterministic=not train)(x)
         logits = nn.Dense(
-            self.num_classes, use_bias=spec["classifier_bias"], name="classifier", **common
+            self.num_classes,
+            use_bias=spec["classifier_bias"],
+            name="classifier",
+            kernel_init=dense_init,
+            **common,
         )(x)
         if spec["logit_scale"] != 1.0:
             logits = logits * spec["logit_scale"]
