@@ -9,6 +9,8 @@ fails loudly (the Equinox convention), and hypothesis has two profiles:
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,8 @@ SHAPE_EXAMPLES = 1000 if os.environ.get("HYPOTHESIS_PROFILE", "ci") == "ci" else
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
+_COMPILATION_CACHE = pytest.StashKey[str]()
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("JAXCNN_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
@@ -47,6 +51,21 @@ def pytest_configure(config):
     import jax
 
     jax.config.update("jax_numpy_rank_promotion", "raise")
+    # Many tests compile the same program again: every `fit` builds fresh jitted steps,
+    # and child processes (SIGKILL, four devices) start cold. JAX's persistent cache keys
+    # an executable on its HLO, flags and backend, so a hit is the program a compile would
+    # have built. One directory per process (its writes are not atomic), removed at exit;
+    # the environment variable carries it into the children this process starts.
+    cache = tempfile.mkdtemp(prefix="jaxcnn-test-xla-cache-")
+    config.stash[_COMPILATION_CACHE] = cache
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(config.stash.get(_COMPILATION_CACHE, ""), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
