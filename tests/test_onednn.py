@@ -613,10 +613,10 @@ def test_concurrent_calls_on_xla_threads_are_repeatable_and_equal_xla(overlap):
         return tta_logits(lambda view: model.apply(v, view), x, "flip_translate")
 
     results = {}
-    for backend in ("onednn", "xla"):
+    for backend, repeats in (("onednn", 8), ("xla", 1)):  # XLA's is only the reference
         with conv_backend.use_conv_backend(backend):
             step = jax.jit(logits)
-            results[backend] = [np.asarray(step(variables, images)) for _ in range(8)]
+            results[backend] = [np.asarray(step(variables, images)) for _ in range(repeats)]
     for repeat in results["onednn"][1:]:
         np.testing.assert_array_equal(repeat, results["onednn"][0])
     np.testing.assert_allclose(results["onednn"][0], results["xla"][0], rtol=1e-4, atol=1e-4)
