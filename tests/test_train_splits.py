@@ -1,4 +1,5 @@
-"""make_train_step(batch_splits=...): the gradient from slices of the batch equals the whole's."""
+"""make_train_step(batch_splits=...): the gradient from slices of the batch equals the whole's;
+eval_logits(batch_splits=...): so do the logits."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from jaxcnn.conv_backend import use_conv_backend
 from jaxcnn.train import (
     ConfigError,
     auto_batch_splits,
+    auto_eval_splits,
     base_config,
     create_train_state,
     make_train_step,
     validate_config,
 )
+from jaxcnn.train.steps import eval_logits
 
 
 class SmallNet(nn.Module):
@@ -112,3 +115,35 @@ def test_config_field_is_validated(value):
     config.batch_splits = value
     with pytest.raises(ConfigError, match="config.batch_splits"):
         validate_config(config)
+
+
+# --------------------------------------------------------------------------- evaluation
+def eval_logits_of(model, batch, splits, tta="none"):
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 6, 6, 1)))
+    logits = jax.jit(
+        lambda v, images: eval_logits(model, v, images, [0.5], [0.25], tta, batch_splits=splits)
+    )
+    return np.asarray(logits(variables, batch["image"]))
+
+
+@pytest.mark.parametrize("model", [SmallNet(), NormNet()], ids=["plain", "batch_norm"])
+@pytest.mark.parametrize("splits, tta", [(3, "none"), (2, "flip")])
+def test_sliced_evaluation_gives_the_whole_batch_logits(batch, model, splits, tta):
+    # Batch norm evaluates with its running statistics, so slices change nothing there.
+    whole = eval_logits_of(model, batch, 1, tta)
+    np.testing.assert_allclose(eval_logits_of(model, batch, splits, tta), whole, rtol=1e-5,
+                               atol=1e-6)  # fmt: skip
+
+
+@pytest.mark.parametrize("splits", [-1, 17, 2.0])
+def test_evaluation_splits_that_cannot_work_raise_naming_them(batch, splits):
+    with pytest.raises(ValueError, match=rf"batch_splits={splits}; valid: 0 \(automatic\)"):
+        eval_logits_of(SmallNet(), batch, splits)
+
+
+def test_automatic_evaluation_slices():
+    with use_conv_backend("xla"):
+        assert [auto_eval_splits(n) for n in (16, 64, 100, 360, 1000)] == [1, 2, 3, 8, 8]
+    if onednn.available():
+        with use_conv_backend("onednn"):
+            assert auto_eval_splits(1000) == 1

@@ -21,7 +21,13 @@ from jaxcnn.train.losses import batch_metrics, cross_entropy, finalize_metrics
 from jaxcnn.train.optim import build_optimizer, build_schedule, weight_decay_mask
 from jaxcnn.train.restore import Restored, restore
 from jaxcnn.train.state import TrainState, abstract_train_state, create_train_state
-from jaxcnn.train.steps import auto_batch_splits, make_eval_step, make_train_step, preprocess
+from jaxcnn.train.steps import (
+    auto_batch_splits,
+    auto_eval_splits,
+    make_eval_step,
+    make_train_step,
+    preprocess,
+)
 
 __all__ = [
     "CheckpointMismatchError",
@@ -36,6 +42,7 @@ __all__ = [
     "TrainState",
     "abstract_train_state",
     "auto_batch_splits",
+    "auto_eval_splits",
     "base_config",
     "batch_metrics",
     "build_optimizer",
