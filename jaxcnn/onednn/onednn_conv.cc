@@ -295,22 +295,23 @@ void FlipTaps(const Geometry& g, std::vector<int32_t>& table) {
 std::shared_ptr<Entry> BuildFor(Kind kind, const Geometry& g) {
   auto entry = std::make_shared<Entry>();
   entry->plain_kernel = memory::desc(g.weights, g.type, tag::hwio);
-  auto hint = ForwardHint(g);
   switch (kind) {
-    case Kind::kForward:
-      if (g.algorithm == Algorithm::kTransposed) {
+    case Kind::kForward: {
+      if (g.algorithm == Algorithm::kTransposed) {  // no direct forward primitive to hint
         SetTransposedForward(g, *entry);
         break;
       }
-      entry->conv = dnnl::convolution_forward(hint);
-      entry->kernel_desc = hint.weights_desc();
-      entry->conv_scratchpad = hint.scratchpad_desc();
-      entry->src_desc = hint.src_desc();
-      entry->dst_desc = hint.dst_desc();
+      auto pd = ForwardHint(g);
+      entry->conv = dnnl::convolution_forward(pd);
+      entry->kernel_desc = pd.weights_desc();
+      entry->conv_scratchpad = pd.scratchpad_desc();
+      entry->src_desc = pd.src_desc();
+      entry->dst_desc = pd.dst_desc();
       entry->dst_is_output = true;
       break;
+    }
     case Kind::kInputGrad: {
-      auto pd = BackwardDesc<dnnl::convolution_backward_data>(g, hint);
+      auto pd = BackwardDesc<dnnl::convolution_backward_data>(g, ForwardHint(g));
       entry->conv = dnnl::convolution_backward_data(pd);
       entry->kernel_desc = pd.weights_desc();
       entry->conv_scratchpad = pd.scratchpad_desc();
@@ -320,7 +321,7 @@ std::shared_ptr<Entry> BuildFor(Kind kind, const Geometry& g) {
       break;
     }
     case Kind::kKernelGrad: {
-      auto pd = BackwardDesc<dnnl::convolution_backward_weights>(g, hint);
+      auto pd = BackwardDesc<dnnl::convolution_backward_weights>(g, ForwardHint(g));
       entry->conv = dnnl::convolution_backward_weights(pd);
       entry->kernel_desc = pd.diff_weights_desc();
       entry->conv_scratchpad = pd.scratchpad_desc();
