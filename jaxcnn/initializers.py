@@ -3,10 +3,11 @@
 ``jax.nn.initializers.variance_scaling`` (Flax's default ``lecun_normal``, ``he_normal``,
 ``glorot_uniform``, ...) draws its random numbers in the kernel's own shape. On XLA:CPU,
 the threefry generator's loop over a small 4-D shape takes LLVM seconds to compile:
-``lecun_normal`` for a (3, 3, 8, 16) conv kernel took 3.2 s on a 2-core AMD Zen 3, the
-same 1,152 numbers drawn as one vector 0.2 s, and ``jax.jit(model.init)`` for ResNet-20
-5.5 s against 2.2 s (``docs/perf_notes.md``, item 81). A user pays it at every first
-``model.init`` in a notebook (each op compiles on its own there) and in every ``fit``.
+``jax.random.bits`` for a (3, 3, 8, 16) conv kernel took 4.4 s on a 2-core AMD Zen 3,
+the same 1,152 numbers drawn as one vector 0.2 s, and ``jax.jit(model.init)`` for
+ResNet-20 6.5-8.0 s against 2.3-3.1 s (``docs/perf_notes.md``, item 81). A user pays
+it at every first ``model.init`` in a notebook (each op compiles on its own there) and
+in every ``fit``.
 
 jax's threefry numbers each element by its row-major position, so the vector reshaped
 to the kernel's shape is the same array, bit for bit; the fans (and so the scale) are

@@ -22,6 +22,7 @@ from jaxcnn.train import (
     validate_config,
 )
 from jaxcnn.train.steps import eval_logits
+from jaxcnn.train.tta import TTA_MODES, TTA_VIEW_COUNTS, tta_views
 
 
 class SmallNet(nn.Module):
@@ -144,6 +145,13 @@ def test_evaluation_splits_that_cannot_work_raise_naming_them(batch, splits):
 def test_automatic_evaluation_slices():
     with use_conv_backend("xla"):
         assert [auto_eval_splits(n) for n in (16, 64, 100, 360, 1000)] == [1, 2, 3, 8, 8]
+        # Test-time views are forward passes too: at most 8 copies of the net in all.
+        assert [auto_eval_splits(1000, views) for views in (2, 3, 6)] == [4, 2, 1]
     if onednn.available():
         with use_conv_backend("onednn"):
             assert auto_eval_splits(1000) == 1
+
+
+def test_the_view_counts_are_the_views_tta_makes():
+    images = jnp.zeros((1, 4, 4, 1))
+    assert {mode: len(tta_views(images, mode)) for mode in TTA_MODES} == TTA_VIEW_COUNTS

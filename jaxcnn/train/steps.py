@@ -26,7 +26,7 @@ from jax.sharding import NamedSharding
 from jaxcnn import conv_backend, placement
 from jaxcnn.train.losses import add_metrics, batch_metrics, cross_entropy
 from jaxcnn.train.optim import frozen_mask
-from jaxcnn.train.tta import check_fill, check_tta_mode, tta_logits
+from jaxcnn.train.tta import TTA_VIEW_COUNTS, check_fill, check_tta_mode, tta_logits
 
 Batch = Mapping[str, jax.Array]
 Augment = Callable[[jax.Array, jax.Array], jax.Array]
@@ -53,30 +53,34 @@ def preprocess(images: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
     return (x - mean) / std
 
 
-# Evaluation slices: at most this many, of at least this many images each.
-EVAL_MAX_SPLITS = 8
+# Evaluation slices: at most this many forward passes in one program (slices x test-time
+# views: each is a copy of the net to compile), of at least this many images each.
+EVAL_MAX_FORWARDS = 8
 EVAL_MIN_SLICE = 32
 
 
-def auto_eval_splits(batch_size: int) -> int:
+def auto_eval_splits(batch_size: int, views: int = 1) -> int:
     """The slices :func:`eval_logits` computes a batch in when ``batch_splits=0``.
 
-    ``min(8, batch_size // 32)`` (at least 1) on a single CPU device where XLA runs the
-    convolutions, else 1. As in training (:func:`auto_batch_splits`), independent slices
-    let XLA:CPU run them on both cores, and a slice's activations stay in the cache: on
-    a 2-core AMD Zen 3, 10,000 MNIST test images at eval batch 1,000 took 2.76 s whole
-    and 0.59 s in 8 slices, the CIFAR net 4.36 s and 1.56 s, ResNet-20 12.3 s and 10.7 s
-    (``docs/perf_notes.md``, item 82). oneDNN's convolutions use every core in one call:
-    there one slice, as for training (not measured for evaluation). Evaluation normalises
-    with the running statistics, so slicing never changes what batch norm computes.
+    ``min(8 // views, batch_size // 32)`` (at least 1) on a single CPU device where XLA
+    runs the convolutions, else 1; ``views``: the test-time augmentation's views per
+    image (``jaxcnn.train.tta.TTA_VIEW_COUNTS``), each already its own forward pass, so
+    the program holds at most 8 copies of the net to compile. As in training
+    (:func:`auto_batch_splits`), independent slices let XLA:CPU run them on both cores,
+    and a slice's activations stay in the cache: on a 2-core AMD Zen 3, 10,000 MNIST
+    test images at eval batch 1,000 took 2.76 s whole and 0.59 s in 8 slices, the CIFAR
+    net 4.36 s and 1.56 s, ResNet-20 12.3 s and 10.7 s (``docs/perf_notes.md``, item
+    82). oneDNN's convolutions use every core in one call: there one slice, as for
+    training (not measured for evaluation). Evaluation normalises with the running
+    statistics, so slicing never changes what batch norm computes.
 
     Examples:
-      >>> auto_eval_splits(16)
-      1
+      >>> auto_eval_splits(16), auto_eval_splits(1000, views=6)
+      (1, 1)
     """
     if not placement.one_cpu_device() or conv_backend.resolved_backend() == "onednn":
         return 1
-    return max(1, min(EVAL_MAX_SPLITS, batch_size // EVAL_MIN_SLICE))
+    return max(1, min(EVAL_MAX_FORWARDS // views, batch_size // EVAL_MIN_SLICE))
 
 
 def eval_logits(
@@ -107,7 +111,8 @@ def eval_logits(
     def one_view(view):
         return model.apply(variables, preprocess(view, mean, std), train=False)
 
-    splits = batch_splits or auto_eval_splits(images.shape[0])
+    views = TTA_VIEW_COUNTS[check_tta_mode(tta, "eval_tta")]
+    splits = batch_splits or auto_eval_splits(images.shape[0], views)
     if splits == 1:
         return tta_logits(one_view, images, tta, tta_fill)
     # Python-unrolled, as in make_train_step: independent subgraphs XLA may run at once.

@@ -30,6 +30,8 @@ import jax.numpy as jnp
 from jaxcnn.data.augment import CROP_MODES
 
 TTA_MODES = ("none", "flip", "translate", "flip_translate")
+# How many views each mode evaluates (tta_views' list; a test holds the two equal).
+TTA_VIEW_COUNTS = {"none": 1, "flip": 2, "translate": 3, "flip_translate": 6}
 
 
 def check_tta_mode(mode: str, name: str = "tta") -> str:
