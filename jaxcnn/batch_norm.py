@@ -162,14 +162,15 @@ def native_kernel_activation(x: jax.Array, activation, dtype, residual=None) -> 
     if choice == "native":
         build.require()
     elif name in _VECTOR_GELUS and not build.simd16_built():
-        return None  # the GELU loops stay scalar without AVX-512 (see _VECTOR_GELUS)
+        return None  # no faster than XLA's fusions without AVX-512 (see _VECTOR_GELUS)
     return name if build.available() else None
 
 
 # The kernels' GELUs are fast only with simd16.h's AVX-512 loops. Built without them (an
 # AVX2-only CPU such as AMD's Zen 3) XLA's fusions won: the fast CIFAR net's training step
 # 1.30x in float32 and in bfloat16 there; ReLU and identity kept the kernels, 1.02-1.05x
-# (docs/perf_notes.md, item 77).
+# (docs/perf_notes.md, item 77). Since the build's -fno-trapping-math lets GCC vectorise
+# those loops (item 83) the kernels are level with XLA's fusions in that step, no faster.
 _VECTOR_GELUS = ("gelu", "gelu_exact")
 
 

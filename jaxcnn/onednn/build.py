@@ -178,6 +178,12 @@ def compile_command(output: Path, sources=None, root: str | None = "main") -> li
         # GCC otherwise keeps to 256-bit vectors on AVX-512 CPUs; batch_norm.cc's
         # bfloat16 loops convert and round per element and ran 1.3x faster with 512.
         "-mprefer-vector-width=512",
+        # IEEE results unchanged (not -ffast-math: no reassociation, NaN and inf kept);
+        # it lets GCC vectorise loops whose float -> int conversion or min / max might
+        # raise a floating-point exception flag, which nothing reads. Without it the
+        # GELU loops' exp stayed scalar where simd16.h's AVX-512 loops are not built:
+        # 7.6x slower on the AVX2 Zen 3 (docs/perf_notes.md, item 83).
+        "-fno-trapping-math",
         "-std=c++17",
         "-shared",
         "-fPIC",
