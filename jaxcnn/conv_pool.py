@@ -187,9 +187,10 @@ CONV_POOL_BACKENDS = ("auto", "xla", "native")
 # convolution runs on AMX on the Intel Xeon and won from 3 channels (the CIFAR net's step
 # x0.91 on the kernel; the MNIST net's, 1 channel, x1.20): docs/perf_notes.md, item 42.
 NATIVE_MAX_CHANNELS = {"float32": 4, "bfloat16": 1}
-# On an AVX2-only CPU (AMD's Zen 3) the kernel, vectorised by the compiler for 8 lanes, lost
-# to the space-to-depth convolution: the MNIST net's float32 step 2.1x, the CIFAR net's
-# 1.8x with XLA's (item 79), so "auto" does not take it there.
+# On an AVX2-only CPU (AMD's Zen 3) the kernel lost to the space-to-depth convolution:
+# the MNIST net's float32 step 2.1x, the CIFAR net's 1.8x with XLA's (item 79), so "auto"
+# does not take it there. Its 16-lane vectors spilled AVX2's registers; with 8 lanes there
+# (item 84) it is level (x0.96-1.01), still no gain, so the rule stays.
 
 
 def conv_pool_backend() -> str:

@@ -46,11 +46,15 @@ using jaxcnn::Floating;
 using jaxcnn::Load;
 using jaxcnn::Store;
 
-// Output channels are handled in blocks of kLanes, one Vec: an AVX-512 register of floats
-// (GCC's vector extension, so the code is vectorised whatever -march's preferred width;
-// on AVX2 it becomes two registers). The kernel is copied once per call into float rows
-// padded to whole blocks.
+// Output channels are handled in blocks of kLanes, one Vec: one vector register of floats
+// (GCC's vector extension), 16 lanes with AVX-512, 8 without. As two AVX2 registers a
+// 16-lane Vec made a strip's 8 sums take all 16 registers and spill (docs/perf_notes.md,
+// item 84). The kernel is copied once per call into float rows padded to whole blocks.
+#ifdef __AVX512F__
 constexpr int64_t kLanes = 16;
+#else
+constexpr int64_t kLanes = 8;
+#endif
 using Vec = float __attribute__((vector_size(kLanes * sizeof(float))));
 using Mask = int32_t __attribute__((vector_size(kLanes * sizeof(int32_t))));
 
