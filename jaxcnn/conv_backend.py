@@ -260,6 +260,60 @@ def _narrow_on_onednn(lhs, rhs) -> bool:
     return onednn.available()
 
 
+# On the same AVX2-only CPUs "auto" also runs float32 3x3 SAME stride-1 convolutions that
+# it would give XLA (more than AVX2_ONEDNN_MAX_CHANNELS channels in or out) as Winograd
+# F(4x4, 3x3) (jaxcnn.winograd): oneDNN has no Winograd without AVX-512, and XLA's direct
+# kernels were already at the SGEMM ceiling. Forward + both gradients alone, batch 128:
+# 7 x 7 256 -> 256 1.9x XLA's, 15 x 15 64 -> 256 2.0x, 15 x 15 64 -> 64 1.6x, 31 x 31
+# 24 -> 64 1.5x, 8 x 8 64 -> 64 1.6x, 3 x 3 256 -> 256 1.2x (docs/perf_notes.md, item
+# 85). At least this many channels in and out (the narrowest measured).
+WINOGRAD_MIN_CHANNELS = 24
+WINOGRAD_CHOICES = ("auto", "on", "off")
+
+
+def winograd_choice() -> str:
+    """``JAXCNN_WINOGRAD``, validated (read at trace time): ``"auto"`` (default: the rule
+    above, AVX2-only x86 CPUs under the ``"auto"`` backend), ``"on"`` (every float32 3x3
+    SAME stride-1 call the binding can take, any CPU, any backend), ``"off"`` (never).
+
+    Examples:
+        >>> winograd_choice() in WINOGRAD_CHOICES
+        True
+    """
+    return env_choice("JAXCNN_WINOGRAD", "auto", WINOGRAD_CHOICES)
+
+
+def _winograd_shaped(lhs, rhs, window_strides, padding, rhs_dilation) -> bool:
+    """Whether the call is a float32 3x3 SAME stride-1 undilated convolution."""
+    if lhs.dtype != jax.numpy.float32 or rhs.dtype != jax.numpy.float32:
+        return False
+    if tuple(rhs.shape[:2]) != (3, 3) or tuple(window_strides) != (1, 1):
+        return False
+    if rhs_dilation is not None and tuple(rhs_dilation) != (1, 1):
+        return False
+    same = ((1, 1), (1, 1))
+    return padding == "SAME" or (not isinstance(padding, str) and
+                                 tuple(map(tuple, padding)) == same)  # fmt: skip
+
+
+def _winograd_takes(lhs, rhs, window_strides, padding, rhs_dilation) -> bool:
+    """Whether this call (one the binding takes: NHWC, one CPU device, no groups) runs
+    as :func:`jaxcnn.winograd.conv3x3`."""
+    from jaxcnn import onednn
+
+    choice = winograd_choice()
+    if choice == "off" or not _winograd_shaped(lhs, rhs, window_strides, padding, rhs_dilation):
+        return False
+    if choice == "on":
+        return True
+    channels = rhs.shape[2:]
+    if conv_backend() != "auto" or min(channels) < WINOGRAD_MIN_CHANNELS:
+        return False
+    if max(channels) <= AVX2_ONEDNN_MAX_CHANNELS or not avx2_without_avx512_here():
+        return False
+    return onednn.available()
+
+
 def _dtype_runs(dtype) -> bool:
     """Whether oneDNN has kernels for ``dtype`` on this CPU: float32 everywhere, bfloat16
     with AVX-512 or AVX2-VNNI-2 (``jaxcnn.onednn.build.makes_bfloat16``)."""
@@ -283,7 +337,8 @@ def conv_general_dilated(
 ):
     """``lax.conv_general_dilated``, run by the backend :func:`resolved_backend` picks
     (under ``"auto"`` on an AVX2-only CPU, narrow calls by oneDNN, bfloat16 ones in
-    float32: see ``AVX2_ONEDNN_MAX_CHANNELS``).
+    float32: see ``AVX2_ONEDNN_MAX_CHANNELS``; wider float32 3x3 SAME stride-1 ones as
+    Winograd F(4x4, 3x3): see ``WINOGRAD_MIN_CHANNELS`` and :func:`winograd_choice`).
 
     Examples:
         >>> import jax.numpy as jnp
@@ -296,6 +351,10 @@ def conv_general_dilated(
             feature_group_count, batch_group_count, precision, preferred_element_type)  # fmt: skip
     runs = _onednn_runs(lhs, rhs, padding, lhs_dilation, dimension_numbers,
                         feature_group_count, batch_group_count, preferred_element_type)  # fmt: skip
+    if runs and _winograd_takes(lhs, rhs, window_strides, padding, rhs_dilation):
+        from jaxcnn import winograd
+
+        return winograd.conv3x3(lhs, rhs)
     backend = resolved_backend()
     if runs and backend == "xla" and _narrow_on_onednn(lhs, rhs):
         if lhs.dtype == jax.numpy.bfloat16:  # no AVX2 kernels: float32, rounded once

@@ -51,7 +51,7 @@ from pathlib import Path
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 # Compiled into one library: the convolutions, batch norm's kernels, the fused first-layer
 # conv + max pool, the bfloat16 kernel gradient over image pairs, the gradient sum of
-# fast_ops.fork, and the headers they share (the OpenMP team, bfloat16 conversions,
+# fast_ops.fork, the Winograd tile transforms, and the headers they share (the OpenMP team, bfloat16 conversions,
 # AVX-512 helpers).
 SOURCES = tuple(
     SOURCE.with_name(name)
@@ -61,6 +61,7 @@ SOURCES = tuple(
         "conv_pool.cc",
         "kernel_grad_pairs.cc",
         "add.cc",
+        "winograd.cc",
     )
 )
 HEADERS = tuple(SOURCE.with_name(h) for h in ("team.h", "bfloat16.h", "simd16.h"))
@@ -77,6 +78,10 @@ TARGETS = {
     "jaxcnn_conv_max_pool_kernel_grad": "JaxcnnConvMaxPoolKernelGrad",
     "jaxcnn_kernel_grad_pairs": "JaxcnnKernelGradPairs",
     "jaxcnn_add": "JaxcnnAdd",
+    "jaxcnn_winograd_input": "JaxcnnWinogradInput",
+    "jaxcnn_winograd_output": "JaxcnnWinogradOutput",
+    "jaxcnn_winograd_output_grad": "JaxcnnWinogradOutputGrad",
+    "jaxcnn_winograd_input_grad": "JaxcnnWinogradInputGrad",
 }
 
 

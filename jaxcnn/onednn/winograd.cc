@@ -1,0 +1,333 @@
+// Winograd F(4x4, 3x3) tile transforms for float32 3x3 SAME stride-1 convolutions, NHWC,
+// as XLA FFI handlers on the binding's OpenMP team. jaxcnn/winograd.py multiplies the
+// transformed tiles with XLA's batched dots and calls these for the rest.
+//
+// Why: oneDNN has no Winograd kernels without AVX-512, and XLA's direct convolutions
+// already run near the SGEMM ceiling on the AVX2 Zen 3 (docs/perf_notes.md, item 85), so
+// only fewer multiplications make the wide layers faster: 36 products per 4 x 4 output
+// tile where direct convolution needs 144. Written in XLA ops the transforms were
+// one-thread fusions that ate the gain (3x slower than the direct convolution).
+//
+// Shapes: x, dx [N, H, W, C]; V, dV [36, R, C] with R = N * ceil(H / 4) * ceil(W / 4)
+// tiles, tile r = (n * th + ty) * tw + tx, its element p * 6 + q; M, dM [36, R, K]; y, dy
+// [N, H, W, K]. Tile (ty, tx) reads input rows 4 ty - 1 .. 4 ty + 4 (zero outside: SAME's
+// padding of 1) and writes output rows 4 ty .. 4 ty + 3 (cropped at H and W).
+//
+// The four transforms (Lavin and Gray 2016; points 0, +-1, +-2, infinity):
+//   V = BT d B (input), y = AT M A (output), and their transposes for the gradients:
+//   dM = A dy AT, dd = B dV BT (overlap-added into dx).
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "team.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int kA = 6;       // input tile side
+constexpr int kM = 4;       // output tile side
+constexpr int kBlock = 64;  // channels per pass: two 6 x 6 x 64 float tiles stay in L1
+
+// out[k] = sum_i BT[k][i] in[i] for the 6 x 6 BT, over n channels. Strides in floats.
+inline void ApplyBT(const float* in, int64_t in_stride, float* out, int64_t out_stride, int n) {
+  const float* d0 = in;
+  const float* d1 = in + in_stride;
+  const float* d2 = in + 2 * in_stride;
+  const float* d3 = in + 3 * in_stride;
+  const float* d4 = in + 4 * in_stride;
+  const float* d5 = in + 5 * in_stride;
+  float* o0 = out;
+  float* o1 = out + out_stride;
+  float* o2 = out + 2 * out_stride;
+  float* o3 = out + 3 * out_stride;
+  float* o4 = out + 4 * out_stride;
+  float* o5 = out + 5 * out_stride;
+#pragma GCC ivdep
+  for (int c = 0; c < n; ++c) {
+    float a = d4[c] - d2[c];
+    float b = d3[c] - d1[c];
+    o0[c] = 4.0f * (d0[c] - d2[c]) + a;  // 4 d0 - 5 d2 + d4
+    o1[c] = (d3[c] + d4[c]) - 4.0f * (d1[c] + d2[c]);
+    o2[c] = (d4[c] - d3[c]) + 4.0f * (d1[c] - d2[c]);
+    o3[c] = a + 2.0f * b;  // -2 d1 - d2 + 2 d3 + d4
+    o4[c] = a - 2.0f * b;
+    o5[c] = 4.0f * (d1[c] - d3[c]) + d5[c] - d3[c];  // 4 d1 - 5 d3 + d5
+  }
+}
+
+// out[i] = sum_k BT[k][i] in[k]: the transpose of ApplyBT.
+inline void ApplyB(const float* in, int64_t in_stride, float* out, int64_t out_stride, int n) {
+  const float* v0 = in;
+  const float* v1 = in + in_stride;
+  const float* v2 = in + 2 * in_stride;
+  const float* v3 = in + 3 * in_stride;
+  const float* v4 = in + 4 * in_stride;
+  const float* v5 = in + 5 * in_stride;
+  float* o0 = out;
+  float* o1 = out + out_stride;
+  float* o2 = out + 2 * out_stride;
+  float* o3 = out + 3 * out_stride;
+  float* o4 = out + 4 * out_stride;
+  float* o5 = out + 5 * out_stride;
+#pragma GCC ivdep
+  for (int c = 0; c < n; ++c) {
+    float s12 = v1[c] + v2[c];
+    float d12 = v2[c] - v1[c];
+    float s34 = v3[c] + v4[c];
+    float d34 = v4[c] - v3[c];
+    o0[c] = 4.0f * v0[c];
+    o1[c] = 4.0f * (d12 + v5[c]) + 2.0f * d34;  // -4 v1 + 4 v2 - 2 v3 + 2 v4 + 4 v5
+    o2[c] = -5.0f * v0[c] - 4.0f * s12 - s34;
+    o3[c] = -(d12 + 2.0f * d34) - 5.0f * v5[c];  // v1 - v2 + 2 v3 - 2 v4 - 5 v5
+    o4[c] = v0[c] + s12 + s34;
+    o5[c] = v5[c];
+  }
+}
+
+// out[u] = sum_k AT[u][k] in[k] for the 4 x 6 AT.
+inline void ApplyAT(const float* in, int64_t in_stride, float* out, int64_t out_stride, int n) {
+  const float* m0 = in;
+  const float* m1 = in + in_stride;
+  const float* m2 = in + 2 * in_stride;
+  const float* m3 = in + 3 * in_stride;
+  const float* m4 = in + 4 * in_stride;
+  const float* m5 = in + 5 * in_stride;
+  float* o0 = out;
+  float* o1 = out + out_stride;
+  float* o2 = out + 2 * out_stride;
+  float* o3 = out + 3 * out_stride;
+#pragma GCC ivdep
+  for (int c = 0; c < n; ++c) {
+    float s12 = m1[c] + m2[c];
+    float d12 = m1[c] - m2[c];
+    float s34 = m3[c] + m4[c];
+    float d34 = m3[c] - m4[c];
+    o0[c] = m0[c] + s12 + s34;
+    o1[c] = d12 + 2.0f * d34;
+    o2[c] = s12 + 4.0f * s34;
+    o3[c] = d12 + 8.0f * d34 + m5[c];
+  }
+}
+
+// out[k] = sum_u AT[u][k] in[u]: the transpose of ApplyAT (4 rows in, 6 out).
+inline void ApplyA(const float* in, int64_t in_stride, float* out, int64_t out_stride, int n) {
+  const float* g0 = in;
+  const float* g1 = in + in_stride;
+  const float* g2 = in + 2 * in_stride;
+  const float* g3 = in + 3 * in_stride;
+  float* o0 = out;
+  float* o1 = out + out_stride;
+  float* o2 = out + 2 * out_stride;
+  float* o3 = out + 3 * out_stride;
+  float* o4 = out + 4 * out_stride;
+  float* o5 = out + 5 * out_stride;
+#pragma GCC ivdep
+  for (int c = 0; c < n; ++c) {
+    float s02 = g0[c] + g2[c];
+    float s13 = g1[c] + g3[c];
+    float e = g0[c] + 4.0f * g2[c];
+    float f = 2.0f * g1[c] + 8.0f * g3[c];
+    o0[c] = g0[c];
+    o1[c] = s02 + s13;
+    o2[c] = s02 - s13;
+    o3[c] = e + f;
+    o4[c] = e - f;
+    o5[c] = g3[c];
+  }
+}
+
+struct Tiles {
+  int64_t n, h, w, th, tw, rows;
+  Tiles(int64_t n_, int64_t h_, int64_t w_)
+      : n(n_), h(h_), w(w_), th((h_ + kM - 1) / kM), tw((w_ + kM - 1) / kM),
+        rows(n_ * th * tw) {}
+};
+
+// V[36, R, C] from x[N, H, W, C].
+void InputTransform(const float* x, const Tiles& t, int64_t c, int threads, float* v) {
+  jaxcnn::EachRow(t.rows, threads, [&](int, int64_t r) {
+    alignas(64) float d[kA][kA][kBlock];
+    alignas(64) float s[kA][kA][kBlock];
+    int64_t n = r / (t.th * t.tw), ty = r / t.tw % t.th, tx = r % t.tw;
+    int64_t y0 = kM * ty - 1, x0 = kM * tx - 1;
+    for (int64_t c0 = 0; c0 < c; c0 += kBlock) {
+      int cb = static_cast<int>(std::min<int64_t>(kBlock, c - c0));
+      for (int i = 0; i < kA; ++i) {
+        int64_t yy = y0 + i;
+        for (int j = 0; j < kA; ++j) {
+          int64_t xx = x0 + j;
+          if (yy < 0 || yy >= t.h || xx < 0 || xx >= t.w) {
+            std::memset(d[i][j], 0, sizeof(float) * cb);
+          } else {
+            std::memcpy(d[i][j], x + ((n * t.h + yy) * t.w + xx) * c + c0, sizeof(float) * cb);
+          }
+        }
+      }
+      for (int j = 0; j < kA; ++j) ApplyBT(&d[0][j][0], kA * kBlock, &s[0][j][0], kA * kBlock, cb);
+      for (int p = 0; p < kA; ++p) {
+        ApplyBT(&s[p][0][0], kBlock, v + ((p * kA) * t.rows + r) * c + c0, t.rows * c, cb);
+      }
+    }
+  });
+}
+
+// y[N, H, W, K] from M[36, R, K].
+void OutputTransform(const float* m, const Tiles& t, int64_t k, int threads, float* y) {
+  jaxcnn::EachRow(t.rows, threads, [&](int, int64_t r) {
+    alignas(64) float s[kM][kA][kBlock];
+    alignas(64) float o[kM][kM][kBlock];
+    int64_t n = r / (t.th * t.tw), ty = r / t.tw % t.th, tx = r % t.tw;
+    for (int64_t k0 = 0; k0 < k; k0 += kBlock) {
+      int kb = static_cast<int>(std::min<int64_t>(kBlock, k - k0));
+      for (int q = 0; q < kA; ++q) {  // s[u][q] = sum_p AT[u][p] M[p][q]
+        ApplyAT(m + (q * t.rows + r) * k + k0, kA * t.rows * k, &s[0][q][0], kA * kBlock, kb);
+      }
+      for (int u = 0; u < kM; ++u) ApplyAT(&s[u][0][0], kBlock, &o[u][0][0], kBlock, kb);
+      for (int u = 0; u < kM; ++u) {
+        int64_t yy = kM * ty + u;
+        if (yy >= t.h) break;
+        for (int v = 0; v < kM; ++v) {
+          int64_t xx = kM * tx + v;
+          if (xx >= t.w) break;
+          std::memcpy(y + ((n * t.h + yy) * t.w + xx) * k + k0, o[u][v], sizeof(float) * kb);
+        }
+      }
+    }
+  });
+}
+
+// dM[36, R, K] from dy[N, H, W, K]: the transpose of OutputTransform.
+void OutputTransformGrad(const float* dy, const Tiles& t, int64_t k, int threads, float* dm) {
+  jaxcnn::EachRow(t.rows, threads, [&](int, int64_t r) {
+    alignas(64) float g[kM][kM][kBlock];
+    alignas(64) float s[kA][kM][kBlock];
+    int64_t n = r / (t.th * t.tw), ty = r / t.tw % t.th, tx = r % t.tw;
+    for (int64_t k0 = 0; k0 < k; k0 += kBlock) {
+      int kb = static_cast<int>(std::min<int64_t>(kBlock, k - k0));
+      for (int u = 0; u < kM; ++u) {
+        int64_t yy = kM * ty + u;
+        for (int v = 0; v < kM; ++v) {
+          int64_t xx = kM * tx + v;
+          if (yy >= t.h || xx >= t.w) {
+            std::memset(g[u][v], 0, sizeof(float) * kb);
+          } else {
+            std::memcpy(g[u][v], dy + ((n * t.h + yy) * t.w + xx) * k + k0, sizeof(float) * kb);
+          }
+        }
+      }
+      for (int v = 0; v < kM; ++v) ApplyA(&g[0][v][0], kM * kBlock, &s[0][v][0], kM * kBlock, kb);
+      for (int p = 0; p < kA; ++p) {
+        ApplyA(&s[p][0][0], kBlock, dm + ((p * kA) * t.rows + r) * k + k0, t.rows * k, kb);
+      }
+    }
+  });
+}
+
+// dx[N, H, W, C] from dV[36, R, C]: the transpose of InputTransform. One image per task,
+// so that the overlapping tiles of an image add up on one thread.
+void InputTransformGrad(const float* dv, const Tiles& t, int64_t c, int threads, float* dx) {
+  jaxcnn::EachRow(t.n, threads, [&](int, int64_t n) {
+    alignas(64) float s[kA][kA][kBlock];
+    alignas(64) float e[kA][kA][kBlock];
+    std::memset(dx + n * t.h * t.w * c, 0, sizeof(float) * t.h * t.w * c);
+    for (int64_t ty = 0; ty < t.th; ++ty) {
+      for (int64_t tx = 0; tx < t.tw; ++tx) {
+        int64_t r = (n * t.th + ty) * t.tw + tx;
+        int64_t y0 = kM * ty - 1, x0 = kM * tx - 1;
+        for (int64_t c0 = 0; c0 < c; c0 += kBlock) {
+          int cb = static_cast<int>(std::min<int64_t>(kBlock, c - c0));
+          for (int q = 0; q < kA; ++q) {  // s[i][q] = sum_p BT[p][i] dV[p][q]
+            ApplyB(dv + (q * t.rows + r) * c + c0, kA * t.rows * c, &s[0][q][0], kA * kBlock, cb);
+          }
+          for (int i = 0; i < kA; ++i) ApplyB(&s[i][0][0], kBlock, &e[i][0][0], kBlock, cb);
+          for (int i = 0; i < kA; ++i) {
+            int64_t yy = y0 + i;
+            if (yy < 0 || yy >= t.h) continue;
+            for (int j = 0; j < kA; ++j) {
+              int64_t xx = x0 + j;
+              if (xx < 0 || xx >= t.w) continue;
+              float* out = dx + ((n * t.h + yy) * t.w + xx) * c + c0;
+              const float* add = e[i][j];
+#pragma GCC ivdep
+              for (int ch = 0; ch < cb; ++ch) out[ch] += add[ch];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+bool IsF32(const ffi::AnyBuffer& b) { return b.element_type() == ffi::DataType::F32; }
+
+// Checks that `tiles` ([36, R, C]) and `image` ([N, H, W, C]) agree.
+ffi::Error Check(const char* what, const ffi::AnyBuffer& tiles, const ffi::AnyBuffer& image) {
+  auto td = tiles.dimensions();
+  auto id = image.dimensions();
+  if (!IsF32(tiles) || !IsF32(image) || td.size() != 3 || id.size() != 4) {
+    return ffi::Error::InvalidArgument(
+        std::string("jaxcnn winograd ") + what + ": float32 [36, R, C] and [N, H, W, C]");
+  }
+  Tiles t(id[0], id[1], id[2]);
+  if (td[0] != kA * kA || td[1] != t.rows || td[2] != id[3]) {
+    return ffi::Error::InvalidArgument(std::string("jaxcnn winograd ") + what +
+                                       ": tiles must be [36, N*ceil(H/4)*ceil(W/4), C]");
+  }
+  return ffi::Error::Success();
+}
+
+template <typename F>
+ffi::Error Run(const char* what, const ffi::AnyBuffer& tiles, const ffi::AnyBuffer& image,
+               F&& body) {
+  ffi::Error ok = Check(what, tiles, image);
+  if (ok.failure()) return ok;
+  auto id = image.dimensions();
+  Tiles t(id[0], id[1], id[2]);
+  if (t.rows == 0 || id[3] == 0) return ffi::Error::Success();
+  jaxcnn::InFlight team;
+  body(t, id[3], team.threads);
+  return ffi::Error::Success();
+}
+
+ffi::Error InputHandler(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> v) {
+  return Run("input transform", *v, x, [&](const Tiles& t, int64_t c, int threads) {
+    InputTransform(static_cast<const float*>(x.untyped_data()), t, c, threads,
+                   static_cast<float*>(v->untyped_data()));
+  });
+}
+
+ffi::Error OutputHandler(ffi::AnyBuffer m, ffi::Result<ffi::AnyBuffer> y) {
+  return Run("output transform", m, *y, [&](const Tiles& t, int64_t k, int threads) {
+    OutputTransform(static_cast<const float*>(m.untyped_data()), t, k, threads,
+                    static_cast<float*>(y->untyped_data()));
+  });
+}
+
+ffi::Error OutputGradHandler(ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dm) {
+  return Run("output transform gradient", *dm, dy, [&](const Tiles& t, int64_t k, int threads) {
+    OutputTransformGrad(static_cast<const float*>(dy.untyped_data()), t, k, threads,
+                        static_cast<float*>(dm->untyped_data()));
+  });
+}
+
+ffi::Error InputGradHandler(ffi::AnyBuffer dv, ffi::Result<ffi::AnyBuffer> dx) {
+  return Run("input transform gradient", dv, *dx, [&](const Tiles& t, int64_t c, int threads) {
+    InputTransformGrad(static_cast<const float*>(dv.untyped_data()), t, c, threads,
+                       static_cast<float*>(dx->untyped_data()));
+  });
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnWinogradInput, InputHandler,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnWinogradOutput, OutputHandler,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnWinogradOutputGrad, OutputGradHandler,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnWinogradInputGrad, InputGradHandler,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());

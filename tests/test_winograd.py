@@ -1,0 +1,206 @@
+"""``jaxcnn.winograd``: 3x3 SAME stride-1 float32 convolutions as Winograd F(4x4, 3x3),
+and the rule by which ``conv_backend`` sends calls to it (``JAXCNN_WINOGRAD``).
+
+Values and both gradients are held against ``lax.conv_general_dilated`` relative to the
+largest entry (F(4x4, 3x3) rounds differently: about 1e-5 in float32). The kernels'
+tests need the binding and skip with its reason where it does not build; the routing
+rule and the argument checks are tested everywhere.
+"""
+
+from __future__ import annotations
+
+import doctest
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxcnn import conv_backend, winograd
+from jaxcnn.onednn import build
+
+needs_native = pytest.mark.skipif(
+    not build.available(), reason=f"binding unavailable: {build.unavailable_reason()}"
+)
+DIMS = ("NHWC", "HWIO", "NHWC")
+TOLERANCE = 5e-5  # of the largest entry; measured 1e-6 .. 1.4e-5
+
+
+def direct(x, w):
+    return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DIMS)
+
+
+def value_and_grads(conv, x, w, g):
+    y, vjp = jax.vjp(conv, x, w)
+    return (y, *vjp(g))
+
+
+def relative_error(a, b) -> float:
+    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a)))
+
+
+def operands(n, h, w, c, k, seed=0):
+    kx, kw, kg = jax.random.split(jax.random.key(seed), 3)
+    x = jax.random.normal(kx, (n, h, w, c))
+    kernel = jax.random.normal(kw, (3, 3, c, k)) * (2 / (9 * c)) ** 0.5
+    return x, kernel, jax.random.normal(kg, (n, h, w, k))
+
+
+# Edges of the tiling: sides below, at and above multiples of 4, a single pixel, a channel
+# count past the kernels' 64-channel blocks on either side (70 in, 130 out).
+SHAPES = [
+    (2, 5, 5, 3, 4),
+    (1, 1, 1, 2, 3),
+    (3, 8, 6, 5, 7),
+    (2, 7, 9, 70, 130),
+    (1, 4, 13, 8, 2),
+]
+
+
+@needs_native
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_value_and_both_gradients_match_direct_convolution(shape):
+    x, w, g = operands(*shape)
+    expected = jax.jit(lambda *a: value_and_grads(direct, *a))(x, w, g)
+    got = jax.jit(lambda *a: value_and_grads(winograd.conv3x3, *a))(x, w, g)
+    for name, e, o in zip(("value", "input gradient", "kernel gradient"), expected, got):
+        assert o.shape == e.shape, name
+        assert relative_error(e, o) < TOLERANCE, name
+
+
+@needs_native
+def test_eager_and_vmapped_calls_match():
+    x, w, _ = operands(2, 6, 6, 3, 4)
+    expected = direct(x, w)
+    assert relative_error(expected, winograd.conv3x3(x, w)) < TOLERANCE
+    stacked = jax.vmap(winograd.conv3x3, in_axes=(0, None))(x[:, None], w)
+    assert relative_error(expected, stacked[:, 0]) < TOLERANCE
+
+
+@needs_native
+def test_doctests():
+    assert doctest.testmod(winograd).failed == 0
+
+
+def test_kernel_transform_is_g_g_gt():
+    w = jax.random.normal(jax.random.key(1), (3, 3, 2, 5))
+    g = winograd._G.astype(np.float64)
+    expected = np.einsum("pi,ijck,qj->pqck", g, np.asarray(w, np.float64), g).reshape(36, 2, 5)
+    np.testing.assert_allclose(winograd.kernel_transform(w), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "x, w, message",
+    [
+        (jnp.ones((5, 5, 3)), jnp.ones((3, 3, 3, 4)), "x must be"),
+        (jnp.ones((1, 5, 5, 3)), jnp.ones((5, 5, 3, 4)), "w \\(3, 3, C, K\\)"),
+        (jnp.ones((1, 5, 5, 3)), jnp.ones((3, 3, 2, 4)), "got x \\(1, 5, 5, 3\\)"),
+        (jnp.ones((1, 5, 5, 3), jnp.bfloat16), jnp.ones((3, 3, 3, 4)), "float32; got bfloat16"),
+    ],
+)
+def test_bad_arguments_raise_naming_them(x, w, message):
+    with pytest.raises(ValueError, match=message):
+        winograd.conv3x3(x, w)
+
+
+def lowered_text(fn, *shapes) -> str:
+    return jax.jit(fn).lower(*(jax.ShapeDtypeStruct(s, d) for s, d in shapes)).as_text()
+
+
+def routed(lhs_shape, rhs_shape, dtype=jnp.float32, strides=(1, 1), padding="SAME") -> bool:
+    def conv(x, w):
+        return conv_backend.conv_general_dilated(x, w, strides, padding, dimension_numbers=DIMS)
+
+    text = lowered_text(conv, (lhs_shape, dtype), (rhs_shape, dtype))
+    return "jaxcnn_winograd_input" in text
+
+
+@pytest.fixture
+def avx2_only(monkeypatch):
+    """This CPU as an AVX2-only one, the binding as available, the backend ``auto``."""
+    from jaxcnn import onednn
+
+    monkeypatch.setattr(conv_backend, "avx2_without_avx512_here", lambda: True)
+    monkeypatch.setattr(onednn, "available", lambda: True)
+    monkeypatch.delenv("JAXCNN_WINOGRAD", raising=False)
+    monkeypatch.delenv("JAXCNN_CONV_BACKEND", raising=False)
+
+
+@pytest.mark.parametrize(
+    "channels, taken",
+    [((24, 64), True), ((256, 256), True), ((64, 64), True), ((32, 32), False),
+     ((16, 64), False), ((3, 64), False)],  # fmt: skip
+)
+def test_auto_takes_wide_calls_on_avx2_only_cpus(avx2_only, channels, taken):
+    assert routed((2, 8, 8, channels[0]), (3, 3, *channels)) is taken
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"dtype": jnp.bfloat16},
+        {"strides": (2, 2)},
+        {"padding": "VALID"},
+        {"padding": ((1, 0), (1, 1))},
+    ],
+    ids=["bfloat16", "stride 2", "valid", "uneven padding"],
+)
+def test_auto_leaves_other_calls(avx2_only, kwargs):
+    assert not routed((2, 8, 8, 64), (3, 3, 64, 64), **kwargs)
+
+
+def test_explicit_same_padding_is_taken(avx2_only):
+    assert routed((2, 8, 8, 64), (3, 3, 64, 64), padding=((1, 1), (1, 1)))
+
+
+def test_auto_leaves_avx512_cpus_and_other_backends(avx2_only, monkeypatch):
+    monkeypatch.setattr(conv_backend, "avx2_without_avx512_here", lambda: False)
+    assert not routed((2, 8, 8, 64), (3, 3, 64, 64))
+    monkeypatch.setattr(conv_backend, "avx2_without_avx512_here", lambda: True)
+    with conv_backend.use_conv_backend("xla"):
+        assert not routed((2, 8, 8, 64), (3, 3, 64, 64))
+
+
+def test_switch_on_and_off(avx2_only, monkeypatch):
+    monkeypatch.setattr(conv_backend, "avx2_without_avx512_here", lambda: False)
+    monkeypatch.setenv("JAXCNN_WINOGRAD", "on")
+    assert routed((2, 8, 8, 3), (3, 3, 3, 4))
+    monkeypatch.setattr(conv_backend, "avx2_without_avx512_here", lambda: True)
+    monkeypatch.setenv("JAXCNN_WINOGRAD", "off")
+    assert not routed((2, 8, 8, 64), (3, 3, 64, 64))
+
+
+def test_bad_switch_value_raises_naming_it(monkeypatch):
+    monkeypatch.setenv("JAXCNN_WINOGRAD", "yes")
+    with pytest.raises(ValueError, match="JAXCNN_WINOGRAD.*yes"):
+        conv_backend.winograd_choice()
+
+
+@needs_native
+def test_a_model_trains_alike_with_and_without(monkeypatch):
+    """A small fast CIFAR net: loss and gradients with every 3x3 SAME conv as Winograd
+    against all direct."""
+    from jaxcnn import models
+
+    model = models.fast_cifar(widths=(8, 16, 16))
+    x = jax.random.normal(jax.random.key(2), (4, 16, 16, 3))
+    labels = jnp.arange(4) % 10
+    variables = model.init(jax.random.key(3), x, train=False)
+
+    def loss(params):
+        logits, _ = model.apply(
+            {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+        )
+        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), labels])
+
+    results = {}
+    for choice in ("off", "on"):
+        monkeypatch.setenv("JAXCNN_WINOGRAD", choice)
+        text = jax.jit(jax.value_and_grad(loss)).lower(variables["params"]).as_text()
+        assert ("jaxcnn_winograd_input" in text) is (choice == "on")
+        results[choice] = jax.jit(jax.value_and_grad(loss))(variables["params"])
+    (loss_off, grads_off), (loss_on, grads_on) = results["off"], results["on"]
+    assert abs(float(loss_on) - float(loss_off)) < 1e-4 * abs(float(loss_off))
+    for off, on in zip(jax.tree.leaves(grads_off), jax.tree.leaves(grads_on)):
+        assert relative_error(off, on) < 1e-3
