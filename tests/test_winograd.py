@@ -64,7 +64,8 @@ def test_value_and_both_gradients_match_direct_convolution(shape):
     x, w, g = operands(*shape)
     expected = jax.jit(lambda *a: value_and_grads(direct, *a))(x, w, g)
     got = jax.jit(lambda *a: value_and_grads(winograd.conv3x3, *a))(x, w, g)
-    for name, e, o in zip(("value", "input gradient", "kernel gradient"), expected, got):
+    names = ("value", "input gradient", "kernel gradient")
+    for name, e, o in zip(names, expected, got, strict=True):
         assert o.shape == e.shape, name
         assert relative_error(e, o) < TOLERANCE, name
 
@@ -129,8 +130,14 @@ def avx2_only(monkeypatch):
 
 @pytest.mark.parametrize(
     "channels, taken",
-    [((24, 64), True), ((256, 256), True), ((64, 64), True), ((32, 32), False),
-     ((16, 64), False), ((3, 64), False)],  # fmt: skip
+    [
+        ((24, 64), True),
+        ((256, 256), True),
+        ((64, 64), True),
+        ((32, 32), False),
+        ((16, 64), False),
+        ((3, 64), False),
+    ],  # fmt: skip
 )
 def test_auto_takes_wide_calls_on_avx2_only_cpus(avx2_only, channels, taken):
     assert routed((2, 8, 8, channels[0]), (3, 3, *channels)) is taken
@@ -139,15 +146,27 @@ def test_auto_takes_wide_calls_on_avx2_only_cpus(avx2_only, channels, taken):
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"dtype": jnp.bfloat16},
+        {"dtype": jnp.float16},
         {"strides": (2, 2)},
         {"padding": "VALID"},
         {"padding": ((1, 0), (1, 1))},
     ],
-    ids=["bfloat16", "stride 2", "valid", "uneven padding"],
+    ids=["float16", "stride 2", "valid", "uneven padding"],
 )
 def test_auto_leaves_other_calls(avx2_only, kwargs):
     assert not routed((2, 8, 8, 64), (3, 3, 64, 64), **kwargs)
+
+
+@needs_native
+def test_auto_runs_bfloat16_calls_in_float32_rounded_once(avx2_only):
+    assert routed((2, 8, 8, 64), (3, 3, 64, 64), dtype=jnp.bfloat16)
+    x, w, _ = operands(2, 6, 6, 32, 40)
+    x, w = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    y = jax.jit(lambda x, w: conv_backend.conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=DIMS))(x, w)  # fmt: skip
+    assert y.dtype == jnp.bfloat16
+    exact = direct(x.astype(jnp.float32), w.astype(jnp.float32))
+    assert relative_error(exact, y.astype(jnp.float32)) < 2**-8  # bfloat16's rounding
 
 
 def test_explicit_same_padding_is_taken(avx2_only):
@@ -202,5 +221,5 @@ def test_a_model_trains_alike_with_and_without(monkeypatch):
         results[choice] = jax.jit(jax.value_and_grad(loss))(variables["params"])
     (loss_off, grads_off), (loss_on, grads_on) = results["off"], results["on"]
     assert abs(float(loss_on) - float(loss_off)) < 1e-4 * abs(float(loss_off))
-    for off, on in zip(jax.tree.leaves(grads_off), jax.tree.leaves(grads_on)):
+    for off, on in zip(jax.tree.leaves(grads_off), jax.tree.leaves(grads_on), strict=True):
         assert relative_error(off, on) < 1e-3

@@ -51,8 +51,8 @@ from pathlib import Path
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 # Compiled into one library: the convolutions, batch norm's kernels, the fused first-layer
 # conv + max pool, the bfloat16 kernel gradient over image pairs, the gradient sum of
-# fast_ops.fork, the Winograd tile transforms, and the headers they share (the OpenMP team, bfloat16 conversions,
-# AVX-512 helpers).
+# fast_ops.fork, the Winograd tile transforms, and the headers they share (the OpenMP
+# team, bfloat16 conversions, AVX-512 helpers).
 SOURCES = tuple(
     SOURCE.with_name(name)
     for name in (
