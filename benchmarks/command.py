@@ -262,7 +262,8 @@ runtimes whose idle threads spin (TensorFlow, OpenMP in PyTorch). `jaxcnn` is th
 model (its `ConvBlock`s fuse bias, ReLU and max-pool through `jaxcnn.fast_ops`) trained by
 `jaxcnn.train`'s own step (`python benchmarks/jaxcnn_bench.py --variant ...` switches one
 piece at a time for the experiments in `docs/perf_notes.md`). "GFLOP/s" = images/s x
-training FLOPs per image (below).
+training FLOPs per image (below), counted as direct convolution: Winograd (oneDNN's on
+AVX-512 CPUs, jaxcnn's own on AVX2-only ones) multiplies less, so a row can pass 100 %.
 
 {report.markdown_table(rows, machine["peak_gflops"], machine.get("bf16_peak_gflops"), gpu)}
 

@@ -231,7 +231,7 @@ def main(argv=None) -> int:
         return 0
 
     from benchmarks import flax_minimal, nets_flax
-    from jaxcnn import conv_backend, conv_pool
+    from jaxcnn import conv_backend, conv_pool, onednn
 
     splits = options["splits"]
     if options["crop"] == "off":  # every conv output computed, as before session 17
@@ -239,6 +239,9 @@ def main(argv=None) -> int:
     if options["backend"] != "auto":  # auto: the environment (JAXCNN_CONV_BACKEND) decides
         conv_backend.set_conv_backend(options["backend"])
     convolutions = f"convolutions: {conv_backend.resolved_backend()}"
+    avx2_rules = conv_backend.conv_backend() == "auto" and conv_backend.avx2_without_avx512_here()
+    if convolutions.endswith("xla") and avx2_rules and onednn.available():
+        convolutions += " (AVX2-only CPU: narrow ones on oneDNN, wider 3x3 as Winograd)"
 
     model, impl = (None, "stand-in forced") if options["impl"] == "standin" else (None, "")
     if options["impl"] != "standin":
