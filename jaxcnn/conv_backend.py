@@ -26,7 +26,7 @@ value (``docs/perf_notes.md``, items 34, 37 and 41).
   1.8x in bfloat16). On AVX2-only x86 CPUs (AMD's Zen 3, item 78) XLA, except
   convolutions with at most ``AVX2_ONEDNN_MAX_CHANNELS`` (32) channels in and out, which
   oneDNN runs faster there in float32 (ResNet-20's step 1.45x; bfloat16 ones computed in
-  float32 and rounded once, 1.24x, item 80); and 3x3 SAME stride-1 convolutions it
+  float32 and rounded once, 1.24x, item 80); and 3x3 stride-1 convolutions it
   would give XLA there as Winograd F(4x4, 3x3) (:mod:`jaxcnn.winograd`, item 85; see
   ``WINOGRAD_MIN_CHANNELS`` and ``JAXCNN_WINOGRAD``: :func:`winograd_choice`).
   Elsewhere (ARM: not measured) XLA.
@@ -263,14 +263,16 @@ def _narrow_on_onednn(lhs, rhs) -> bool:
     return onednn.available()
 
 
-# On the same AVX2-only CPUs "auto" also runs 3x3 SAME stride-1 convolutions that it
+# On the same AVX2-only CPUs "auto" also runs 3x3 stride-1 convolutions that it
 # would give XLA (more than AVX2_ONEDNN_MAX_CHANNELS channels in or out) as Winograd
 # F(4x4, 3x3) (jaxcnn.winograd): oneDNN has no Winograd without AVX-512, and XLA's direct
 # kernels were already at the SGEMM ceiling. Forward + both gradients alone, batch 128:
 # 7 x 7 256 -> 256 1.9x XLA's, 15 x 15 64 -> 256 2.0x, 15 x 15 64 -> 64 1.6x, 31 x 31
 # 24 -> 64 1.5x, 8 x 8 64 -> 64 1.6x, 3 x 3 256 -> 256 1.2x; the fast CIFAR net's step
 # 1.76x in float32 and 1.73x in bfloat16 (computed in float32 and rounded once, as item
-# 80), ResNet-20's 1.14x and 1.07x (docs/perf_notes.md, item 85). At least this many
+# 80), ResNet-20's 1.14x and 1.07x (docs/perf_notes.md, item 85). Since item 86 any
+# non-negative padding (VALID, the tiled pool's crops): the CIFAR net's step 1.25x in
+# float32 and 1.22x in bfloat16, the MNIST net's level (1.02x, 0.99x). At least this many
 # channels in and out (the narrowest measured).
 WINOGRAD_MIN_CHANNELS = 24
 WINOGRAD_CHOICES = ("auto", "on", "off")
@@ -279,7 +281,7 @@ WINOGRAD_CHOICES = ("auto", "on", "off")
 def winograd_choice() -> str:
     """``JAXCNN_WINOGRAD``, validated (read at trace time): ``"auto"`` (default: the rule
     above, AVX2-only x86 CPUs under the ``"auto"`` backend), ``"on"`` (every float32 or
-    bfloat16 3x3 SAME stride-1 call the binding can take, any CPU, any backend; bfloat16
+    bfloat16 3x3 stride-1 call the binding can take, any CPU, any backend; bfloat16
     computed in float32 and rounded once), ``"off"`` (never).
 
     Examples:
@@ -290,16 +292,15 @@ def winograd_choice() -> str:
 
 
 def _winograd_shaped(lhs, rhs, window_strides, padding, rhs_dilation) -> bool:
-    """Whether the call is a float32 or bfloat16 3x3 SAME stride-1 undilated convolution."""
+    """Whether the call is a float32 or bfloat16 3x3 stride-1 undilated convolution with
+    ``"SAME"``, ``"VALID"`` or explicit padding (``_onednn_runs`` excludes negative)."""
     if lhs.dtype not in (jax.numpy.float32, jax.numpy.bfloat16) or rhs.dtype != lhs.dtype:
         return False
     if tuple(rhs.shape[:2]) != (3, 3) or tuple(window_strides) != (1, 1):
         return False
     if rhs_dilation is not None and tuple(rhs_dilation) != (1, 1):
         return False
-    same = ((1, 1), (1, 1))
-    return padding == "SAME" or (not isinstance(padding, str) and
-                                 tuple(map(tuple, padding)) == same)  # fmt: skip
+    return not isinstance(padding, str) or padding in ("SAME", "VALID")
 
 
 def _winograd_takes(lhs, rhs, window_strides, padding, rhs_dilation) -> bool:
@@ -343,7 +344,7 @@ def conv_general_dilated(
 ):
     """``lax.conv_general_dilated``, run by the backend :func:`resolved_backend` picks
     (under ``"auto"`` on an AVX2-only CPU, narrow calls by oneDNN, bfloat16 ones in
-    float32: see ``AVX2_ONEDNN_MAX_CHANNELS``; wider 3x3 SAME stride-1 ones as Winograd
+    float32: see ``AVX2_ONEDNN_MAX_CHANNELS``; wider 3x3 stride-1 ones as Winograd
     F(4x4, 3x3): see ``WINOGRAD_MIN_CHANNELS`` and :func:`winograd_choice`).
 
     Examples:
@@ -361,9 +362,9 @@ def conv_general_dilated(
         from jaxcnn import winograd
 
         if lhs.dtype == jax.numpy.bfloat16:  # in float32, rounded once (as item 80)
-            wide = winograd.conv3x3(lhs.astype(jax.numpy.float32), rhs.astype(jax.numpy.float32))
-            return wide.astype(jax.numpy.bfloat16)
-        return winograd.conv3x3(lhs, rhs)
+            wide = (lhs.astype(jax.numpy.float32), rhs.astype(jax.numpy.float32))
+            return winograd.conv3x3(*wide, padding).astype(jax.numpy.bfloat16)
+        return winograd.conv3x3(lhs, rhs, padding)
     backend = resolved_backend()
     if runs and backend == "xla" and _narrow_on_onednn(lhs, rhs):
         if lhs.dtype == jax.numpy.bfloat16:  # no AVX2 kernels: float32, rounded once

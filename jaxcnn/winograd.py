@@ -1,4 +1,4 @@
-"""3x3 SAME stride-1 float32 convolutions as Winograd F(4x4, 3x3), NHWC (CPU only).
+"""3x3 stride-1 float32 convolutions as Winograd F(4x4, 3x3), NHWC (CPU only).
 
 A direct 3x3 convolution spends 144 multiplications on a 4 x 4 tile of outputs per input
 and output channel; Winograd's minimal filtering spends 36 (Lavin and Gray 2016). Each
@@ -7,7 +7,9 @@ kernel once (``U = G g GT``), the 36 positions of a tile become 36 matrix produc
 the channels (``M = V U``, XLA's batched dot on every core), and ``AT M A`` gives the 4 x
 4 outputs. The transforms are binding calls (``jaxcnn/onednn/winograd.cc``) on the
 OpenMP team; the gradient runs the transposed transforms and two more batched dots, so
-the input and kernel gradients are Winograd too.
+the input and kernel gradients are Winograd too. Any padding (SAME, VALID, uneven,
+negative entries that crop): the tiles cover the output map, and what they read outside
+the image is zero.
 
 Why: oneDNN has Winograd kernels only on AVX-512 CPUs, and on the AVX2-only Zen 3 XLA's
 direct convolutions of the fast CIFAR net's 256-channel layers already ran at the SGEMM
@@ -22,9 +24,14 @@ Examples (they need the binding; tests/test_winograd.py runs them where it build
     >>> y = conv3x3(x, w)
     >>> y.shape, round(float(y[0, 2, 2, 0]), 4), round(float(y[0, 0, 0, 0]), 4)
     ((1, 5, 5, 1), 18.0, 8.0)
+    >>> conv3x3(x, w, "VALID").shape
+    (1, 3, 3, 1)
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -79,10 +86,11 @@ def kernel_transform(w: jax.Array) -> jax.Array:
     return u.reshape(POINTS, *w.shape[2:])
 
 
-def _transform(target: str, operand: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    return jax.ffi.ffi_call(
+def _transform(target: str, operand: jax.Array, shape: tuple[int, ...], **attrs) -> jax.Array:
+    call = jax.ffi.ffi_call(
         target, jax.ShapeDtypeStruct(shape, operand.dtype), vmap_method="sequential"
-    )(operand)
+    )
+    return call(operand, **{name: np.int64(value) for name, value in attrs.items()})
 
 
 def _products(v: jax.Array, u: jax.Array) -> jax.Array:
@@ -90,25 +98,35 @@ def _products(v: jax.Array, u: jax.Array) -> jax.Array:
     return lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))))
 
 
-@jax.custom_vjp
-def _conv(x: jax.Array, w: jax.Array) -> jax.Array:
-    return _conv_fwd(x, w)[0]
+# geometry: (input height, input width, padding top, bottom, left, right), static.
+def _tiling(n: int, geometry: tuple[int, ...]) -> tuple[int, int, int, dict[str, int]]:
+    h, w, top, bottom, left, right = geometry
+    oh, ow = h + top + bottom - 2, w + left + right - 2
+    attrs = {"out_h": oh, "out_w": ow, "pad_top": top, "pad_left": left}
+    return oh, ow, tile_count(n, oh, ow), attrs
 
 
-def _conv_fwd(x, w):
-    n, h, wd, c = x.shape
-    rows = tile_count(n, h, wd)
-    v = _transform("jaxcnn_winograd_input", x, (POINTS, rows, c))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv(x: jax.Array, w: jax.Array, geometry: tuple[int, ...]) -> jax.Array:
+    return _conv_fwd(x, w, geometry)[0]
+
+
+def _conv_fwd(x, w, geometry):
+    n, c = x.shape[0], x.shape[-1]
+    oh, ow, rows, attrs = _tiling(n, geometry)
+    v = _transform("jaxcnn_winograd_input", x, (POINTS, rows, c), **attrs)
     u = kernel_transform(w)
-    y = _transform("jaxcnn_winograd_output", _products(v, u), (n, h, wd, w.shape[-1]))
-    return y, (v, u, w, x.shape)
+    y = _transform("jaxcnn_winograd_output", _products(v, u), (n, oh, ow, w.shape[-1]))
+    return y, (v, u, w)
 
 
-def _conv_bwd(residuals, dy):
-    v, u, w, x_shape = residuals
-    dm = _transform("jaxcnn_winograd_output_grad", dy, (POINTS, v.shape[1], dy.shape[-1]))
+def _conv_bwd(geometry, residuals, dy):
+    v, u, w = residuals
+    n, c = dy.shape[0], v.shape[-1]
+    _, _, rows, attrs = _tiling(n, geometry)
+    dm = _transform("jaxcnn_winograd_output_grad", dy, (POINTS, rows, dy.shape[-1]))
     dv = lax.dot_general(dm, u, (((2,), (2,)), ((0,), (0,))))  # [36, R, C]
-    dx = _transform("jaxcnn_winograd_input_grad", dv, x_shape)
+    dx = _transform("jaxcnn_winograd_input_grad", dv, (n, *geometry[:2], c), **attrs)
     du = lax.dot_general(v, dm, (((1,), (1,)), ((0,), (0,))))  # [36, C, K]
     (dw,) = jax.vjp(kernel_transform, w)[1](du)
     return dx, dw
@@ -117,19 +135,24 @@ def _conv_bwd(residuals, dy):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def conv3x3(x: jax.Array, w: jax.Array) -> jax.Array:
-    """A 3x3 SAME stride-1 convolution, NHWC x HWIO -> NHWC, float32, by F(4x4, 3x3).
+def conv3x3(
+    x: jax.Array, w: jax.Array, padding: str | Sequence[tuple[int, int]] = "SAME"
+) -> jax.Array:
+    """A 3x3 stride-1 convolution, NHWC x HWIO -> NHWC, float32, by F(4x4, 3x3).
 
     Args:
       x: (N, H, W, C) float32.
       w: (3, 3, C, K) float32.
+      padding: ``"SAME"``, ``"VALID"`` or ``((top, bottom), (left, right))``, as lax
+        takes it (negative entries crop).
 
     Returns:
-      (N, H, W, K) float32: ``lax.conv_general_dilated(x, w, (1, 1), "SAME")`` up to
-      rounding; differentiable in both arguments.
+      (N, OH, OW, K) float32, OH = H + top + bottom - 2:
+      ``lax.conv_general_dilated(x, w, (1, 1), padding)`` up to rounding; differentiable
+      in both arguments.
 
     Raises:
-      ValueError: naming the argument, its shape or dtype and what is valid.
+      ValueError: naming the argument, its shape, dtype or value and what is valid.
     """
     if x.ndim != 4 or w.shape[:2] != (3, 3) or w.ndim != 4 or w.shape[2] != x.shape[-1]:
         raise ValueError(
@@ -138,5 +161,25 @@ def conv3x3(x: jax.Array, w: jax.Array) -> jax.Array:
         )
     if x.dtype != jnp.float32 or w.dtype != jnp.float32:
         raise ValueError(f"winograd.conv3x3: x and w must be float32; got {x.dtype} and {w.dtype}")
+    h, wd = x.shape[1:3]
+    if isinstance(padding, str):
+        if padding not in ("SAME", "VALID"):
+            raise ValueError(
+                f"winograd.conv3x3: padding {padding!r}; valid: 'SAME', 'VALID' or pairs"
+            )
+        pads = lax.padtype_to_pads((h, wd), (3, 3), (1, 1), padding)
+    else:
+        pads = [tuple(int(p) for p in pair) for pair in padding]
+        if len(pads) != 2 or any(len(pair) != 2 for pair in pads):
+            raise ValueError(
+                f"winograd.conv3x3: padding {padding!r}; valid: 'SAME', 'VALID' or "
+                f"((top, bottom), (left, right))"
+            )
+    (top, bottom), (left, right) = pads
+    if h + top + bottom < 3 or wd + left + right < 3:
+        raise ValueError(
+            f"winograd.conv3x3: padding {padding!r} leaves no output for x {x.shape}; the "
+            f"padded height and width must be at least 3"
+        )
     build.require()
-    return _conv(x, w)
+    return _conv(x, w, (h, wd, top, bottom, left, right))

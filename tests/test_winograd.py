@@ -27,8 +27,8 @@ DIMS = ("NHWC", "HWIO", "NHWC")
 TOLERANCE = 5e-5  # of the largest entry; measured 1e-6 .. 1.4e-5
 
 
-def direct(x, w):
-    return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DIMS)
+def direct(x, w, padding="SAME"):
+    return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=DIMS)
 
 
 def value_and_grads(conv, x, w, g):
@@ -40,11 +40,11 @@ def relative_error(a, b) -> float:
     return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a)))
 
 
-def operands(n, h, w, c, k, seed=0):
+def operands(n, h, w, c, k, seed=0, out=None):
     kx, kw, kg = jax.random.split(jax.random.key(seed), 3)
     x = jax.random.normal(kx, (n, h, w, c))
     kernel = jax.random.normal(kw, (3, 3, c, k)) * (2 / (9 * c)) ** 0.5
-    return x, kernel, jax.random.normal(kg, (n, h, w, k))
+    return x, kernel, jax.random.normal(kg, (n, *(out or (h, w)), k))
 
 
 # Edges of the tiling: sides below, at and above multiples of 4, a single pixel, a channel
@@ -66,6 +66,27 @@ def test_value_and_both_gradients_match_direct_convolution(shape):
     got = jax.jit(lambda *a: value_and_grads(winograd.conv3x3, *a))(x, w, g)
     names = ("value", "input gradient", "kernel gradient")
     for name, e, o in zip(names, expected, got, strict=True):
+        assert o.shape == e.shape, name
+        assert relative_error(e, o) < TOLERANCE, name
+
+
+# Paddings other than SAME: VALID, uneven, more than the kernel needs, cropping.
+PADDINGS = [
+    ("VALID", (5, 3)),
+    (((0, 1), (2, 0)), (6, 5)),
+    (((2, 2), (0, 0)), (9, 3)),
+    (((1, -1), (-1, 1)), (5, 3)),
+]
+
+
+@needs_native
+@pytest.mark.parametrize("padding, out", PADDINGS, ids=lambda p: str(p).replace(" ", ""))
+def test_other_paddings_match_direct_convolution(padding, out):
+    x, w, g = operands(2, 7, 5, 6, 5, out=out)
+    expected = jax.jit(lambda *a: value_and_grads(lambda x, w: direct(x, w, padding), *a))
+    got = jax.jit(lambda *a: value_and_grads(lambda x, w: winograd.conv3x3(x, w, padding), *a))
+    names = ("value", "input gradient", "kernel gradient")
+    for name, e, o in zip(names, expected(x, w, g), got(x, w, g), strict=True):
         assert o.shape == e.shape, name
         assert relative_error(e, o) < TOLERANCE, name
 
@@ -103,6 +124,19 @@ def test_kernel_transform_is_g_g_gt():
 def test_bad_arguments_raise_naming_them(x, w, message):
     with pytest.raises(ValueError, match=message):
         winograd.conv3x3(x, w)
+
+
+@pytest.mark.parametrize(
+    "padding, message",
+    [
+        ("CIRCULAR", "padding 'CIRCULAR'; valid: 'SAME', 'VALID'"),
+        (((1, 1),), "valid: 'SAME', 'VALID' or \\(\\(top"),
+        (((0, -1), (0, 0)), "leaves no output for x \\(1, 3, 3, 2\\)"),
+    ],
+)
+def test_bad_padding_raises_naming_it(padding, message):
+    with pytest.raises(ValueError, match=message):
+        winograd.conv3x3(jnp.ones((1, 3, 3, 2)), jnp.ones((3, 3, 2, 1)), padding)
 
 
 def lowered_text(fn, *shapes) -> str:
@@ -145,16 +179,16 @@ def test_auto_takes_wide_calls_on_avx2_only_cpus(avx2_only, channels, taken):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [
-        {"dtype": jnp.float16},
-        {"strides": (2, 2)},
-        {"padding": "VALID"},
-        {"padding": ((1, 0), (1, 1))},
-    ],
-    ids=["float16", "stride 2", "valid", "uneven padding"],
+    [{"dtype": jnp.float16}, {"strides": (2, 2)}, {"padding": ((1, -1), (1, 1))}],
+    ids=["float16", "stride 2", "cropping"],
 )
 def test_auto_leaves_other_calls(avx2_only, kwargs):
     assert not routed((2, 8, 8, 64), (3, 3, 64, 64), **kwargs)
+
+
+@pytest.mark.parametrize("padding", ["VALID", ((1, 0), (1, 1)), ((0, 0), (0, 0))])
+def test_auto_takes_other_paddings(avx2_only, padding):
+    assert routed((2, 8, 8, 64), (3, 3, 64, 64), padding=padding)
 
 
 @needs_native

@@ -1,4 +1,4 @@
-// Winograd F(4x4, 3x3) tile transforms for float32 3x3 SAME stride-1 convolutions, NHWC,
+// Winograd F(4x4, 3x3) tile transforms for float32 3x3 stride-1 convolutions, NHWC,
 // as XLA FFI handlers on the binding's OpenMP team. jaxcnn/winograd.py multiplies the
 // transformed tiles with XLA's batched dots and calls these for the rest.
 //
@@ -8,10 +8,12 @@
 // tile where direct convolution needs 144. Written in XLA ops the transforms were
 // one-thread fusions that ate the gain (3x slower than the direct convolution).
 //
-// Shapes: x, dx [N, H, W, C]; V, dV [36, R, C] with R = N * ceil(H / 4) * ceil(W / 4)
-// tiles, tile r = (n * th + ty) * tw + tx, its element p * 6 + q; M, dM [36, R, K]; y, dy
-// [N, H, W, K]. Tile (ty, tx) reads input rows 4 ty - 1 .. 4 ty + 4 (zero outside: SAME's
-// padding of 1) and writes output rows 4 ty .. 4 ty + 3 (cropped at H and W).
+// Shapes: x, dx [N, H, W, C]; y, dy [N, OH, OW, K]; V, dV [36, R, C] and M, dM [36, R, K]
+// with R = N * th * tw tiles, th = ceil(OH / 4), tw = ceil(OW / 4), tile r = (n * th +
+// ty) * tw + tx, its element p * 6 + q. With padding (top, left) at the low edges, tile
+// (ty, tx) reads input rows 4 ty - top .. 4 ty - top + 5 (zero outside the image: the
+// padding, at either end) and writes output rows 4 ty .. 4 ty + 3 (cropped at OH and
+// OW). SAME is top = left = 1, VALID 0.
 //
 // The four transforms (Lavin and Gray 2016; points 0, +-1, +-2, infinity):
 //   V = BT d B (input), y = AT M A (output), and their transposes for the gradients:
@@ -20,6 +22,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <string>
+#include <utility>
 
 #include "team.h"
 #include "xla/ffi/api/ffi.h"
@@ -140,11 +144,16 @@ inline void ApplyA(const float* in, int64_t in_stride, float* out, int64_t out_s
   }
 }
 
+// The tiling of one call: the image it reads or writes (n x h x w), the output map the
+// tiles cover (oh x ow), and where output (0, 0)'s window starts in the image (-top,
+// -left: the convolution's low padding; 0 for the output transforms, whose image is the
+// output).
 struct Tiles {
-  int64_t n, h, w, th, tw, rows;
-  Tiles(int64_t n_, int64_t h_, int64_t w_)
-      : n(n_), h(h_), w(w_), th((h_ + kM - 1) / kM), tw((w_ + kM - 1) / kM),
-        rows(n_ * th * tw) {}
+  int64_t n, h, w, oh, ow, top, left, th, tw, rows;
+  Tiles(int64_t n_, int64_t h_, int64_t w_, int64_t oh_, int64_t ow_, int64_t top_,
+        int64_t left_)
+      : n(n_), h(h_), w(w_), oh(oh_), ow(ow_), top(top_), left(left_),
+        th((oh_ + kM - 1) / kM), tw((ow_ + kM - 1) / kM), rows(n_ * th * tw) {}
 };
 
 // V[36, R, C] from x[N, H, W, C].
@@ -153,7 +162,7 @@ void InputTransform(const float* x, const Tiles& t, int64_t c, int threads, floa
     alignas(64) float d[kA][kA][kBlock];
     alignas(64) float s[kA][kA][kBlock];
     int64_t n = r / (t.th * t.tw), ty = r / t.tw % t.th, tx = r % t.tw;
-    int64_t y0 = kM * ty - 1, x0 = kM * tx - 1;
+    int64_t y0 = kM * ty - t.top, x0 = kM * tx - t.left;
     for (int64_t c0 = 0; c0 < c; c0 += kBlock) {
       int cb = static_cast<int>(std::min<int64_t>(kBlock, c - c0));
       for (int i = 0; i < kA; ++i) {
@@ -237,7 +246,7 @@ void InputTransformGrad(const float* dv, const Tiles& t, int64_t c, int threads,
     for (int64_t ty = 0; ty < t.th; ++ty) {
       for (int64_t tx = 0; tx < t.tw; ++tx) {
         int64_t r = (n * t.th + ty) * t.tw + tx;
-        int64_t y0 = kM * ty - 1, x0 = kM * tx - 1;
+        int64_t y0 = kM * ty - t.top, x0 = kM * tx - t.left;
         for (int64_t c0 = 0; c0 < c; c0 += kBlock) {
           int cb = static_cast<int>(std::min<int64_t>(kBlock, c - c0));
           for (int q = 0; q < kA; ++q) {  // s[i][q] = sum_p BT[p][i] dV[p][q]
@@ -264,70 +273,92 @@ void InputTransformGrad(const float* dv, const Tiles& t, int64_t c, int threads,
 
 bool IsF32(const ffi::AnyBuffer& b) { return b.element_type() == ffi::DataType::F32; }
 
-// Checks that `tiles` ([36, R, C]) and `image` ([N, H, W, C]) agree.
-ffi::Error Check(const char* what, const ffi::AnyBuffer& tiles, const ffi::AnyBuffer& image) {
-  auto td = tiles.dimensions();
-  auto id = image.dimensions();
-  if (!IsF32(tiles) || !IsF32(image) || td.size() != 3 || id.size() != 4) {
-    return ffi::Error::InvalidArgument(
-        std::string("jaxcnn winograd ") + what + ": float32 [36, R, C] and [N, H, W, C]");
-  }
-  Tiles t(id[0], id[1], id[2]);
-  if (td[0] != kA * kA || td[1] != t.rows || td[2] != id[3]) {
-    return ffi::Error::InvalidArgument(std::string("jaxcnn winograd ") + what +
-                                       ": tiles must be [36, N*ceil(H/4)*ceil(W/4), C]");
-  }
-  return ffi::Error::Success();
-}
-
+// Runs `body(tiling, channels, threads)` on the team after checking that `tiles` ([36, R,
+// C]) and `image` ([N, H, W, C]) agree with an output map of oh x ow (R = N * ceil(oh /
+// 4) * ceil(ow / 4)) whose window (0, 0) starts at (-top, -left) of the image.
 template <typename F>
 ffi::Error Run(const char* what, const ffi::AnyBuffer& tiles, const ffi::AnyBuffer& image,
-               F&& body) {
-  ffi::Error ok = Check(what, tiles, image);
-  if (ok.failure()) return ok;
+               int64_t oh, int64_t ow, int64_t top, int64_t left, F&& body) {
+  auto td = tiles.dimensions();
   auto id = image.dimensions();
-  Tiles t(id[0], id[1], id[2]);
+  std::string name = std::string("jaxcnn winograd ") + what;
+  if (!IsF32(tiles) || !IsF32(image) || td.size() != 3 || id.size() != 4) {
+    return ffi::Error::InvalidArgument(name + ": float32 [36, R, C] and [N, H, W, C]");
+  }
+  if (oh < 1 || ow < 1) return ffi::Error::InvalidArgument(name + ": empty output map");
+  Tiles t(id[0], id[1], id[2], oh, ow, top, left);
+  if (td[0] != kA * kA || td[1] != t.rows || td[2] != id[3]) {
+    return ffi::Error::InvalidArgument(name + ": tiles must be [36, N*ceil(OH/4)*ceil(OW/4), C]");
+  }
   if (t.rows == 0 || id[3] == 0) return ffi::Error::Success();
   jaxcnn::InFlight team;
   body(t, id[3], team.threads);
   return ffi::Error::Success();
 }
 
-ffi::Error InputHandler(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> v) {
-  return Run("input transform", *v, x, [&](const Tiles& t, int64_t c, int threads) {
-    InputTransform(static_cast<const float*>(x.untyped_data()), t, c, threads,
-                   static_cast<float*>(v->untyped_data()));
-  });
+// The output transforms: their image is the output map.
+template <typename F>
+ffi::Error RunOnOutput(const char* what, const ffi::AnyBuffer& tiles, const ffi::AnyBuffer& y,
+                       F&& body) {
+  auto yd = y.dimensions();
+  if (yd.size() != 4) {
+    return ffi::Error::InvalidArgument(std::string("jaxcnn winograd ") + what + ": [N, OH, OW, K]");
+  }
+  return Run(what, tiles, y, yd[1], yd[2], 0, 0, std::forward<F>(body));
+}
+
+ffi::Error InputHandler(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> v, int64_t out_h,
+                        int64_t out_w, int64_t pad_top, int64_t pad_left) {
+  return Run("input transform", *v, x, out_h, out_w, pad_top, pad_left,
+             [&](const Tiles& t, int64_t c, int threads) {
+               InputTransform(static_cast<const float*>(x.untyped_data()), t, c, threads,
+                              static_cast<float*>(v->untyped_data()));
+             });
 }
 
 ffi::Error OutputHandler(ffi::AnyBuffer m, ffi::Result<ffi::AnyBuffer> y) {
-  return Run("output transform", m, *y, [&](const Tiles& t, int64_t k, int threads) {
+  return RunOnOutput("output transform", m, *y, [&](const Tiles& t, int64_t k, int threads) {
     OutputTransform(static_cast<const float*>(m.untyped_data()), t, k, threads,
                     static_cast<float*>(y->untyped_data()));
   });
 }
 
 ffi::Error OutputGradHandler(ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dm) {
-  return Run("output transform gradient", *dm, dy, [&](const Tiles& t, int64_t k, int threads) {
-    OutputTransformGrad(static_cast<const float*>(dy.untyped_data()), t, k, threads,
-                        static_cast<float*>(dm->untyped_data()));
-  });
+  return RunOnOutput("output transform gradient", *dm, dy,
+                     [&](const Tiles& t, int64_t k, int threads) {
+                       OutputTransformGrad(static_cast<const float*>(dy.untyped_data()), t, k,
+                                           threads, static_cast<float*>(dm->untyped_data()));
+                     });
 }
 
-ffi::Error InputGradHandler(ffi::AnyBuffer dv, ffi::Result<ffi::AnyBuffer> dx) {
-  return Run("input transform gradient", dv, *dx, [&](const Tiles& t, int64_t c, int threads) {
-    InputTransformGrad(static_cast<const float*>(dv.untyped_data()), t, c, threads,
-                       static_cast<float*>(dx->untyped_data()));
-  });
+ffi::Error InputGradHandler(ffi::AnyBuffer dv, ffi::Result<ffi::AnyBuffer> dx, int64_t out_h,
+                            int64_t out_w, int64_t pad_top, int64_t pad_left) {
+  return Run("input transform gradient", dv, *dx, out_h, out_w, pad_top, pad_left,
+             [&](const Tiles& t, int64_t c, int threads) {
+               InputTransformGrad(static_cast<const float*>(dv.untyped_data()), t, c, threads,
+                                  static_cast<float*>(dx->untyped_data()));
+             });
 }
 
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnWinogradInput, InputHandler,
-                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("out_h")
+                                  .Attr<int64_t>("out_w")
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_left"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnWinogradOutput, OutputHandler,
                               ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnWinogradOutputGrad, OutputGradHandler,
                               ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnWinogradInputGrad, InputGradHandler,
-                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("out_h")
+                                  .Attr<int64_t>("out_w")
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_left"));
