@@ -169,7 +169,10 @@ def conv3x3(
             )
         pads = lax.padtype_to_pads((h, wd), (3, 3), (1, 1), padding)
     else:
-        pads = [tuple(int(p) for p in pair) for pair in padding]
+        try:
+            pads = [tuple(int(p) for p in pair) for pair in padding]
+        except TypeError:  # not pairs of integers, e.g. (1, 1)
+            pads = []
         if len(pads) != 2 or any(len(pair) != 2 for pair in pads):
             raise ValueError(
                 f"winograd.conv3x3: padding {padding!r}; valid: 'SAME', 'VALID' or "

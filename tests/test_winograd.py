@@ -131,6 +131,7 @@ def test_bad_arguments_raise_naming_them(x, w, message):
     [
         ("CIRCULAR", "padding 'CIRCULAR'; valid: 'SAME', 'VALID'"),
         (((1, 1),), "valid: 'SAME', 'VALID' or \\(\\(top"),
+        ((1, 1), "padding \\(1, 1\\); valid"),
         (((0, -1), (0, 0)), "leaves no output for x \\(1, 3, 3, 2\\)"),
     ],
 )

@@ -184,7 +184,7 @@ void InputTransform(const float* x, const Tiles& t, int64_t c, int threads, floa
   });
 }
 
-// y[N, H, W, K] from M[36, R, K].
+// y[N, OH, OW, K] from M[36, R, K] (the tiling's image is the output map).
 void OutputTransform(const float* m, const Tiles& t, int64_t k, int threads, float* y) {
   jaxcnn::EachRow(t.rows, threads, [&](int, int64_t r) {
     alignas(64) float s[kM][kA][kBlock];
@@ -209,7 +209,7 @@ void OutputTransform(const float* m, const Tiles& t, int64_t k, int threads, flo
   });
 }
 
-// dM[36, R, K] from dy[N, H, W, K]: the transpose of OutputTransform.
+// dM[36, R, K] from dy[N, OH, OW, K]: the transpose of OutputTransform.
 void OutputTransformGrad(const float* dy, const Tiles& t, int64_t k, int threads, float* dm) {
   jaxcnn::EachRow(t.rows, threads, [&](int, int64_t r) {
     alignas(64) float g[kM][kM][kBlock];
