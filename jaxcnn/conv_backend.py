@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 from collections.abc import Iterator
 
@@ -272,9 +273,15 @@ def _narrow_on_onednn(lhs, rhs) -> bool:
 # 1.76x in float32 and 1.73x in bfloat16 (computed in float32 and rounded once, as item
 # 80), ResNet-20's 1.14x and 1.07x (docs/perf_notes.md, item 85). Since item 86 any
 # non-negative padding (VALID, the tiled pool's crops): the CIFAR net's step 1.25x in
-# float32 and 1.22x in bfloat16, the MNIST net's level (1.02x, 0.99x). At least this many
-# channels in and out (the narrowest measured).
+# float32 and 1.22x in bfloat16. At least this many channels in and out (the narrowest
+# measured).
 WINOGRAD_MIN_CHANNELS = 24
+# At most this many outputs computed per output wanted, where a map needs more than one
+# 4 x 4 tile: the tiles cover it to the next multiple of 4 on each side. The MNIST net's
+# cropped 10 x 10 conv2 map (1.44) gained nothing in its step (x0.98-1.02) and changed
+# its training's rounding; the fast CIFAR net's 3 x 3 maps (one tile, 1.78) kept it
+# (x1.03 on that step). Item 86.
+WINOGRAD_MAX_WASTE = 1.4
 WINOGRAD_CHOICES = ("auto", "on", "off")
 
 
@@ -303,6 +310,24 @@ def _winograd_shaped(lhs, rhs, window_strides, padding, rhs_dilation) -> bool:
     return not isinstance(padding, str) or padding in ("SAME", "VALID")
 
 
+def _tile_waste(spatial, padding) -> float:
+    """Outputs that 4 x 4 tiles compute per output wanted of a 3x3 stride-1 convolution's
+    map; 1.0 for a map within one tile.
+
+    Examples:
+        >>> _tile_waste((12, 12), "VALID")  # a 10 x 10 map: 12 x 12 computed
+        1.44
+        >>> _tile_waste((3, 3), "SAME")  # one tile
+        1.0
+    """
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(spatial, (3, 3), (1, 1), padding)
+    out = [size + lo + hi - 2 for size, (lo, hi) in zip(spatial, padding, strict=True)]
+    if max(out) <= 4:
+        return 1.0
+    return math.prod(-(-o // 4) * 4 for o in out) / max(1, math.prod(out))
+
+
 def _winograd_takes(lhs, rhs, window_strides, padding, rhs_dilation) -> bool:
     """Whether this call (one the binding takes: NHWC, one CPU device, no groups) runs
     as :func:`jaxcnn.winograd.conv3x3`."""
@@ -315,6 +340,8 @@ def _winograd_takes(lhs, rhs, window_strides, padding, rhs_dilation) -> bool:
         return True
     channels = rhs.shape[2:]
     if conv_backend() != "auto" or min(channels) < WINOGRAD_MIN_CHANNELS:
+        return False
+    if _tile_waste(lhs.shape[1:3], padding) > WINOGRAD_MAX_WASTE:
         return False
     if max(channels) <= AVX2_ONEDNN_MAX_CHANNELS or not avx2_without_avx512_here():
         return False

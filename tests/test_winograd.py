@@ -187,9 +187,24 @@ def test_auto_leaves_other_calls(avx2_only, kwargs):
     assert not routed((2, 8, 8, 64), (3, 3, 64, 64), **kwargs)
 
 
-@pytest.mark.parametrize("padding", ["VALID", ((1, 0), (1, 1)), ((0, 0), (0, 0))])
+@pytest.mark.parametrize("padding", ["VALID", ((1, 1), (0, 0)), ((0, 0), (0, 0))])
 def test_auto_takes_other_paddings(avx2_only, padding):
-    assert routed((2, 8, 8, 64), (3, 3, 64, 64), padding=padding)
+    assert routed((2, 10, 10, 64), (3, 3, 64, 64), padding=padding)  # 8 x 8, 10 x 8 maps
+
+
+@pytest.mark.parametrize(
+    "spatial, padding, taken",
+    [
+        ((12, 12), "VALID", False),
+        ((14, 14), "VALID", True),
+        ((3, 3), "SAME", True),
+        ((7, 7), "SAME", True),
+        ((5, 5), "SAME", False),
+    ],  # fmt: skip
+    ids=["10x10 map", "12x12 map", "3x3 map: one tile", "7x7 map", "5x5 map"],
+)
+def test_auto_leaves_maps_that_tiles_cover_wastefully(avx2_only, spatial, padding, taken):
+    assert routed((2, *spatial, 64), (3, 3, 64, 64), padding=padding) is taken
 
 
 @needs_native
