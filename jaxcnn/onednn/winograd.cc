@@ -20,6 +20,7 @@
 //   dM = A dy AT, dd = B dV BT (overlap-added into dx).
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -36,20 +37,18 @@ constexpr int kA = 6;       // input tile side
 constexpr int kM = 4;       // output tile side
 constexpr int kBlock = 64;  // channels per pass: two 6 x 6 x 64 float tiles stay in L1
 
+// Rows base, base + stride, ...: a transform's N operands or results, each n channels.
+template <int N, typename T>
+inline std::array<T*, N> RowsOf(T* base, int64_t stride) {
+  std::array<T*, N> rows;
+  for (int i = 0; i < N; ++i) rows[i] = base + i * stride;
+  return rows;
+}
+
 // out[k] = sum_i BT[k][i] in[i] for the 6 x 6 BT, over n channels. Strides in floats.
 inline void ApplyBT(const float* in, int64_t in_stride, float* out, int64_t out_stride, int n) {
-  const float* d0 = in;
-  const float* d1 = in + in_stride;
-  const float* d2 = in + 2 * in_stride;
-  const float* d3 = in + 3 * in_stride;
-  const float* d4 = in + 4 * in_stride;
-  const float* d5 = in + 5 * in_stride;
-  float* o0 = out;
-  float* o1 = out + out_stride;
-  float* o2 = out + 2 * out_stride;
-  float* o3 = out + 3 * out_stride;
-  float* o4 = out + 4 * out_stride;
-  float* o5 = out + 5 * out_stride;
+  auto [d0, d1, d2, d3, d4, d5] = RowsOf<6>(in, in_stride);
+  auto [o0, o1, o2, o3, o4, o5] = RowsOf<6>(out, out_stride);
 #pragma GCC ivdep
   for (int c = 0; c < n; ++c) {
     float a = d4[c] - d2[c];
@@ -65,18 +64,8 @@ inline void ApplyBT(const float* in, int64_t in_stride, float* out, int64_t out_
 
 // out[i] = sum_k BT[k][i] in[k]: the transpose of ApplyBT.
 inline void ApplyB(const float* in, int64_t in_stride, float* out, int64_t out_stride, int n) {
-  const float* v0 = in;
-  const float* v1 = in + in_stride;
-  const float* v2 = in + 2 * in_stride;
-  const float* v3 = in + 3 * in_stride;
-  const float* v4 = in + 4 * in_stride;
-  const float* v5 = in + 5 * in_stride;
-  float* o0 = out;
-  float* o1 = out + out_stride;
-  float* o2 = out + 2 * out_stride;
-  float* o3 = out + 3 * out_stride;
-  float* o4 = out + 4 * out_stride;
-  float* o5 = out + 5 * out_stride;
+  auto [v0, v1, v2, v3, v4, v5] = RowsOf<6>(in, in_stride);
+  auto [o0, o1, o2, o3, o4, o5] = RowsOf<6>(out, out_stride);
 #pragma GCC ivdep
   for (int c = 0; c < n; ++c) {
     float s12 = v1[c] + v2[c];
@@ -94,16 +83,8 @@ inline void ApplyB(const float* in, int64_t in_stride, float* out, int64_t out_s
 
 // out[u] = sum_k AT[u][k] in[k] for the 4 x 6 AT.
 inline void ApplyAT(const float* in, int64_t in_stride, float* out, int64_t out_stride, int n) {
-  const float* m0 = in;
-  const float* m1 = in + in_stride;
-  const float* m2 = in + 2 * in_stride;
-  const float* m3 = in + 3 * in_stride;
-  const float* m4 = in + 4 * in_stride;
-  const float* m5 = in + 5 * in_stride;
-  float* o0 = out;
-  float* o1 = out + out_stride;
-  float* o2 = out + 2 * out_stride;
-  float* o3 = out + 3 * out_stride;
+  auto [m0, m1, m2, m3, m4, m5] = RowsOf<6>(in, in_stride);
+  auto [o0, o1, o2, o3] = RowsOf<4>(out, out_stride);
 #pragma GCC ivdep
   for (int c = 0; c < n; ++c) {
     float s12 = m1[c] + m2[c];
@@ -119,16 +100,8 @@ inline void ApplyAT(const float* in, int64_t in_stride, float* out, int64_t out_
 
 // out[k] = sum_u AT[u][k] in[u]: the transpose of ApplyAT (4 rows in, 6 out).
 inline void ApplyA(const float* in, int64_t in_stride, float* out, int64_t out_stride, int n) {
-  const float* g0 = in;
-  const float* g1 = in + in_stride;
-  const float* g2 = in + 2 * in_stride;
-  const float* g3 = in + 3 * in_stride;
-  float* o0 = out;
-  float* o1 = out + out_stride;
-  float* o2 = out + 2 * out_stride;
-  float* o3 = out + 3 * out_stride;
-  float* o4 = out + 4 * out_stride;
-  float* o5 = out + 5 * out_stride;
+  auto [g0, g1, g2, g3] = RowsOf<4>(in, in_stride);
+  auto [o0, o1, o2, o3, o4, o5] = RowsOf<6>(out, out_stride);
 #pragma GCC ivdep
   for (int c = 0; c < n; ++c) {
     float s02 = g0[c] + g2[c];
