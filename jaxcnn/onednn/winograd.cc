@@ -129,32 +129,50 @@ struct Tiles {
         th((oh_ + kM - 1) / kM), tw((ow_ + kM - 1) / kM), rows(n_ * th * tw) {}
 };
 
-// V[36, R, C] from x[N, H, W, C].
-void InputTransform(const float* x, const Tiles& t, int64_t c, int threads, float* v) {
+// tile[i][j] = image[n, y0 + i, x0 + j, c0 : c0 + cb], zero outside the image.
+template <int kSide>
+void LoadTile(const float* image, const Tiles& t, int64_t n, int64_t y0, int64_t x0,
+              int64_t channels, int64_t c0, int cb, float (*tile)[kSide][kBlock]) {
+  for (int i = 0; i < kSide; ++i) {
+    int64_t yy = y0 + i;
+    for (int j = 0; j < kSide; ++j) {
+      int64_t xx = x0 + j;
+      if (yy < 0 || yy >= t.h || xx < 0 || xx >= t.w) {
+        std::memset(tile[i][j], 0, sizeof(float) * cb);
+      } else {
+        const float* pixel = image + ((n * t.h + yy) * t.w + xx) * channels + c0;
+        std::memcpy(tile[i][j], pixel, sizeof(float) * cb);
+      }
+    }
+  }
+}
+
+// points[36, R, C] from image[N, _, _, C]: kSide x kSide tiles whose (0, 0) is at (4 ty -
+// top, 4 tx - left), Apply (kSide rows in, 6 out) along both axes. The input transform
+// (6 x 6 tiles, BT) and the output transform's transpose (4 x 4 tiles of dy, A).
+template <int kSide, auto Apply>
+void ToPoints(const float* image, const Tiles& t, int64_t c, int64_t top, int64_t left,
+              int threads, float* points) {
   jaxcnn::EachRow(t.rows, threads, [&](int, int64_t r) {
-    alignas(64) float d[kA][kA][kBlock];
-    alignas(64) float s[kA][kA][kBlock];
+    alignas(64) float d[kSide][kSide][kBlock];
+    alignas(64) float s[kA][kSide][kBlock];
     int64_t n = r / (t.th * t.tw), ty = r / t.tw % t.th, tx = r % t.tw;
-    int64_t y0 = kM * ty - t.top, x0 = kM * tx - t.left;
     for (int64_t c0 = 0; c0 < c; c0 += kBlock) {
       int cb = static_cast<int>(std::min<int64_t>(kBlock, c - c0));
-      for (int i = 0; i < kA; ++i) {
-        int64_t yy = y0 + i;
-        for (int j = 0; j < kA; ++j) {
-          int64_t xx = x0 + j;
-          if (yy < 0 || yy >= t.h || xx < 0 || xx >= t.w) {
-            std::memset(d[i][j], 0, sizeof(float) * cb);
-          } else {
-            std::memcpy(d[i][j], x + ((n * t.h + yy) * t.w + xx) * c + c0, sizeof(float) * cb);
-          }
-        }
+      LoadTile<kSide>(image, t, n, kM * ty - top, kM * tx - left, c, c0, cb, d);
+      for (int j = 0; j < kSide; ++j) {
+        Apply(&d[0][j][0], kSide * kBlock, &s[0][j][0], kSide * kBlock, cb);
       }
-      for (int j = 0; j < kA; ++j) ApplyBT(&d[0][j][0], kA * kBlock, &s[0][j][0], kA * kBlock, cb);
       for (int p = 0; p < kA; ++p) {
-        ApplyBT(&s[p][0][0], kBlock, v + ((p * kA) * t.rows + r) * c + c0, t.rows * c, cb);
+        Apply(&s[p][0][0], kBlock, points + ((p * kA) * t.rows + r) * c + c0, t.rows * c, cb);
       }
     }
   });
+}
+
+// V[36, R, C] from x[N, H, W, C].
+void InputTransform(const float* x, const Tiles& t, int64_t c, int threads, float* v) {
+  ToPoints<kA, ApplyBT>(x, t, c, t.top, t.left, threads, v);
 }
 
 // y[N, OH, OW, K] from M[36, R, K] (the tiling's image is the output map).
@@ -182,31 +200,10 @@ void OutputTransform(const float* m, const Tiles& t, int64_t k, int threads, flo
   });
 }
 
-// dM[36, R, K] from dy[N, OH, OW, K]: the transpose of OutputTransform.
+// dM[36, R, K] from dy[N, OH, OW, K]: the transpose of OutputTransform (zero beyond OH,
+// OW: outputs the tiles compute but the map lacks).
 void OutputTransformGrad(const float* dy, const Tiles& t, int64_t k, int threads, float* dm) {
-  jaxcnn::EachRow(t.rows, threads, [&](int, int64_t r) {
-    alignas(64) float g[kM][kM][kBlock];
-    alignas(64) float s[kA][kM][kBlock];
-    int64_t n = r / (t.th * t.tw), ty = r / t.tw % t.th, tx = r % t.tw;
-    for (int64_t k0 = 0; k0 < k; k0 += kBlock) {
-      int kb = static_cast<int>(std::min<int64_t>(kBlock, k - k0));
-      for (int u = 0; u < kM; ++u) {
-        int64_t yy = kM * ty + u;
-        for (int v = 0; v < kM; ++v) {
-          int64_t xx = kM * tx + v;
-          if (yy >= t.h || xx >= t.w) {
-            std::memset(g[u][v], 0, sizeof(float) * kb);
-          } else {
-            std::memcpy(g[u][v], dy + ((n * t.h + yy) * t.w + xx) * k + k0, sizeof(float) * kb);
-          }
-        }
-      }
-      for (int v = 0; v < kM; ++v) ApplyA(&g[0][v][0], kM * kBlock, &s[0][v][0], kM * kBlock, kb);
-      for (int p = 0; p < kA; ++p) {
-        ApplyA(&s[p][0][0], kBlock, dm + ((p * kA) * t.rows + r) * k + k0, t.rows * k, kb);
-      }
-    }
-  });
+  ToPoints<kM, ApplyA>(dy, t, k, 0, 0, threads, dm);
 }
 
 // dx[N, H, W, C] from dV[36, R, C]: the transpose of InputTransform. One image per task,
