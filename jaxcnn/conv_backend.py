@@ -289,7 +289,8 @@ def winograd_choice() -> str:
     """``JAXCNN_WINOGRAD``, validated (read at trace time): ``"auto"`` (default: the rule
     above, AVX2-only x86 CPUs under the ``"auto"`` backend), ``"on"`` (every float32 or
     bfloat16 3x3 stride-1 call the binding can take, any CPU, any backend; bfloat16
-    computed in float32 and rounded once), ``"off"`` (never).
+    computed in float32 and rounded once; raises where the binding cannot load, as
+    ``JAXCNN_CONV_BACKEND=onednn`` does), ``"off"`` (never).
 
     Examples:
         >>> winograd_choice() in WINOGRAD_CHOICES
