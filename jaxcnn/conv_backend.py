@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import os
 from collections.abc import Iterator
 
@@ -299,11 +298,10 @@ def winograd_choice() -> str:
     return env_choice("JAXCNN_WINOGRAD", "auto", WINOGRAD_CHOICES)
 
 
-def _winograd_shaped(lhs, rhs, window_strides, padding, rhs_dilation) -> bool:
-    """Whether the call is a float32 or bfloat16 3x3 stride-1 undilated convolution with
-    ``"SAME"``, ``"VALID"`` or explicit padding (``_onednn_runs`` excludes negative)."""
-    if lhs.dtype not in (jax.numpy.float32, jax.numpy.bfloat16) or rhs.dtype != lhs.dtype:
-        return False
+def _winograd_shaped(rhs, window_strides, padding, rhs_dilation) -> bool:
+    """Whether a call the binding takes (``_onednn_runs``: float32 or bfloat16, no negative
+    padding) is a 3x3 stride-1 undilated convolution with ``"SAME"``, ``"VALID"`` or
+    explicit padding."""
     if tuple(rhs.shape[:2]) != (3, 3) or tuple(window_strides) != (1, 1):
         return False
     if rhs_dilation is not None and tuple(rhs_dilation) != (1, 1):
@@ -311,38 +309,20 @@ def _winograd_shaped(lhs, rhs, window_strides, padding, rhs_dilation) -> bool:
     return not isinstance(padding, str) or padding in ("SAME", "VALID")
 
 
-def _tile_waste(spatial, padding) -> float:
-    """Outputs that 4 x 4 tiles compute per output wanted of a 3x3 stride-1 convolution's
-    map; 1.0 for a map within one tile.
-
-    Examples:
-        >>> _tile_waste((12, 12), "VALID")  # a 10 x 10 map: 12 x 12 computed
-        1.44
-        >>> _tile_waste((3, 3), "SAME")  # one tile
-        1.0
-    """
-    if isinstance(padding, str):
-        padding = lax.padtype_to_pads(spatial, (3, 3), (1, 1), padding)
-    out = [size + lo + hi - 2 for size, (lo, hi) in zip(spatial, padding, strict=True)]
-    if max(out) <= 4:
-        return 1.0
-    return math.prod(-(-o // 4) * 4 for o in out) / max(1, math.prod(out))
-
-
 def _winograd_takes(lhs, rhs, window_strides, padding, rhs_dilation) -> bool:
     """Whether this call (one the binding takes: NHWC, one CPU device, no groups) runs
     as :func:`jaxcnn.winograd.conv3x3`."""
-    from jaxcnn import onednn
+    from jaxcnn import onednn, winograd
 
     choice = winograd_choice()
-    if choice == "off" or not _winograd_shaped(lhs, rhs, window_strides, padding, rhs_dilation):
+    if choice == "off" or not _winograd_shaped(rhs, window_strides, padding, rhs_dilation):
         return False
     if choice == "on":
         return True
     channels = rhs.shape[2:]
     if conv_backend() != "auto" or min(channels) < WINOGRAD_MIN_CHANNELS:
         return False
-    if _tile_waste(lhs.shape[1:3], padding) > WINOGRAD_MAX_WASTE:
+    if winograd.tile_waste(lhs.shape[1:3], padding) > WINOGRAD_MAX_WASTE:
         return False
     if max(channels) <= AVX2_ONEDNN_MAX_CHANNELS or not avx2_without_avx512_here():
         return False
@@ -386,19 +366,19 @@ def conv_general_dilated(
             feature_group_count, batch_group_count, precision, preferred_element_type)  # fmt: skip
     runs = _onednn_runs(lhs, rhs, padding, lhs_dilation, dimension_numbers,
                         feature_group_count, batch_group_count, preferred_element_type)  # fmt: skip
-    if runs and _winograd_takes(lhs, rhs, window_strides, padding, rhs_dilation):
+    backend = resolved_backend()
+    by_winograd = runs and _winograd_takes(lhs, rhs, window_strides, padding, rhs_dilation)
+    by_narrow_rule = runs and backend == "xla" and _narrow_on_onednn(lhs, rhs)
+    if (by_winograd or by_narrow_rule) and lhs.dtype == jax.numpy.bfloat16:
+        # Neither has bfloat16 kernels on AVX2 CPUs: float32, rounded once (item 80).
+        wide = (lhs.astype(jax.numpy.float32), rhs.astype(jax.numpy.float32))
+        y = conv_general_dilated(*wide, *args[2:-1], preferred_element_type=None)
+        return y.astype(jax.numpy.bfloat16)
+    if by_winograd:
         from jaxcnn import winograd
 
-        if lhs.dtype == jax.numpy.bfloat16:  # in float32, rounded once (as item 80)
-            wide = (lhs.astype(jax.numpy.float32), rhs.astype(jax.numpy.float32))
-            return winograd.conv3x3(*wide, padding).astype(jax.numpy.bfloat16)
         return winograd.conv3x3(lhs, rhs, padding)
-    backend = resolved_backend()
-    if runs and backend == "xla" and _narrow_on_onednn(lhs, rhs):
-        if lhs.dtype == jax.numpy.bfloat16:  # no AVX2 kernels: float32, rounded once
-            wide = (lhs.astype(jax.numpy.float32), rhs.astype(jax.numpy.float32))
-            y = conv_general_dilated(*wide, *args[2:-1], preferred_element_type=None)
-            return y.astype(jax.numpy.bfloat16)
+    if by_narrow_rule:
         backend = "onednn"
     if not runs or backend != "onednn" or not _dtype_runs(lhs.dtype):
         return lax.conv_general_dilated(*args)

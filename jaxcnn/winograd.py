@@ -31,6 +31,7 @@ Examples (they need the binding; tests/test_winograd.py runs them where it build
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import jax
@@ -71,6 +72,53 @@ def tile_count(batch: int, height: int, width: int) -> int:
 # so that it is one dot over every channel pair (an einsum with G on both sides took XLA
 # 10.8 ms for 256 x 256 channels, this 1 ms).
 _GG = np.kron(_G, _G)
+
+
+def explicit_padding(spatial: Sequence[int], padding) -> tuple[tuple[int, int], ...]:
+    """``((top, bottom), (left, right))`` of a 3x3 stride-1 convolution over ``spatial``.
+
+    Raises:
+      ValueError: naming ``padding`` when it is neither ``"SAME"``, ``"VALID"`` nor two
+        pairs of integers.
+
+    Examples:
+        >>> explicit_padding((5, 6), "SAME")
+        ((1, 1), (1, 1))
+    """
+    if isinstance(padding, str):
+        if padding not in ("SAME", "VALID"):
+            raise ValueError(
+                f"winograd.conv3x3: padding {padding!r}; valid: 'SAME', 'VALID' or pairs"
+            )
+        return tuple(map(tuple, lax.padtype_to_pads(tuple(spatial), (3, 3), (1, 1), padding)))
+    try:
+        pads = tuple(tuple(int(p) for p in pair) for pair in padding)
+    except TypeError:  # not pairs of integers, e.g. (1, 1)
+        pads = ()
+    if len(pads) != 2 or any(len(pair) != 2 for pair in pads):
+        raise ValueError(
+            f"winograd.conv3x3: padding {padding!r}; valid: 'SAME', 'VALID' or "
+            f"((top, bottom), (left, right))"
+        )
+    return pads
+
+
+def tile_waste(spatial: Sequence[int], padding) -> float:
+    """Outputs that the 4 x 4 tiles compute per output wanted of a 3x3 stride-1
+    convolution's map (they cover it to the next multiple of 4 on each side); 1.0 for a
+    map within one tile.
+
+    Examples:
+        >>> tile_waste((12, 12), "VALID")  # a 10 x 10 map: 12 x 12 computed
+        1.44
+        >>> tile_waste((3, 3), "SAME")  # one tile
+        1.0
+    """
+    pads = explicit_padding(spatial, padding)
+    out = [size + lo + hi - 2 for size, (lo, hi) in zip(spatial, pads, strict=True)]
+    if max(out) <= TILE:
+        return 1.0
+    return math.prod(-(-o // TILE) * TILE for o in out) / max(1, math.prod(out))
 
 
 def kernel_transform(w: jax.Array) -> jax.Array:
@@ -162,23 +210,7 @@ def conv3x3(
     if x.dtype != jnp.float32 or w.dtype != jnp.float32:
         raise ValueError(f"winograd.conv3x3: x and w must be float32; got {x.dtype} and {w.dtype}")
     h, wd = x.shape[1:3]
-    if isinstance(padding, str):
-        if padding not in ("SAME", "VALID"):
-            raise ValueError(
-                f"winograd.conv3x3: padding {padding!r}; valid: 'SAME', 'VALID' or pairs"
-            )
-        pads = lax.padtype_to_pads((h, wd), (3, 3), (1, 1), padding)
-    else:
-        try:
-            pads = [tuple(int(p) for p in pair) for pair in padding]
-        except TypeError:  # not pairs of integers, e.g. (1, 1)
-            pads = []
-        if len(pads) != 2 or any(len(pair) != 2 for pair in pads):
-            raise ValueError(
-                f"winograd.conv3x3: padding {padding!r}; valid: 'SAME', 'VALID' or "
-                f"((top, bottom), (left, right))"
-            )
-    (top, bottom), (left, right) = pads
+    (top, bottom), (left, right) = explicit_padding((h, wd), padding)
     if h + top + bottom < 3 or wd + left + right < 3:
         raise ValueError(
             f"winograd.conv3x3: padding {padding!r} leaves no output for x {x.shape}; the "

@@ -175,18 +175,27 @@ void InputTransform(const float* x, const Tiles& t, int64_t c, int threads, floa
   ToPoints<kA, ApplyBT>(x, t, c, t.top, t.left, threads, v);
 }
 
+// tile[u][v] (kSide x kSide) from the 36 points of tile r, channels c0 .. c0 + cb: Apply
+// (6 rows in, kSide out) along both axes. The output transform (AT, 4 x 4 tiles) and the
+// input transform's transpose (B, 6 x 6).
+template <int kSide, auto Apply>
+void FromPoints(const float* points, const Tiles& t, int64_t r, int64_t c, int64_t c0, int cb,
+                float (*tile)[kSide][kBlock]) {
+  alignas(64) float s[kSide][kA][kBlock];
+  for (int q = 0; q < kA; ++q) {  // s[u][q] = sum_p Apply[u][p] points[p][q]
+    Apply(points + (q * t.rows + r) * c + c0, kA * t.rows * c, &s[0][q][0], kA * kBlock, cb);
+  }
+  for (int u = 0; u < kSide; ++u) Apply(&s[u][0][0], kBlock, &tile[u][0][0], kBlock, cb);
+}
+
 // y[N, OH, OW, K] from M[36, R, K] (the tiling's image is the output map).
 void OutputTransform(const float* m, const Tiles& t, int64_t k, int threads, float* y) {
   jaxcnn::EachRow(t.rows, threads, [&](int, int64_t r) {
-    alignas(64) float s[kM][kA][kBlock];
     alignas(64) float o[kM][kM][kBlock];
     int64_t n = r / (t.th * t.tw), ty = r / t.tw % t.th, tx = r % t.tw;
     for (int64_t k0 = 0; k0 < k; k0 += kBlock) {
       int kb = static_cast<int>(std::min<int64_t>(kBlock, k - k0));
-      for (int q = 0; q < kA; ++q) {  // s[u][q] = sum_p AT[u][p] M[p][q]
-        ApplyAT(m + (q * t.rows + r) * k + k0, kA * t.rows * k, &s[0][q][0], kA * kBlock, kb);
-      }
-      for (int u = 0; u < kM; ++u) ApplyAT(&s[u][0][0], kBlock, &o[u][0][0], kBlock, kb);
+      FromPoints<kM, ApplyAT>(m, t, r, k, k0, kb, o);
       for (int u = 0; u < kM; ++u) {
         int64_t yy = kM * ty + u;
         if (yy >= t.h) break;
@@ -210,7 +219,6 @@ void OutputTransformGrad(const float* dy, const Tiles& t, int64_t k, int threads
 // so that the overlapping tiles of an image add up on one thread.
 void InputTransformGrad(const float* dv, const Tiles& t, int64_t c, int threads, float* dx) {
   jaxcnn::EachRow(t.n, threads, [&](int, int64_t n) {
-    alignas(64) float s[kA][kA][kBlock];
     alignas(64) float e[kA][kA][kBlock];
     std::memset(dx + n * t.h * t.w * c, 0, sizeof(float) * t.h * t.w * c);
     for (int64_t ty = 0; ty < t.th; ++ty) {
@@ -219,10 +227,7 @@ void InputTransformGrad(const float* dv, const Tiles& t, int64_t c, int threads,
         int64_t y0 = kM * ty - t.top, x0 = kM * tx - t.left;
         for (int64_t c0 = 0; c0 < c; c0 += kBlock) {
           int cb = static_cast<int>(std::min<int64_t>(kBlock, c - c0));
-          for (int q = 0; q < kA; ++q) {  // s[i][q] = sum_p BT[p][i] dV[p][q]
-            ApplyB(dv + (q * t.rows + r) * c + c0, kA * t.rows * c, &s[0][q][0], kA * kBlock, cb);
-          }
-          for (int i = 0; i < kA; ++i) ApplyB(&s[i][0][0], kBlock, &e[i][0][0], kBlock, cb);
+          FromPoints<kA, ApplyB>(dv, t, r, c, c0, cb, e);
           for (int i = 0; i < kA; ++i) {
             int64_t yy = y0 + i;
             if (yy < 0 || yy >= t.h) continue;
@@ -312,23 +317,23 @@ ffi::Error InputGradHandler(ffi::AnyBuffer dv, ffi::Result<ffi::AnyBuffer> dx, i
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnWinogradInput, InputHandler,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("out_h")
-                                  .Attr<int64_t>("out_w")
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_left"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnWinogradOutput, OutputHandler,
-                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnWinogradOutputGrad, OutputGradHandler,
-                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnWinogradInputGrad, InputGradHandler,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("out_h")
-                                  .Attr<int64_t>("out_w")
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_left"));
+namespace {
+
+// Every transform: one buffer in, one out.
+auto OneToOne() { return ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>(); }
+
+// The input-side transforms also take the output map and the low padding.
+auto OneToOneWithTiling() {
+  return OneToOne()
+      .Attr<int64_t>("out_h")
+      .Attr<int64_t>("out_w")
+      .Attr<int64_t>("pad_top")
+      .Attr<int64_t>("pad_left");
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnWinogradInput, InputHandler, OneToOneWithTiling());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnWinogradOutput, OutputHandler, OneToOne());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnWinogradOutputGrad, OutputGradHandler, OneToOne());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnWinogradInputGrad, InputGradHandler, OneToOneWithTiling());
