@@ -272,9 +272,12 @@ def _narrow_on_onednn(lhs, rhs) -> bool:
 # 1.76x in float32 and 1.73x in bfloat16 (computed in float32 and rounded once, as item
 # 80), ResNet-20's 1.14x and 1.07x (docs/perf_notes.md, item 85). Since item 86 any
 # non-negative padding (VALID, the tiled pool's crops): the CIFAR net's step 1.25x in
-# float32 and 1.22x in bfloat16. At least this many channels in and out (the narrowest
-# measured).
-WINOGRAD_MIN_CHANNELS = 24
+# float32 and 1.22x in bfloat16. Since item 87 narrow SAME layers too (at most
+# AVX2_ONEDNN_MAX_CHANNELS, which oneDNN ran before), by the fused kernels
+# (winograd.fused_pays): forward + both gradients alone, 32 x 32 16 -> 16 1.2-1.6x
+# oneDNN's AVX2 direct, 16 x 16 32 -> 32 1.8-2.5x; ResNet-20's step 1.36x. At least this
+# many channels in and out (the narrowest measured).
+WINOGRAD_MIN_CHANNELS = 16
 # At most this many outputs computed per output wanted, where a map needs more than one
 # 4 x 4 tile: the tiles cover it to the next multiple of 4 on each side. The MNIST net's
 # cropped 10 x 10 conv2 map (1.44) gained nothing in its step (x0.98-1.02) and changed
@@ -324,7 +327,10 @@ def _winograd_takes(lhs, rhs, window_strides, padding, rhs_dilation) -> bool:
         return False
     if winograd.tile_waste(lhs.shape[1:3], padding) > WINOGRAD_MAX_WASTE:
         return False
-    if max(channels) <= AVX2_ONEDNN_MAX_CHANNELS or not avx2_without_avx512_here():
+    if not avx2_without_avx512_here():
+        return False
+    pads = winograd.explicit_padding(lhs.shape[1:3], padding)
+    if max(channels) <= AVX2_ONEDNN_MAX_CHANNELS and not winograd.fused_pays(channels, pads):
         return False
     return onednn.available()
 

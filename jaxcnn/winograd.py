@@ -183,8 +183,67 @@ def _conv_bwd(geometry, residuals, dy):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
+def _fused(target: str, a: jax.Array, b: jax.Array, shape, top: int, left: int) -> jax.Array:
+    call = jax.ffi.ffi_call(
+        target, jax.ShapeDtypeStruct(tuple(shape), a.dtype), vmap_method="sequential"
+    )
+    return call(a, b, pad_top=np.int64(top), pad_left=np.int64(left))
+
+
+# The fused kernels: each thread transforms a block of tiles, multiplies it and
+# transforms it back within its caches (winograd.cc). The input gradient is the same
+# convolution of dy with the kernel turned by 180 degrees, its channels swapped, and low
+# padding 2 - top (negative: the tiles start inside dy).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_fused(x: jax.Array, w: jax.Array, geometry: tuple[int, ...]) -> jax.Array:
+    return _conv_fused_fwd(x, w, geometry)[0]
+
+
+def _conv_fused_fwd(x, w, geometry):
+    h, wd, top, bottom, left, right = geometry
+    shape = (x.shape[0], h + top + bottom - 2, wd + left + right - 2, w.shape[-1])
+    y = _fused("jaxcnn_winograd_conv", x, kernel_transform(w), shape, top, left)
+    return y, (x, w)
+
+
+def _conv_fused_bwd(geometry, residuals, dy):
+    x, w = residuals
+    _, _, top, _, left, _ = geometry
+    turned = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+    dx = _fused("jaxcnn_winograd_conv", dy, kernel_transform(turned), x.shape, 2 - top, 2 - left)
+    du = _fused("jaxcnn_winograd_kernel_grad", x, dy, (POINTS, *w.shape[2:]), top, left)
+    (dw,) = jax.vjp(kernel_transform, w)[1](du)
+    return dx, dw
+
+
+_conv_fused.defvjp(_conv_fused_fwd, _conv_fused_bwd)
+
+METHODS = ("auto", "fused", "unfused")
+# "auto" fuses layers with at most this many channels in and out (item 87).
+FUSED_MAX_CHANNELS = 64
+
+
+def fused_pays(channels: Sequence[int], pads: Sequence[tuple[int, int]]) -> bool:
+    """Whether ``method="auto"`` runs a layer by the fused kernels: at most
+    ``FUSED_MAX_CHANNELS`` channels in and out (where the unfused path sends the
+    transformed tiles to memory and back for few products), an output map of the
+    input's size (SAME: otherwise the input gradient, a convolution of dy onto the larger
+    input map, takes more tiles than the forward pass).
+
+    Examples:
+        >>> fused_pays((16, 16), ((1, 1), (1, 1))), fused_pays((256, 256), ((1, 1), (1, 1)))
+        (True, False)
+        >>> fused_pays((32, 64), ((0, 0), (0, 0)))  # VALID
+        False
+    """
+    return max(channels) <= FUSED_MAX_CHANNELS and all(lo + hi == 2 for lo, hi in pads)
+
+
 def conv3x3(
-    x: jax.Array, w: jax.Array, padding: str | Sequence[tuple[int, int]] = "SAME"
+    x: jax.Array,
+    w: jax.Array,
+    padding: str | Sequence[tuple[int, int]] = "SAME",
+    method: str = "auto",
 ) -> jax.Array:
     """A 3x3 stride-1 convolution, NHWC x HWIO -> NHWC, float32, by F(4x4, 3x3).
 
@@ -193,6 +252,10 @@ def conv3x3(
       w: (3, 3, C, K) float32.
       padding: ``"SAME"``, ``"VALID"`` or ``((top, bottom), (left, right))``, as lax
         takes it (negative entries crop).
+      method: ``"fused"`` (each thread transforms, multiplies and transforms back a
+        block of tiles in its caches), ``"unfused"`` (the transforms as calls of their
+        own, the products as XLA's batched dots), or ``"auto"``: fused where
+        :func:`fused_pays` (narrow SAME layers).
 
     Returns:
       (N, OH, OW, K) float32, OH = H + top + bottom - 2:
@@ -216,5 +279,11 @@ def conv3x3(
             f"winograd.conv3x3: padding {padding!r} leaves no output for x {x.shape}; the "
             f"padded height and width must be at least 3"
         )
+    if method not in METHODS:
+        raise ValueError(f"winograd.conv3x3: method {method!r}; valid: {', '.join(METHODS)}")
     build.require()
-    return _conv(x, w, (h, wd, top, bottom, left, right))
+    geometry = (h, wd, top, bottom, left, right)
+    pads = ((top, bottom), (left, right))
+    if method == "fused" or (method == "auto" and fused_pays(w.shape[2:], pads)):
+        return _conv_fused(x, w, geometry)
+    return _conv(x, w, geometry)

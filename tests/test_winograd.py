@@ -1,5 +1,6 @@
-"""``jaxcnn.winograd``: 3x3 SAME stride-1 float32 convolutions as Winograd F(4x4, 3x3),
-and the rule by which ``conv_backend`` sends calls to it (``JAXCNN_WINOGRAD``).
+"""``jaxcnn.winograd``: 3x3 stride-1 float32 convolutions as Winograd F(4x4, 3x3), by
+the fused kernels and by the unfused transforms with XLA's dots, and the rule by which
+``conv_backend`` sends calls to it (``JAXCNN_WINOGRAD``).
 
 Values and both gradients are held against ``lax.conv_general_dilated`` relative to the
 largest entry (F(4x4, 3x3) rounds differently: about 1e-5 in float32). The kernels'
@@ -10,6 +11,7 @@ rule and the argument checks are tested everywhere.
 from __future__ import annotations
 
 import doctest
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -48,22 +50,30 @@ def operands(n, h, w, c, k, seed=0, out=None):
 
 
 # Edges of the tiling: sides below, at and above multiples of 4, a single pixel, a channel
-# count past the kernels' 64-channel blocks on either side (70 in, 130 out).
+# count past the kernels' 64-channel blocks on either side (70 in, 130 out). For the
+# fused kernels also: channels that are multiples of 8 (their eight-lane transforms) or
+# not, 8, 16 and 24 outputs (one, two, three lanes of the products), and 40 tiles of 16
+# -> 16 channels: one block of tiles whose rows are not a multiple of 6.
 SHAPES = [
     (2, 5, 5, 3, 4),
     (1, 1, 1, 2, 3),
     (3, 8, 6, 5, 7),
     (2, 7, 9, 70, 130),
     (1, 4, 13, 8, 2),
+    (2, 9, 7, 16, 24),
+    (2, 17, 13, 16, 16),
+    (1, 6, 10, 24, 8),
 ]
 
 
 @needs_native
+@pytest.mark.parametrize("method", ["fused", "unfused"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_value_and_both_gradients_match_direct_convolution(shape):
+def test_value_and_both_gradients_match_direct_convolution(shape, method):
     x, w, g = operands(*shape)
     expected = jax.jit(lambda *a: value_and_grads(direct, *a))(x, w, g)
-    got = jax.jit(lambda *a: value_and_grads(winograd.conv3x3, *a))(x, w, g)
+    conv = functools.partial(winograd.conv3x3, method=method)
+    got = jax.jit(lambda *a: value_and_grads(conv, *a))(x, w, g)
     names = ("value", "input gradient", "kernel gradient")
     for name, e, o in zip(names, expected, got, strict=True):
         assert o.shape == e.shape, name
@@ -80,11 +90,13 @@ PADDINGS = [
 
 
 @needs_native
+@pytest.mark.parametrize("method", ["fused", "unfused"])
 @pytest.mark.parametrize("padding, out", PADDINGS, ids=lambda p: str(p).replace(" ", ""))
-def test_other_paddings_match_direct_convolution(padding, out):
-    x, w, g = operands(2, 7, 5, 6, 5, out=out)
+def test_other_paddings_match_direct_convolution(padding, out, method):
+    x, w, g = operands(2, 7, 5, 8, 5, out=out)
     expected = jax.jit(lambda *a: value_and_grads(lambda x, w: direct(x, w, padding), *a))
-    got = jax.jit(lambda *a: value_and_grads(lambda x, w: winograd.conv3x3(x, w, padding), *a))
+    conv = functools.partial(winograd.conv3x3, padding=padding, method=method)
+    got = jax.jit(lambda *a: value_and_grads(conv, *a))
     names = ("value", "input gradient", "kernel gradient")
     for name, e, o in zip(names, expected(x, w, g), got(x, w, g), strict=True):
         assert o.shape == e.shape, name
@@ -149,7 +161,7 @@ def routed(lhs_shape, rhs_shape, dtype=jnp.float32, strides=(1, 1), padding="SAM
         return conv_backend.conv_general_dilated(x, w, strides, padding, dimension_numbers=DIMS)
 
     text = lowered_text(conv, (lhs_shape, dtype), (rhs_shape, dtype))
-    return "jaxcnn_winograd_input" in text
+    return "jaxcnn_winograd_" in text
 
 
 @pytest.fixture
@@ -169,13 +181,55 @@ def avx2_only(monkeypatch):
         ((24, 64), True),
         ((256, 256), True),
         ((64, 64), True),
-        ((32, 32), False),
-        ((16, 64), False),
+        ((32, 32), True),
+        ((16, 16), True),
+        ((16, 64), True),
+        ((8, 16), False),
         ((3, 64), False),
     ],  # fmt: skip
 )
-def test_auto_takes_wide_calls_on_avx2_only_cpus(avx2_only, channels, taken):
+def test_auto_takes_calls_from_16_channels_on_avx2_only_cpus(avx2_only, channels, taken):
     assert routed((2, 8, 8, channels[0]), (3, 3, *channels)) is taken
+
+
+def kernels_of(lhs_shape, rhs_shape, padding="SAME") -> str:
+    """ "fused", "unfused" or "none": how ``conv_backend`` runs this float32 call."""
+
+    def conv(x, w):
+        return conv_backend.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=DIMS)
+
+    text = lowered_text(conv, (lhs_shape, jnp.float32), (rhs_shape, jnp.float32))
+    if "jaxcnn_winograd_conv" in text:
+        return "fused"
+    return "unfused" if "jaxcnn_winograd_input" in text else "none"
+
+
+@pytest.mark.parametrize(
+    "channels, padding, kernels",
+    [
+        ((16, 16), "SAME", "fused"),
+        ((64, 64), "SAME", "fused"),
+        ((64, 128), "SAME", "unfused"),
+        ((64, 64), "VALID", "unfused"),
+        ((32, 32), "VALID", "none"),  # narrow, not fused: oneDNN's, as before item 87
+    ],  # fmt: skip
+)
+def test_auto_fuses_narrow_same_layers_only(avx2_only, channels, padding, kernels):
+    side = 8 if padding == "SAME" else 10  # 8 x 8 maps either way
+    assert kernels_of((2, side, side, channels[0]), (3, 3, *channels), padding) == kernels
+
+
+def test_fused_pays_on_narrow_same_layers():
+    same, valid = ((1, 1), (1, 1)), ((0, 0), (0, 0))
+    assert winograd.fused_pays((16, 16), same)
+    assert winograd.fused_pays((64, 64), ((2, 0), (0, 2)))  # output map = input map
+    assert not winograd.fused_pays((64, 65), same)
+    assert not winograd.fused_pays((16, 16), valid)
+
+
+def test_bad_method_raises_naming_it():
+    with pytest.raises(ValueError, match="method 'fast'; valid: auto, fused, unfused"):
+        winograd.conv3x3(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2)), method="fast")
 
 
 @pytest.mark.parametrize(
@@ -267,7 +321,7 @@ def test_a_model_trains_alike_with_and_without(monkeypatch):
     for choice in ("off", "on"):
         monkeypatch.setenv("JAXCNN_WINOGRAD", choice)
         lowered = jax.jit(jax.value_and_grad(loss)).lower(variables["params"])
-        assert ("jaxcnn_winograd_input" in lowered.as_text()) is (choice == "on")
+        assert ("jaxcnn_winograd_" in lowered.as_text()) is (choice == "on")
         results[choice] = lowered.compile()(variables["params"])
     (loss_off, grads_off), (loss_on, grads_on) = results["off"], results["on"]
     assert abs(float(loss_on) - float(loss_off)) < 1e-4 * abs(float(loss_off))

@@ -82,6 +82,8 @@ TARGETS = {
     "jaxcnn_winograd_output": "JaxcnnWinogradOutput",
     "jaxcnn_winograd_output_grad": "JaxcnnWinogradOutputGrad",
     "jaxcnn_winograd_input_grad": "JaxcnnWinogradInputGrad",
+    "jaxcnn_winograd_conv": "JaxcnnWinogradConv",
+    "jaxcnn_winograd_kernel_grad": "JaxcnnWinogradKernelGrad",
 }
 
 
