@@ -26,8 +26,9 @@ value (``docs/perf_notes.md``, items 34, 37 and 41).
   1.8x in bfloat16). On AVX2-only x86 CPUs (AMD's Zen 3, item 78) XLA, except
   convolutions with at most ``AVX2_ONEDNN_MAX_CHANNELS`` (32) channels in and out, which
   oneDNN runs faster there in float32 (ResNet-20's step 1.45x; bfloat16 ones computed in
-  float32 and rounded once, 1.24x, item 80); and 3x3 stride-1 convolutions it
-  would give XLA there as Winograd F(4x4, 3x3) (:mod:`jaxcnn.winograd`, item 85; see
+  float32 and rounded once, 1.24x, item 80); and 3x3 stride-1 convolutions from 16
+  channels as Winograd F(4x4, 3x3) (:mod:`jaxcnn.winograd`, items 85-87: the wide ones
+  it would give XLA, and the narrow SAME ones by fused kernels; see
   ``WINOGRAD_MIN_CHANNELS`` and ``JAXCNN_WINOGRAD``: :func:`winograd_choice`).
   Elsewhere (ARM: not measured) XLA.
 * ``"xla"``: always ``lax.conv_general_dilated``.
@@ -358,8 +359,8 @@ def conv_general_dilated(
 ):
     """``lax.conv_general_dilated``, run by the backend :func:`resolved_backend` picks
     (under ``"auto"`` on an AVX2-only CPU, narrow calls by oneDNN, bfloat16 ones in
-    float32: see ``AVX2_ONEDNN_MAX_CHANNELS``; wider 3x3 stride-1 ones as Winograd
-    F(4x4, 3x3): see ``WINOGRAD_MIN_CHANNELS`` and :func:`winograd_choice`).
+    float32: see ``AVX2_ONEDNN_MAX_CHANNELS``; 3x3 stride-1 ones from 16 channels as
+    Winograd F(4x4, 3x3): see ``WINOGRAD_MIN_CHANNELS`` and :func:`winograd_choice`).
 
     Examples:
         >>> import jax.numpy as jnp

@@ -5,11 +5,20 @@ and output channel; Winograd's minimal filtering spends 36 (Lavin and Gray 2016)
 input tile of 6 x 6 pixels (overlapping by 2) is transformed once (``V = BT d B``), each
 kernel once (``U = G g GT``), the 36 positions of a tile become 36 matrix products over
 the channels (``M = V U``, XLA's batched dot on every core), and ``AT M A`` gives the 4 x
-4 outputs. The transforms are binding calls (``jaxcnn/onednn/winograd.cc``) on the
-OpenMP team; the gradient runs the transposed transforms and two more batched dots, so
-the input and kernel gradients are Winograd too. Any padding (SAME, VALID, uneven,
-negative entries that crop): the tiles cover the output map, and what they read outside
-the image is zero.
+4 outputs. Two ways to run it (``method``), both binding calls
+(``jaxcnn/onednn/winograd.cc``) on the OpenMP team, both with Winograd gradients:
+
+* unfused: the transforms are calls of their own and the 36 products XLA's batched dots;
+  the gradient runs the transposed transforms and two more dots. For wide layers, whose
+  products are most of the work.
+* fused: each thread transforms a block of tiles, multiplies it (an FMA micro-kernel)
+  and transforms the result back while it is in its caches; the input gradient is the
+  same kernel on dy with the kernel turned by 180 degrees, the kernel gradient sums
+  ``V^T dM`` per thread. For narrow layers, where the unfused path's trips of the
+  transformed tiles to memory and back cost more than the products (item 87).
+
+Any padding (SAME, VALID, uneven, negative entries that crop): the tiles cover the
+output map, and what they read outside the image is zero.
 
 Why: oneDNN has Winograd kernels only on AVX-512 CPUs, and on the AVX2-only Zen 3 XLA's
 direct convolutions of the fast CIFAR net's 256-channel layers already ran at the SGEMM

@@ -1,6 +1,8 @@
-// Winograd F(4x4, 3x3) tile transforms for float32 3x3 stride-1 convolutions, NHWC,
-// as XLA FFI handlers on the binding's OpenMP team. jaxcnn/winograd.py multiplies the
-// transformed tiles with XLA's batched dots and calls these for the rest.
+// Winograd F(4x4, 3x3) for float32 3x3 stride-1 convolutions, NHWC, as XLA FFI
+// handlers on the binding's OpenMP team: the four tile transforms, between which
+// jaxcnn/winograd.py multiplies the transformed tiles with XLA's batched dots (wide
+// layers), and two fused kernels that transform, multiply and transform back a block of
+// tiles at a time in a thread's caches (narrow layers; at the end of this file).
 //
 // Why: oneDNN has no Winograd kernels without AVX-512, and XLA's direct convolutions
 // already run near the SGEMM ceiling on the AVX2 Zen 3 (docs/perf_notes.md, item 85), so
@@ -35,7 +37,8 @@ namespace {
 
 constexpr int kA = 6;       // input tile side
 constexpr int kM = 4;       // output tile side
-constexpr int kBlock = 64;  // channels per pass: two 6 x 6 x 64 float tiles stay in L1
+constexpr int kBlock = 64;
+constexpr int kP = 36;  // points per tile (kA * kA)  // channels per pass: two 6 x 6 x 64 float tiles stay in L1
 
 // The four transforms along one axis, for one number (T = float) or eight channels at
 // once (T = F8, the fused kernels below): d[i * ds] in, o[k * os] out.
@@ -283,17 +286,17 @@ void TileToPoints8(const float* image, const Tiles& t, int64_t r, int64_t c, int
   int64_t n = r / (t.th * t.tw), ty = r / t.tw % t.th, tx = r % t.tw;
   int64_t y0 = kM * ty - top, x0 = kM * tx - left;
   for (int64_t c0 = 0; c0 < c; c0 += 8) {
-    F8 d[kSide][kSide];
-    for (int i = 0; i < kSide; ++i) {
-      int64_t yy = y0 + i;
-      for (int j = 0; j < kSide; ++j) {
-        int64_t xx = x0 + j;
-        bool inside = yy >= 0 && yy < t.h && xx >= 0 && xx < t.w;
-        d[i][j] = inside ? Load8(image + ((n * t.h + yy) * t.w + xx) * c + c0) : F8{};
-      }
-    }
     F8 s[kA][kSide];
-    for (int j = 0; j < kSide; ++j) Formula(&d[0][j], kSide, &s[0][j], kSide);
+    for (int j = 0; j < kSide; ++j) {  // column j: loaded, transformed into s[.][j]
+      int64_t xx = x0 + j;
+      F8 d[kSide];
+      for (int i = 0; i < kSide; ++i) {
+        int64_t yy = y0 + i;
+        bool inside = yy >= 0 && yy < t.h && xx >= 0 && xx < t.w;
+        d[i] = inside ? Load8(image + ((n * t.h + yy) * t.w + xx) * c + c0) : F8{};
+      }
+      Formula(d, 1, &s[0][j], kSide);
+    }
     for (int p = 0; p < kA; ++p) {
       F8 o[kA];
       Formula(&s[p][0], 1, o, 1);
@@ -307,10 +310,12 @@ void PointsToOutputTile8(const float* points, int64_t stride, const Tiles& t, in
                          int64_t k, float* y) {
   int64_t n = r / (t.th * t.tw), ty = r / t.tw % t.th, tx = r % t.tw;
   for (int64_t k0 = 0; k0 < k; k0 += 8) {
-    F8 m[kA][kA];
-    for (int i = 0; i < kA * kA; ++i) m[i / kA][i % kA] = Load8(points + i * stride + k0);
     F8 s[kM][kA];
-    for (int q = 0; q < kA; ++q) AT6(&m[0][q], kA, &s[0][q], kA);
+    for (int q = 0; q < kA; ++q) {  // column q: loaded, transformed into s[.][q]
+      F8 m[kA];
+      for (int p = 0; p < kA; ++p) m[p] = Load8(points + (p * kA + q) * stride + k0);
+      AT6(m, 1, &s[0][q], kA);
+    }
     for (int u = 0; u < kM; ++u) {
       int64_t yy = kM * ty + u;
       if (yy >= t.h) break;
@@ -427,17 +432,17 @@ void FusedConv(const float* x, const float* u, const Tiles& t, int64_t c, int64_
     float* m = v + kA * kA * per * c;
     int64_t r0 = b * per, nt = std::min(per, t.rows - r0);
     for (int64_t i = 0; i < nt; ++i) {
-      BlockTile<kA, BT6<F8>, BT6<float>>(x, t, r0 + i, c, t.top, t.left, v + i * c, per * c);
+      BlockTile<kA, BT6<F8>, BT6<float>>(x, t, r0 + i, c, t.top, t.left, v + i * kP * c, c);
     }
     for (int p = 0; p < kA * kA; ++p) {  // M[p] (nt x K) = V[p] (nt x C) U[p] (C x K)
-      SmallGemm(nt, k, c, v + p * per * c, c, 1, u + p * c * k, k, m + p * per * k, k, false);
+      SmallGemm(nt, k, c, v + p * c, kP * c, 1, u + p * c * k, k, m + p * k, kP * k, false);
     }
     Tiles out(t.n, t.oh, t.ow, t.oh, t.ow, 0, 0);
     for (int64_t i = 0; i < nt; ++i) {
       if (k % 8 == 0) {
-        PointsToOutputTile8(m + i * k, per * k, out, r0 + i, k, y);
+        PointsToOutputTile8(m + i * kP * k, k, out, r0 + i, k, y);
       } else {
-        PointsToOutputTile(m + i * k, per * k, out, r0 + i, k, y);
+        PointsToOutputTile(m + i * kP * k, k, out, r0 + i, k, y);
       }
     }
   });
@@ -459,12 +464,12 @@ void FusedKernelGrad(const float* x, const float* dy, const Tiles& t, int64_t c,
     float* sum = partial.data() + thread * size;
     int64_t r0 = b * per, nt = std::min(per, t.rows - r0);
     for (int64_t i = 0; i < nt; ++i) {
-      BlockTile<kA, BT6<F8>, BT6<float>>(x, t, r0 + i, c, t.top, t.left, v + i * c, per * c);
-      BlockTile<kM, A4<F8>, A4<float>>(dy, out, r0 + i, k, 0, 0, dm + i * k, per * k);
+      BlockTile<kA, BT6<F8>, BT6<float>>(x, t, r0 + i, c, t.top, t.left, v + i * kP * c, c);
+      BlockTile<kM, A4<F8>, A4<float>>(dy, out, r0 + i, k, 0, 0, dm + i * kP * k, k);
     }
     bool accumulate = started[thread];
     for (int p = 0; p < kA * kA; ++p) {  // dU[p] (C x K) += V[p]^T (C x nt) dM[p] (nt x K)
-      SmallGemm(c, k, nt, v + p * per * c, 1, c, dm + p * per * k, k, sum + p * c * k, k,
+      SmallGemm(c, k, nt, v + p * c, 1, kP * c, dm + p * k, kP * k, sum + p * c * k, k,
                 accumulate);
     }
     started[thread] = 1;
