@@ -241,7 +241,10 @@ def main(argv=None) -> int:
     convolutions = f"convolutions: {conv_backend.resolved_backend()}"
     avx2_rules = conv_backend.conv_backend() == "auto" and conv_backend.avx2_without_avx512_here()
     if convolutions.endswith("xla") and avx2_rules and onednn.available():
-        convolutions += " (AVX2-only CPU: narrow ones on oneDNN, wider 3x3 as Winograd)"
+        convolutions += (
+            " (AVX2-only CPU: 3x3 stride-1 from 16 channels as Winograd,"
+            " other narrow ones on oneDNN)"
+        )
 
     model, impl = (None, "stand-in forced") if options["impl"] == "standin" else (None, "")
     if options["impl"] != "standin":
