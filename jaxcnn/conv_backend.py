@@ -344,6 +344,37 @@ def _dtype_runs(dtype) -> bool:
     return dtype != jax.numpy.bfloat16 or build.makes_bfloat16()
 
 
+def crop_negative_low_padding(lhs, rhs, padding, lhs_dilation, dimension_numbers):
+    """``(lhs, padding)`` with every negative low pad done as a crop of ``lhs`` instead
+    (its low pad then 0); unchanged where none is negative, or under ``lhs_dilation``.
+
+    Why: XLA:CPU (jax 0.10.2) computes convolutions whose padding has a negative low
+    entry and a positive high one, e.g. ``(-1, 1)``, wrongly (values from outside the
+    input, up to 1e31 in our tests); cropping first gives the defined result, the same as
+    ``lax.pad`` then a VALID convolution.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> x, w = jnp.arange(5.0).reshape(1, 5, 1, 1), jnp.ones((2, 1, 1, 1))
+        >>> x2, pads = crop_negative_low_padding(x, w, ((-1, 1), (0, 0)), None,
+        ...                                      ("NHWC", "HWIO", "NHWC"))
+        >>> x2[0, :, 0, 0].tolist(), pads
+        ([1.0, 2.0, 3.0, 4.0], ((0, 1), (0, 0)))
+    """
+    if isinstance(padding, str) or all(int(lo) >= 0 for lo, _ in padding):
+        return lhs, padding
+    if lhs_dilation is not None and any(d != 1 for d in lhs_dilation):
+        return lhs, padding
+    dims = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    config = [(0, 0, 0)] * lhs.ndim
+    kept = []
+    for axis, (lo, hi) in zip(dims.lhs_spec[2:], padding, strict=True):
+        crop = min(int(lo), 0)
+        config[axis] = (crop, 0, 0)
+        kept.append((int(lo) - crop, int(hi)))
+    return lax.pad(lhs, jax.numpy.zeros((), lhs.dtype), config), tuple(kept)
+
+
 def conv_general_dilated(
     lhs,
     rhs,
@@ -369,6 +400,7 @@ def conv_general_dilated(
         >>> y.shape, float(y.sum())
         ((1, 3, 3, 1), 36.0)
     """
+    lhs, padding = crop_negative_low_padding(lhs, rhs, padding, lhs_dilation, dimension_numbers)
     args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
             feature_group_count, batch_group_count, precision, preferred_element_type)  # fmt: skip
     runs = _onednn_runs(lhs, rhs, padding, lhs_dilation, dimension_numbers,

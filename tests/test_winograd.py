@@ -30,7 +30,14 @@ TOLERANCE = 5e-5  # of the largest entry; measured 1e-6 .. 1.4e-5
 
 
 def direct(x, w, padding="SAME"):
-    return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=DIMS)
+    """The definition: pad (negative entries crop), then a VALID convolution. Not lax's
+    own padding: XLA:CPU (jax 0.10.2) returns garbage for a negative low pad with a
+    positive high one, e.g. (-1, 1) (``conv_backend.crop_negative_low_padding``)."""
+    pads = winograd.explicit_padding(x.shape[1:3], padding)
+    config = [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)]
+    return lax.conv_general_dilated(
+        lax.pad(x, 0.0, config), w, (1, 1), "VALID", dimension_numbers=DIMS
+    )
 
 
 def value_and_grads(conv, x, w, g):

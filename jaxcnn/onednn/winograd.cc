@@ -551,54 +551,48 @@ ffi::Error InputGradHandler(ffi::AnyBuffer dv, ffi::Result<ffi::AnyBuffer> dx, i
              });
 }
 
-// x [N, H, W, C], U [36, C, K] -> y [N, OH, OW, K].
-ffi::Error ConvHandler(ffi::AnyBuffer x, ffi::AnyBuffer u, ffi::Result<ffi::AnyBuffer> y,
-                       int64_t pad_top, int64_t pad_left) {
+// Runs `body(tiling, C, K, threads)` on the team after checking the fused kernels'
+// operands: x [N, H, W, C], a map [N, OH, OW, K] (y or dy) and points [36, C, K] (U or
+// dU), x's tiles placed on the map's with (0, 0)'s window at (-top, -left).
+template <typename F>
+ffi::Error RunFused(const char* what, const ffi::AnyBuffer& x, const ffi::AnyBuffer& map,
+                    const ffi::AnyBuffer& points, int64_t top, int64_t left, F&& body) {
   auto xd = x.dimensions();
-  auto ud = u.dimensions();
-  auto yd = y->dimensions();
-  const std::string name = "jaxcnn winograd fused convolution";
-  if (!IsF32(x) || !IsF32(u) || !IsF32(*y) || xd.size() != 4 || ud.size() != 3 ||
-      yd.size() != 4) {
-    return ffi::Error::InvalidArgument(name + ": float32 x [N, H, W, C], U [36, C, K]");
+  auto md = map.dimensions();
+  auto pd = points.dimensions();
+  std::string name = std::string("jaxcnn winograd fused ") + what;
+  if (!IsF32(x) || !IsF32(map) || !IsF32(points) || xd.size() != 4 || md.size() != 4 ||
+      pd.size() != 3) {
+    return ffi::Error::InvalidArgument(name + ": float32 [N, H, W, C], [N, OH, OW, K], [36, C, K]");
   }
-  if (ud[0] != kA * kA || ud[1] != xd[3] || ud[2] != yd[3] || yd[0] != xd[0]) {
-    return ffi::Error::InvalidArgument(name + ": U must be [36, C, K] for x's C and y's K");
+  if (pd[0] != kA * kA || pd[1] != xd[3] || pd[2] != md[3] || md[0] != xd[0]) {
+    return ffi::Error::InvalidArgument(name + ": [36, C, K] must match x's C, the map's N and K");
   }
-  Tiles t(xd[0], xd[1], xd[2], yd[1], yd[2], pad_top, pad_left);
-  if (t.rows == 0 || yd[3] == 0) return ffi::Error::Success();
   jaxcnn::InFlight team;
-  FusedConv(static_cast<const float*>(x.untyped_data()),
-            static_cast<const float*>(u.untyped_data()), t, xd[3], yd[3], team.threads,
-            static_cast<float*>(y->untyped_data()));
+  body(Tiles(xd[0], xd[1], xd[2], md[1], md[2], top, left), xd[3], md[3], team.threads);
   return ffi::Error::Success();
 }
 
-// x [N, H, W, C], dy [N, OH, OW, K] -> dU [36, C, K].
+// x [N, H, W, C], U [36, C, K] -> y [N, OH, OW, K].
+ffi::Error ConvHandler(ffi::AnyBuffer x, ffi::AnyBuffer u, ffi::Result<ffi::AnyBuffer> y,
+                       int64_t pad_top, int64_t pad_left) {
+  return RunFused("convolution", x, *y, u, pad_top, pad_left,
+                  [&](const Tiles& t, int64_t c, int64_t k, int threads) {
+                    FusedConv(static_cast<const float*>(x.untyped_data()),
+                              static_cast<const float*>(u.untyped_data()), t, c, k, threads,
+                              static_cast<float*>(y->untyped_data()));
+                  });
+}
+
+// x [N, H, W, C], dy [N, OH, OW, K] -> dU [36, C, K] (zero where there are no tiles).
 ffi::Error KernelGradHandler(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> du,
                              int64_t pad_top, int64_t pad_left) {
-  auto xd = x.dimensions();
-  auto yd = dy.dimensions();
-  auto ud = du->dimensions();
-  const std::string name = "jaxcnn winograd fused kernel gradient";
-  if (!IsF32(x) || !IsF32(dy) || !IsF32(*du) || xd.size() != 4 || yd.size() != 4 ||
-      ud.size() != 3) {
-    return ffi::Error::InvalidArgument(name + ": float32 x [N, H, W, C], dy [N, OH, OW, K]");
-  }
-  if (ud[0] != kA * kA || ud[1] != xd[3] || ud[2] != yd[3] || yd[0] != xd[0]) {
-    return ffi::Error::InvalidArgument(name + ": dU must be [36, C, K] for x's C and dy's K");
-  }
-  Tiles t(xd[0], xd[1], xd[2], yd[1], yd[2], pad_top, pad_left);
-  float* out = static_cast<float*>(du->untyped_data());
-  if (t.rows == 0) {
-    std::memset(out, 0, sizeof(float) * kA * kA * ud[1] * ud[2]);
-    return ffi::Error::Success();
-  }
-  jaxcnn::InFlight team;
-  FusedKernelGrad(static_cast<const float*>(x.untyped_data()),
-                  static_cast<const float*>(dy.untyped_data()), t, xd[3], yd[3], team.threads,
-                  out);
-  return ffi::Error::Success();
+  return RunFused("kernel gradient", x, dy, *du, pad_top, pad_left,
+                  [&](const Tiles& t, int64_t c, int64_t k, int threads) {
+                    FusedKernelGrad(static_cast<const float*>(x.untyped_data()),
+                                    static_cast<const float*>(dy.untyped_data()), t, c, k,
+                                    threads, static_cast<float*>(du->untyped_data()));
+                  });
 }
 
 }  // namespace
@@ -617,6 +611,16 @@ auto OneToOneWithTiling() {
       .Attr<int64_t>("pad_left");
 }
 
+// The fused kernels: two buffers in, one out, the low padding.
+auto TwoToOneWithPadding() {
+  return ffi::Ffi::Bind()
+      .Arg<ffi::AnyBuffer>()
+      .Arg<ffi::AnyBuffer>()
+      .Ret<ffi::AnyBuffer>()
+      .Attr<int64_t>("pad_top")
+      .Attr<int64_t>("pad_left");
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnWinogradInput, InputHandler, OneToOneWithTiling());
@@ -624,18 +628,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnWinogradOutput, OutputHandler, OneToOne());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnWinogradOutputGrad, OutputGradHandler, OneToOne());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnWinogradInputGrad, InputGradHandler, OneToOneWithTiling());
 
-// The fused ones: two buffers in, one out, the low padding.
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnWinogradConv, ConvHandler,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_left"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnWinogradKernelGrad, KernelGradHandler,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_left"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnWinogradConv, ConvHandler, TwoToOneWithPadding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnWinogradKernelGrad, KernelGradHandler, TwoToOneWithPadding());

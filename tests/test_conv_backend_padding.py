@@ -1,0 +1,58 @@
+"""``conv_backend.conv_general_dilated`` with negative low padding (a crop at the low edge).
+
+XLA:CPU (jax 0.10.2) computes a convolution whose padding has a negative low entry and a
+positive high one wrongly; jaxcnn crops first (``crop_negative_low_padding``). Held
+against the definition: pad (negative entries crop), then a VALID convolution.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxcnn import conv_backend
+
+DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+def defined(x, w, pads):
+    config = [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)]
+    return lax.conv_general_dilated(
+        lax.pad(x, 0.0, config), w, (1, 1), "VALID", dimension_numbers=DIMS
+    )
+
+
+@pytest.mark.parametrize("backend", ["xla", "auto"])
+@pytest.mark.parametrize(
+    "pads", [((-1, 1), (-1, 1)), ((0, 0), (-1, 1)), ((-2, 1), (1, -1)), ((1, 1), (1, 1))]
+)
+def test_value_and_gradients_are_the_definitions(pads, backend):
+    x = jax.random.normal(jax.random.key(0), (2, 9, 12, 8))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 8, 16))
+
+    def conv(x, w):
+        return conv_backend.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=DIMS)
+
+    with conv_backend.use_conv_backend(backend):
+        y, vjp = jax.jit(lambda x, w: jax.vjp(conv, x, w))(x, w)
+        g = jnp.ones_like(y)
+        got = (y, *vjp(g))
+    want_y, want_vjp = jax.vjp(lambda x, w: defined(x, w, pads), x, w)
+    for name, a, b in zip(("value", "dx", "dw"), got, (want_y, *want_vjp(g)), strict=True):
+        assert a.shape == b.shape, name
+        np.testing.assert_allclose(
+            a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()), err_msg=name
+        )
+
+
+def test_non_negative_and_dilated_calls_are_left_alone():
+    x, w = jnp.ones((1, 6, 6, 1)), jnp.ones((3, 3, 1, 1))
+    same = conv_backend.crop_negative_low_padding(x, w, ((1, 1), (0, 2)), None, DIMS)
+    assert same[0] is x and same[1] == ((1, 1), (0, 2))
+    dilated = conv_backend.crop_negative_low_padding(x, w, ((-1, 1), (0, 0)), (2, 2), DIMS)
+    assert dilated[0] is x
+    cropped, pads = conv_backend.crop_negative_low_padding(x, w, ((-1, 1), (-2, 0)), None, DIMS)
+    assert cropped.shape == (1, 5, 4, 1) and pads == ((0, 1), (0, 0))
