@@ -37,8 +37,8 @@ namespace {
 
 constexpr int kA = 6;       // input tile side
 constexpr int kM = 4;       // output tile side
-constexpr int kBlock = 64;
-constexpr int kP = 36;  // points per tile (kA * kA)  // channels per pass: two 6 x 6 x 64 float tiles stay in L1
+constexpr int kBlock = 64;  // channels per pass: two 6 x 6 x 64 float tiles stay in L1
+constexpr int kP = kA * kA;  // points per tile
 
 // The four transforms along one axis, for one number (T = float) or eight channels at
 // once (T = F8, the fused kernels below): d[i * ds] in, o[k * os] out.
@@ -411,7 +411,7 @@ void SmallGemm(int64_t rows, int64_t cols, int64_t n, const float* a, int64_t ar
 // each point's U (C x K, read once per block) and, in the kernel gradient, each
 // thread's dU serve enough tiles (64 -> 64 layers: 6 tiles per block ran 20 % slower).
 int64_t TilesPerBlock(int64_t c, int64_t k) {
-  int64_t tiles = (192 * 1024 / 4) / (kA * kA * (c + k));
+  int64_t tiles = (192 * 1024 / 4) / (kP * (c + k));
   return std::max<int64_t>(24, tiles / 6 * 6);
 }
 
@@ -428,13 +428,13 @@ void FusedConv(const float* x, const float* u, const Tiles& t, int64_t c, int64_
   const int64_t per = TilesPerBlock(c, k);
   const int64_t blocks = (t.rows + per - 1) / per;
   jaxcnn::EachRow(blocks, threads, [&](int, int64_t b) {
-    float* v = Scratch(kA * kA * per * (c + k));
-    float* m = v + kA * kA * per * c;
+    float* v = Scratch(kP * per * (c + k));
+    float* m = v + kP * per * c;
     int64_t r0 = b * per, nt = std::min(per, t.rows - r0);
     for (int64_t i = 0; i < nt; ++i) {
       BlockTile<kA, BT6<F8>, BT6<float>>(x, t, r0 + i, c, t.top, t.left, v + i * kP * c, c);
     }
-    for (int p = 0; p < kA * kA; ++p) {  // M[p] (nt x K) = V[p] (nt x C) U[p] (C x K)
+    for (int p = 0; p < kP; ++p) {  // M[p] (nt x K) = V[p] (nt x C) U[p] (C x K)
       SmallGemm(nt, k, c, v + p * c, kP * c, 1, u + p * c * k, k, m + p * k, kP * k, false);
     }
     Tiles out(t.n, t.oh, t.ow, t.oh, t.ow, 0, 0);
@@ -454,13 +454,13 @@ void FusedKernelGrad(const float* x, const float* dy, const Tiles& t, int64_t c,
                      int threads, float* du) {
   const int64_t per = TilesPerBlock(c, k);
   const int64_t blocks = (t.rows + per - 1) / per;
-  const int64_t size = kA * kA * c * k;
+  const int64_t size = kP * c * k;
   std::vector<float> partial(static_cast<size_t>(threads) * size);
   std::vector<char> started(threads, 0);  // whether a thread's sum holds a block yet
   Tiles out(t.n, t.oh, t.ow, t.oh, t.ow, 0, 0);
   jaxcnn::EachRow(blocks, threads, [&](int thread, int64_t b) {
-    float* v = Scratch(kA * kA * per * (c + k));
-    float* dm = v + kA * kA * per * c;
+    float* v = Scratch(kP * per * (c + k));
+    float* dm = v + kP * per * c;
     float* sum = partial.data() + thread * size;
     int64_t r0 = b * per, nt = std::min(per, t.rows - r0);
     for (int64_t i = 0; i < nt; ++i) {
@@ -468,7 +468,7 @@ void FusedKernelGrad(const float* x, const float* dy, const Tiles& t, int64_t c,
       BlockTile<kM, A4<F8>, A4<float>>(dy, out, r0 + i, k, 0, 0, dm + i * kP * k, k);
     }
     bool accumulate = started[thread];
-    for (int p = 0; p < kA * kA; ++p) {  // dU[p] (C x K) += V[p]^T (C x nt) dM[p] (nt x K)
+    for (int p = 0; p < kP; ++p) {  // dU[p] (C x K) += V[p]^T (C x nt) dM[p] (nt x K)
       SmallGemm(c, k, nt, v + p * c, 1, kP * c, dm + p * k, kP * k, sum + p * c * k, k,
                 accumulate);
     }
@@ -565,7 +565,7 @@ ffi::Error RunFused(const char* what, const ffi::AnyBuffer& x, const ffi::AnyBuf
       pd.size() != 3) {
     return ffi::Error::InvalidArgument(name + ": float32 [N, H, W, C], [N, OH, OW, K], [36, C, K]");
   }
-  if (pd[0] != kA * kA || pd[1] != xd[3] || pd[2] != md[3] || md[0] != xd[0]) {
+  if (pd[0] != kP || pd[1] != xd[3] || pd[2] != md[3] || md[0] != xd[0]) {
     return ffi::Error::InvalidArgument(name + ": [36, C, K] must match x's C, the map's N and K");
   }
   jaxcnn::InFlight team;
