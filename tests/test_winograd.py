@@ -73,9 +73,14 @@ SHAPES = [
 ]
 
 
+# The unfused path's transforms have no 8-lane or micro-kernel cases: the first five.
+CASES = [(shape, "fused") for shape in SHAPES] + [(shape, "unfused") for shape in SHAPES[:5]]
+
+
 @needs_native
-@pytest.mark.parametrize("method", ["fused", "unfused"])
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize(
+    "shape, method", CASES, ids=lambda c: "x".join(map(str, c)) if isinstance(c, tuple) else c
+)
 def test_value_and_both_gradients_match_direct_convolution(shape, method):
     x, w, g = operands(*shape)
     expected = jax.jit(lambda *a: value_and_grads(direct, *a))(x, w, g)

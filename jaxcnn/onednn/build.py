@@ -37,7 +37,9 @@ Environment (read at first use):
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
+import fcntl
 import functools
 import hashlib
 import os
@@ -229,12 +231,52 @@ def library_path(sources=None, root: str | None = "main", name: str = "onednn_co
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    # One process builds, the others (pytest's workers, a data loader's) wait for it
+    # instead of compiling the same library at once on the same cores.
+    with open(target.with_name(target.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not target.exists():
+            _build(compile_command(Path("-"), sources, root), compiler, sources, target)
+    return target
+
+
+def _compile_in_parallel(cmd: list[str], sources, output: str) -> subprocess.CompletedProcess:
+    """``cmd`` (:func:`compile_command`'s) run as one ``-c`` compile per source on every
+    core, then one link into ``output``: the sources take about a minute one after
+    another."""
+    names = [str(f) for f in sources]
+    flags = [c for c in cmd[1:] if c not in names and c not in ("-shared", "-ldnnl")]
+    out_at = flags.index("-o")
+    flags = flags[:out_at] + flags[out_at + 2 :]  # without "-o -"
+    with tempfile.TemporaryDirectory(dir=Path(output).parent) as folder:
+        objects = [str(Path(folder) / f"{i}-{Path(n).stem}.o") for i, n in enumerate(names)]
+
+        def compile_one(pair):
+            source, obj = pair
+            return subprocess.run([cmd[0], *flags, "-c", source, "-o", obj],
+                                  capture_output=True, text=True)  # fmt: skip
+
+        with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            results = list(pool.map(compile_one, zip(names, objects, strict=True)))
+        failed = [r for r in results if r.returncode != 0]
+        if failed:
+            return failed[0]
+        link = []  # cmd with the objects where the sources were (before -ldnnl)
+        for part in cmd:
+            if part == names[0]:
+                link.extend(objects)
+            elif part not in names:
+                link.append(part)
+        link[link.index("-o") + 1] = output
+        return subprocess.run(link, capture_output=True, text=True)
+
+
+def _build(cmd: list[str], compiler: str, sources, target: Path) -> None:
     fd, partial = tempfile.mkstemp(suffix=".so.partial", dir=target.parent)
     os.close(fd)
     try:
-        cmd = compile_command(Path(partial), sources, root)
         cmd[0] = compiler
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        done = _compile_in_parallel(cmd, sources, partial)
         if done.returncode != 0:
             errors = [line for line in done.stderr.splitlines() if "error" in line]
             shown = "\n".join((errors or done.stderr.splitlines())[-5:])
@@ -248,7 +290,6 @@ def library_path(sources=None, root: str | None = "main", name: str = "onednn_co
     finally:
         if os.path.exists(partial):
             os.remove(partial)
-    return target
 
 
 OVERLAP_POLICIES = ("wait", "single")
