@@ -326,11 +326,11 @@ def _winograd_takes(lhs, rhs, window_strides, padding, rhs_dilation) -> bool:
     channels = rhs.shape[2:]
     if conv_backend() != "auto" or min(channels) < WINOGRAD_MIN_CHANNELS:
         return False
-    if winograd.tile_waste(lhs.shape[1:3], padding) > WINOGRAD_MAX_WASTE:
+    pads = winograd.explicit_padding(lhs.shape[1:3], padding)
+    if winograd.tile_waste(lhs.shape[1:3], pads) > WINOGRAD_MAX_WASTE:
         return False
     if not avx2_without_avx512_here():
         return False
-    pads = winograd.explicit_padding(lhs.shape[1:3], padding)
     if max(channels) <= AVX2_ONEDNN_MAX_CHANNELS and not winograd.fused_pays(channels, pads):
         return False
     return onednn.available()

@@ -143,11 +143,11 @@ def kernel_transform(w: jax.Array) -> jax.Array:
     return u.reshape(POINTS, *w.shape[2:])
 
 
-def _transform(target: str, operand: jax.Array, shape: tuple[int, ...], **attrs) -> jax.Array:
+def _binding(target: str, shape: tuple[int, ...], *operands: jax.Array, **attrs) -> jax.Array:
     call = jax.ffi.ffi_call(
-        target, jax.ShapeDtypeStruct(shape, operand.dtype), vmap_method="sequential"
+        target, jax.ShapeDtypeStruct(tuple(shape), operands[0].dtype), vmap_method="sequential"
     )
-    return call(operand, **{name: np.int64(value) for name, value in attrs.items()})
+    return call(*operands, **{name: np.int64(value) for name, value in attrs.items()})
 
 
 def _products(v: jax.Array, u: jax.Array) -> jax.Array:
@@ -171,9 +171,9 @@ def _conv(x: jax.Array, w: jax.Array, geometry: tuple[int, ...]) -> jax.Array:
 def _conv_fwd(x, w, geometry):
     n, c = x.shape[0], x.shape[-1]
     oh, ow, rows, attrs = _tiling(n, geometry)
-    v = _transform("jaxcnn_winograd_input", x, (POINTS, rows, c), **attrs)
+    v = _binding("jaxcnn_winograd_input", (POINTS, rows, c), x, **attrs)
     u = kernel_transform(w)
-    y = _transform("jaxcnn_winograd_output", _products(v, u), (n, oh, ow, w.shape[-1]))
+    y = _binding("jaxcnn_winograd_output", (n, oh, ow, w.shape[-1]), _products(v, u))
     return y, (v, u, w)
 
 
@@ -181,22 +181,15 @@ def _conv_bwd(geometry, residuals, dy):
     v, u, w = residuals
     n, c = dy.shape[0], v.shape[-1]
     _, _, rows, attrs = _tiling(n, geometry)
-    dm = _transform("jaxcnn_winograd_output_grad", dy, (POINTS, rows, dy.shape[-1]))
+    dm = _binding("jaxcnn_winograd_output_grad", (POINTS, rows, dy.shape[-1]), dy)
     dv = lax.dot_general(dm, u, (((2,), (2,)), ((0,), (0,))))  # [36, R, C]
-    dx = _transform("jaxcnn_winograd_input_grad", dv, (n, *geometry[:2], c), **attrs)
+    dx = _binding("jaxcnn_winograd_input_grad", (n, *geometry[:2], c), dv, **attrs)
     du = lax.dot_general(v, dm, (((1,), (1,)), ((0,), (0,))))  # [36, C, K]
     (dw,) = jax.vjp(kernel_transform, w)[1](du)
     return dx, dw
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
-
-
-def _fused(target: str, a: jax.Array, b: jax.Array, shape, top: int, left: int) -> jax.Array:
-    call = jax.ffi.ffi_call(
-        target, jax.ShapeDtypeStruct(tuple(shape), a.dtype), vmap_method="sequential"
-    )
-    return call(a, b, pad_top=np.int64(top), pad_left=np.int64(left))
 
 
 # The fused kernels: each thread transforms a block of tiles, multiplies it and
@@ -209,9 +202,10 @@ def _conv_fused(x: jax.Array, w: jax.Array, geometry: tuple[int, ...]) -> jax.Ar
 
 
 def _conv_fused_fwd(x, w, geometry):
-    h, wd, top, bottom, left, right = geometry
-    shape = (x.shape[0], h + top + bottom - 2, wd + left + right - 2, w.shape[-1])
-    y = _fused("jaxcnn_winograd_conv", x, kernel_transform(w), shape, top, left)
+    _, _, top, _, left, _ = geometry
+    oh, ow, _, _ = _tiling(x.shape[0], geometry)
+    shape = (x.shape[0], oh, ow, w.shape[-1])
+    y = _binding("jaxcnn_winograd_conv", shape, x, kernel_transform(w), pad_top=top, pad_left=left)
     return y, (x, w)
 
 
@@ -219,8 +213,10 @@ def _conv_fused_bwd(geometry, residuals, dy):
     x, w = residuals
     _, _, top, _, left, _ = geometry
     turned = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
-    dx = _fused("jaxcnn_winograd_conv", dy, kernel_transform(turned), x.shape, 2 - top, 2 - left)
-    du = _fused("jaxcnn_winograd_kernel_grad", x, dy, (POINTS, *w.shape[2:]), top, left)
+    u_turned = kernel_transform(turned)
+    dx = _binding("jaxcnn_winograd_conv", x.shape, dy, u_turned, pad_top=2 - top, pad_left=2 - left)
+    du_shape = (POINTS, *w.shape[2:])
+    du = _binding("jaxcnn_winograd_kernel_grad", du_shape, x, dy, pad_top=top, pad_left=left)
     (dw,) = jax.vjp(kernel_transform, w)[1](du)
     return dx, dw
 

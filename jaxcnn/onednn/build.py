@@ -225,7 +225,8 @@ def library_path(sources=None, root: str | None = "main", name: str = "onednn_co
     for part in (*(f.read_bytes() for f in (*sources, *HEADERS)), jax.__version__.encode(),
                  compiler.encode()):  # fmt: skip
         digest.update(part)
-    digest.update(" ".join(compile_command(Path("-"), sources, root)).encode())  # flags, paths
+    command = compile_command(Path("-"), sources, root)  # its output named at the build
+    digest.update(" ".join(command).encode())  # flags, paths
     digest.update(_cpu_identity().encode())  # -march=native: a shared cache, another CPU
     target = _cache_dir() / f"{name}-{digest.hexdigest()[:16]}.so"
     if target.exists():
@@ -236,7 +237,7 @@ def library_path(sources=None, root: str | None = "main", name: str = "onednn_co
     with open(target.with_name(target.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not target.exists():
-            _build(compile_command(Path("-"), sources, root), compiler, sources, target)
+            _build([compiler, *command[1:]], sources, target)
     return target
 
 
@@ -271,11 +272,10 @@ def _compile_in_parallel(cmd: list[str], sources, output: str) -> subprocess.Com
         return subprocess.run(link, capture_output=True, text=True)
 
 
-def _build(cmd: list[str], compiler: str, sources, target: Path) -> None:
+def _build(cmd: list[str], sources, target: Path) -> None:
     fd, partial = tempfile.mkstemp(suffix=".so.partial", dir=target.parent)
     os.close(fd)
     try:
-        cmd[0] = compiler
         done = _compile_in_parallel(cmd, sources, partial)
         if done.returncode != 0:
             errors = [line for line in done.stderr.splitlines() if "error" in line]

@@ -422,22 +422,33 @@ float* Scratch(size_t floats) {
   return buffer.data();
 }
 
+// Calls `body(thread, r0, nt, in, out)` on the team for blocks of tiles r0 .. r0 + nt
+// (TilesPerBlock at a time), with the calling thread's two block buffers: in, one
+// tile's 36 points of c channels after another, and out, the same of k channels.
+template <typename F>
+void EachBlock(const Tiles& t, int64_t c, int64_t k, int threads, F&& body) {
+  const int64_t per = TilesPerBlock(c, k);
+  jaxcnn::EachRow((t.rows + per - 1) / per, threads, [&](int thread, int64_t b) {
+    float* in = Scratch(kP * per * (c + k));
+    int64_t r0 = b * per;
+    body(thread, r0, std::min(per, t.rows - r0), in, in + kP * per * c);
+  });
+}
+
+// The output map's tiling for a tiling onto it (the image is the map, no padding).
+Tiles OutputTiles(const Tiles& t) { return Tiles(t.n, t.oh, t.ow, t.oh, t.ow, 0, 0); }
+
 // y[N, OH, OW, K] = x (*) g from x[N, H, W, C] and U = G g GT [36, C, K].
 void FusedConv(const float* x, const float* u, const Tiles& t, int64_t c, int64_t k,
                int threads, float* y) {
-  const int64_t per = TilesPerBlock(c, k);
-  const int64_t blocks = (t.rows + per - 1) / per;
-  jaxcnn::EachRow(blocks, threads, [&](int, int64_t b) {
-    float* v = Scratch(kP * per * (c + k));
-    float* m = v + kP * per * c;
-    int64_t r0 = b * per, nt = std::min(per, t.rows - r0);
+  const Tiles out = OutputTiles(t);
+  EachBlock(t, c, k, threads, [&](int, int64_t r0, int64_t nt, float* v, float* m) {
     for (int64_t i = 0; i < nt; ++i) {
       BlockTile<kA, BT6<F8>, BT6<float>>(x, t, r0 + i, c, t.top, t.left, v + i * kP * c, c);
     }
     for (int p = 0; p < kP; ++p) {  // M[p] (nt x K) = V[p] (nt x C) U[p] (C x K)
       SmallGemm(nt, k, c, v + p * c, kP * c, 1, u + p * c * k, k, m + p * k, kP * k, false);
     }
-    Tiles out(t.n, t.oh, t.ow, t.oh, t.ow, 0, 0);
     for (int64_t i = 0; i < nt; ++i) {
       if (k % 8 == 0) {
         PointsToOutputTile8(m + i * kP * k, k, out, r0 + i, k, y);
@@ -452,17 +463,12 @@ void FusedConv(const float* x, const float* u, const Tiles& t, int64_t c, int64_
 // thread sums its blocks into its own dU, then the threads' sums are added.
 void FusedKernelGrad(const float* x, const float* dy, const Tiles& t, int64_t c, int64_t k,
                      int threads, float* du) {
-  const int64_t per = TilesPerBlock(c, k);
-  const int64_t blocks = (t.rows + per - 1) / per;
   const int64_t size = kP * c * k;
   std::vector<float> partial(static_cast<size_t>(threads) * size);
   std::vector<char> started(threads, 0);  // whether a thread's sum holds a block yet
-  Tiles out(t.n, t.oh, t.ow, t.oh, t.ow, 0, 0);
-  jaxcnn::EachRow(blocks, threads, [&](int thread, int64_t b) {
-    float* v = Scratch(kP * per * (c + k));
-    float* dm = v + kP * per * c;
+  const Tiles out = OutputTiles(t);
+  EachBlock(t, c, k, threads, [&](int thread, int64_t r0, int64_t nt, float* v, float* dm) {
     float* sum = partial.data() + thread * size;
-    int64_t r0 = b * per, nt = std::min(per, t.rows - r0);
     for (int64_t i = 0; i < nt; ++i) {
       BlockTile<kA, BT6<F8>, BT6<float>>(x, t, r0 + i, c, t.top, t.left, v + i * kP * c, c);
       BlockTile<kM, A4<F8>, A4<float>>(dy, out, r0 + i, k, 0, 0, dm + i * kP * k, k);
