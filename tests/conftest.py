@@ -42,6 +42,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 _COMPILATION_CACHE = pytest.StashKey[str]()
 
+# Most of the suite's time is XLA compiling small programs, and most of that is LLVM
+# optimizing the CPU code it emits. The suite compiles with LLVM's optimizations off: the
+# HLO programs (fusion, layout, jaxcnn's oneDNN/Winograd calls) are the ones users run and
+# jaxcnn's own kernels are built as always; only XLA's generated loops run slower. 8m51 ->
+# 6m28 here (docs/perf_notes.md, session 38). `JAXCNN_TEST_FULL_OPTIMIZATION=1` compiles as
+# users do; a level in the user's XLA_FLAGS wins; not applied off CPU.
+TEST_ONLY_XLA_FLAGS = ("--xla_backend_optimization_level=0",)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("JAXCNN_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
@@ -62,6 +70,26 @@ def pytest_configure(config):
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    _compile_without_llvm_optimizations()
+
+
+def _compile_without_llvm_optimizations() -> None:
+    """Adds TEST_ONLY_XLA_FLAGS to XLA_FLAGS (read when the backend starts: after this)."""
+    if os.environ.get("JAXCNN_TEST_FULL_OPTIMIZATION", "") not in ("", "0"):
+        return
+    from jaxcnn import placement, xla_flags
+
+    if placement.cpu_platform_problem() is None:
+        existing = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = xla_flags.merge_flags(existing, TEST_ONLY_XLA_FLAGS)
+
+
+def full_optimization_env() -> dict[str, str]:
+    """This process's environment without TEST_ONLY_XLA_FLAGS: for a child process that
+    should compile as users do (one that trains for long, where LLVM's optimizations pay)."""
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    kept = [flag for flag in flags if flag not in TEST_ONLY_XLA_FLAGS]
+    return {**os.environ, "XLA_FLAGS": " ".join(kept)}
 
 
 def pytest_unconfigure(config):

@@ -15,12 +15,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import chex
 import jax
 import numpy as np
 import pytest
+from conftest import REPO_ROOT, full_optimization_env
 
 from jaxcnn.train import (
     CheckpointMismatchError,
@@ -361,15 +361,16 @@ def test_default_config_command_reaches_97_percent(tmp_path, capsys):
 
 @pytest.mark.realdata
 def test_one_mnist_epoch_reaches_98_percent(shared_data, tmp_path):
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "configs" / "mnist.py"
-    spec = importlib.util.spec_from_file_location("config_mnist", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    config.update_from_flattened_dict(
-        {"num_epochs": 1, "data_dir": str(shared_data), "progress_bar": False}
+    """README's MNIST command, one epoch, in a child that compiles as users do (60,000
+    images train 20 s faster with LLVM's optimizations than under the suite's setting)."""
+    command = [
+        sys.executable, str(REPO_ROOT / "scripts" / "train.py"), "--config", "mnist",
+        "--workdir", str(tmp_path / "mnist"), "--config.num_epochs=1",
+        f"--config.data_dir={shared_data}", "--config.progress_bar=False", "--noreport",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env=full_optimization_env()
     )
-    result = fit(config, tmp_path)
-    assert result.test_metrics["test_accuracy"] >= 0.98, result.test_metrics
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    accuracy = float(proc.stdout.split("test accuracy: ")[1].split()[0])
+    assert accuracy >= 0.98, proc.stdout
