@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from jax import lax
 
 from jaxcnn import conv_backend, winograd
@@ -105,14 +107,40 @@ PADDINGS = [
 @pytest.mark.parametrize("method", ["fused", "unfused"])
 @pytest.mark.parametrize("padding, out", PADDINGS, ids=lambda p: str(p).replace(" ", ""))
 def test_other_paddings_match_direct_convolution(padding, out, method):
-    x, w, g = operands(2, 7, 5, 8, 5, out=out)
+    assert_matches_direct(operands(2, 7, 5, 8, 5, out=out), padding, method)
+
+
+def assert_matches_direct(operands, padding, method):
+    """Value, input and kernel gradient of one call against ``direct``'s."""
     expected = jax.jit(lambda *a: value_and_grads(lambda x, w: direct(x, w, padding), *a))
     conv = functools.partial(winograd.conv3x3, padding=padding, method=method)
     got = jax.jit(lambda *a: value_and_grads(conv, *a))
     names = ("value", "input gradient", "kernel gradient")
-    for name, e, o in zip(names, expected(x, w, g), got(x, w, g), strict=True):
+    for name, e, o in zip(names, expected(*operands), got(*operands), strict=True):
         assert o.shape == e.shape, name
         assert relative_error(e, o) < TOLERANCE, name
+
+
+@st.composite
+def random_calls(draw):
+    """A batch, a map of 1-13 pixels a side, channel counts on and off the kernels' lanes,
+    pads from -1 (a crop) to 2 on each edge, and a method: what a randomized check of both
+    methods found XLA:CPU's negative-padding bug with (session 37)."""
+    n, h, w = draw(st.integers(1, 3)), draw(st.integers(1, 13)), draw(st.integers(1, 13))
+    channels = st.sampled_from([1, 3, 8, 13, 16, 24, 40])
+    c, k = draw(channels), draw(channels)
+    pads = tuple((draw(st.integers(-1, 2)), draw(st.integers(-1, 2))) for _ in range(2))
+    assume(h + sum(pads[0]) >= 3 and w + sum(pads[1]) >= 3)  # at least one output pixel
+    return (n, h, w, c, k), pads, draw(st.sampled_from(["fused", "unfused"]))
+
+
+@needs_native
+@settings(max_examples=12)
+@given(random_calls())
+def test_random_calls_match_direct_convolution(call):
+    (n, h, w, c, k), pads, method = call
+    out = (h + sum(pads[0]) - 2, w + sum(pads[1]) - 2)
+    assert_matches_direct(operands(n, h, w, c, k, out=out), pads, method)
 
 
 @needs_native
