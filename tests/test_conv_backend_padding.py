@@ -2,8 +2,7 @@
 
 XLA:CPU (jax 0.10.2) computes a convolution whose padding has a negative low entry and a
 positive high one wrongly; jaxcnn crops first (``crop_negative_low_padding``). Held
-against the definition: pad (negative entries crop), then a VALID convolution. A canary
-(strict xfail on jax 0.10.2's CPU backend) says when lax itself is right again.
+against the definition: pad (negative entries crop), then a VALID convolution.
 """
 
 from __future__ import annotations
@@ -57,23 +56,3 @@ def test_non_negative_and_dilated_calls_are_left_alone():
     assert dilated[0] is x
     cropped, pads = conv_backend.crop_negative_low_padding(x, w, ((-1, 1), (-2, 0)), None, DIMS)
     assert cropped.shape == (1, 5, 4, 1) and pads == ((0, 1), (0, 0))
-
-
-# The bug's canary, where it is known: on jax 0.10.2's CPU backend lax must still be wrong
-# (an XPASS fails the run: fixed, and the crop could go); elsewhere it is skipped, not
-# guessed (re-run it on a jax upgrade, without the skip, to see).
-KNOWN_BROKEN = jax.__version__ == "0.10.2" and jax.default_backend() == "cpu"
-
-
-@pytest.mark.skipif(not KNOWN_BROKEN, reason="checked on jax 0.10.2's CPU backend only")
-@pytest.mark.xfail(
-    strict=True,
-    reason="XLA:CPU (jax 0.10.2) shifts or reads outside the input under a (-1, 1) pad",
-)
-@pytest.mark.parametrize("pads", [((0, 0), (-1, 1)), ((-1, 1), (0, 0))])
-def test_lax_itself_equals_the_definition(pads):
-    """Why the crop exists, checked on every run: lax's own convolution against pad + VALID."""
-    x = jax.random.normal(jax.random.key(0), (1, 5, 5, 1))
-    w = jax.random.normal(jax.random.key(1), (3, 3, 1, 4))
-    got = lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=DIMS)
-    np.testing.assert_allclose(got, defined(x, w, pads), rtol=1e-4, atol=1e-4)
