@@ -96,6 +96,21 @@ def pytest_unconfigure(config):
     shutil.rmtree(config.stash.get(_COMPILATION_CACHE, ""), ignore_errors=True)
 
 
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def conv_by_definition(x, w, pads):
+    """An NHWC / HWIO stride-1 convolution as defined: pad each spatial edge by ``pads``
+    (negative entries crop), then a VALID convolution. Not lax's own padding: XLA:CPU
+    (jax 0.10.2) gets a negative low pad with a positive high one, e.g. (-1, 1), wrong
+    (``jaxcnn.conv_backend.crop_negative_low_padding``)."""
+    from jax import lax
+
+    config = [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)]
+    padded = lax.pad(x, 0.0, config)
+    return lax.conv_general_dilated(padded, w, (1, 1), "VALID", dimension_numbers=_NHWC)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` (MNIST, Fashion-MNIST IDX files, CIFAR-10 JPEGs); skip if absent."""

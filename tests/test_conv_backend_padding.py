@@ -11,18 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax import lax
+from conftest import conv_by_definition
 
 from jaxcnn import conv_backend
 
 DIMS = ("NHWC", "HWIO", "NHWC")
-
-
-def defined(x, w, pads):
-    config = [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)]
-    return lax.conv_general_dilated(
-        lax.pad(x, 0.0, config), w, (1, 1), "VALID", dimension_numbers=DIMS
-    )
 
 
 @pytest.mark.parametrize("backend", ["xla", "auto"])
@@ -40,7 +33,7 @@ def test_value_and_gradients_are_the_definitions(pads, backend):
         y, vjp = jax.jit(lambda x, w: jax.vjp(conv, x, w))(x, w)
         g = jnp.ones_like(y)
         got = (y, *vjp(g))
-    want_y, want_vjp = jax.vjp(lambda x, w: defined(x, w, pads), x, w)
+    want_y, want_vjp = jax.vjp(lambda x, w: conv_by_definition(x, w, pads), x, w)
     for name, a, b in zip(("value", "dx", "dw"), got, (want_y, *want_vjp(g)), strict=True):
         assert a.shape == b.shape, name
         np.testing.assert_allclose(

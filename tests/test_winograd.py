@@ -2,10 +2,11 @@
 the fused kernels and by the unfused transforms with XLA's dots, and the rule by which
 ``conv_backend`` sends calls to it (``JAXCNN_WINOGRAD``).
 
-Values and both gradients are held against ``lax.conv_general_dilated`` relative to the
-largest entry (F(4x4, 3x3) rounds differently: about 1e-5 in float32). The kernels'
-tests need the binding and skip with its reason where it does not build; the routing
-rule and the argument checks are tested everywhere.
+Values and both gradients are held against the definition (pad, then a VALID
+``lax.conv_general_dilated``: ``conftest.conv_by_definition``) relative to the largest
+entry (F(4x4, 3x3) rounds differently: about 1e-5 in float32). The kernels' tests need
+the binding and skip with its reason where it does not build; the routing rule and the
+argument checks are tested everywhere.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import conv_by_definition
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from jax import lax
 
 from jaxcnn import conv_backend, winograd
 from jaxcnn.onednn import build
@@ -32,14 +33,8 @@ TOLERANCE = 5e-5  # of the largest entry; measured 1e-6 .. 1.4e-5
 
 
 def direct(x, w, padding="SAME"):
-    """The definition: pad (negative entries crop), then a VALID convolution. Not lax's
-    own padding: XLA:CPU (jax 0.10.2) returns garbage for a negative low pad with a
-    positive high one, e.g. (-1, 1) (``conv_backend.crop_negative_low_padding``)."""
-    pads = winograd.explicit_padding(x.shape[1:3], padding)
-    config = [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)]
-    return lax.conv_general_dilated(
-        lax.pad(x, 0.0, config), w, (1, 1), "VALID", dimension_numbers=DIMS
-    )
+    """The definition (``conv_by_definition``) under any padding ``conv3x3`` takes."""
+    return conv_by_definition(x, w, winograd.explicit_padding(x.shape[1:3], padding))
 
 
 def value_and_grads(conv, x, w, g):
