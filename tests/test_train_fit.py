@@ -9,7 +9,9 @@ changed-model tests, which copy its workdir instead of training again.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -53,8 +55,9 @@ STEPS_PER_EPOCH = 1438 // 32  # digits train split / batch size
 
 def tiny_config(**overrides):
     """2 epochs of a 1-conv CNN with batch norm, dropout and augmentation (every rng path),
-    lookahead from mid-epoch 1 and a bias frozen after epoch 1 (every piece of state that
-    must survive a resume). No flips: digits are not mirror-symmetric."""
+    lookahead from mid-epoch 1, a bias frozen after epoch 1 and a warm-up cosine schedule
+    (every piece of state that must survive a resume). No flips: digits are not
+    mirror-symmetric."""
     config = base_config()
     config.dataset = "digits"
     config.model = "spec"
@@ -64,6 +67,7 @@ def tiny_config(**overrides):
     config.num_epochs = 2
     config.optimizer.name = "adam"
     config.optimizer.learning_rate = 3e-3
+    config.schedule = {"name": "warmup_cosine", "warmup_epochs": 0.5}
     config.augment.rotation = 5.0
     config.lookahead.every_steps = 5
     config.lookahead.start_epochs = 0.5
@@ -86,11 +90,26 @@ def assert_trees_equal(a, b):
         np.testing.assert_array_equal(x, y)
 
 
+class CompiledPrograms(logging.Handler):
+    """The names of the programs JAX compiles while it is attached (``jax.log_compiles``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def emit(self, record):
+        compiled = re.match(r"Compiling (\S+) with", record.getMessage())
+        if compiled:
+            self.names.append(compiled.group(1))
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The uninterrupted run; its train and eval steps are counted as they are traced."""
+    """The uninterrupted run; its train and eval steps are counted as they are traced, and
+    the names of the programs it compiled kept in ``traces["compiled"]``."""
     workdir = tmp_path_factory.mktemp("reference")
     traces = {"train": 0, "eval": 0}
+    compiled = CompiledPrograms()
     make_train, make_eval = loop.make_train_step, evaluation.make_eval_step
 
     def counted(kind, step_fn):
@@ -112,16 +131,33 @@ def reference(tmp_path_factory):
             "make_eval_step",
             lambda *a, **k: chex.assert_max_traces(counted("eval", make_eval(*a, **k)), n=1),
         )
-        result = fit(tiny_config(), workdir)
-    return result, traces
+        logging.getLogger("jax").addHandler(compiled)
+        try:
+            with jax.log_compiles(True):
+                result = fit(tiny_config(), workdir)
+        finally:
+            logging.getLogger("jax").removeHandler(compiled)
+    return result, {**traces, "compiled": compiled.names}
 
 
 def test_steps_compile_once_across_epochs_and_the_masked_last_batch(reference):
     result, traces = reference
     # 2 epochs x 44 steps, 2 validation passes and the test pass, each ending in a
     # padded batch: one trace each.
-    assert traces == {"train": 1, "eval": 1}
+    assert traces["train"] == traces["eval"] == 1
     assert int(result.state.step) == 2 * STEPS_PER_EPOCH
+
+
+def test_fit_compiles_whole_programs_not_ops_one_by_one(reference):
+    # Each program XLA compiles costs ~40 ms on a 2-core CPU even when it is one jnp op:
+    # fit compiles its steps, its initialiser and the logged learning rate's schedule as
+    # whole programs (the schedule's ~25 ops compiled one by one took 1.2 s), plus the
+    # few ops that make the PRNG key.
+    _, traces = reference
+    names = traces["compiled"]
+    assert len(names) <= 10, names
+    assert names.count("jit(step)") == 2  # train and eval
+    assert names.count("jit(learning_rate_at)") == 1
 
 
 def test_workdir_layout(reference):

@@ -267,7 +267,7 @@ def _train(run: TrainingSession, interrupt: InterruptFlag, step_callback) -> Fit
             record = {"epoch": epoch + 1, "step": global_step}
             record.update(finalize_metrics(sums, "train_"))
             record.update(finalize_metrics(evaluator.evaluate_sums(run.state, validation), "val_"))
-            record["learning_rate"] = float(run.schedule(global_step - 1))
+            record["learning_rate"] = float(run.learning_rate_at(np.int32(global_step - 1)))
             record["images_per_sec"] = images_per_sec
             record["elapsed_s"] = run.elapsed_before + time.perf_counter() - start_time
             progress.end_epoch(

@@ -89,6 +89,7 @@ class TrainingSession:
             _, self.schedule = build_tx(config, self.steps_per_epoch)
         except ValueError as error:
             raise ConfigError(f"config.{error}") from None
+        self.learning_rate_at = _jitted(self.schedule)
         self.state = create_train_state(
             self.model,
             config,
@@ -185,3 +186,23 @@ class TrainingSession:
         # The log may hold an epoch the checkpoint does not (crash between the two).
         self.log.rewrite(self.history)
         return int(step)
+
+
+def _jitted(schedule):
+    """``schedule`` as one compiled program, for the learning rate each epoch logs.
+
+    Called eagerly, an optax schedule compiles each of its jnp ops on its own the first
+    time: a one-cycle schedule's ~25 took 1.2 s of MNIST's first epoch on a 2-core CPU;
+    jitted, they are one small program (0.17 s).
+
+    Examples:
+      >>> import numpy as np, optax
+      >>> lr = _jitted(optax.linear_schedule(1.0, 0.0, transition_steps=4))
+      >>> float(lr(np.int32(1)))
+      0.75
+    """
+
+    def learning_rate_at(step):
+        return schedule(step)
+
+    return jax.jit(learning_rate_at)
