@@ -8,9 +8,10 @@ each ratio compares two windows a few hundred milliseconds apart. Two identical 
 gave x1.001 (quartiles 0.991-1.014) on ResNet-20 (docs/perf_notes.md, item 76).
 
 A variant is ``none`` or settings applied only while its step is traced: environment
-variables read at trace time (``env:JAXCNN_ONEDNN_FORWARD=direct``) or module constants
-(``attr:jaxcnn.onednn.ffi_conv.INPUT_GRAD_MAIN_BELOW=0``), several joined by
-``,``.
+variables read at trace time (``env:JAXCNN_ONEDNN_FORWARD=direct``), module constants
+(``attr:jaxcnn.onednn.ffi_conv.INPUT_GRAD_MAIN_BELOW=0``) or XLA options for this
+step's compilation alone (``opt:xla_backend_optimization_level=1``), several joined by
+``,``. Each variant's compile time is printed too.
 
     python benchmarks/experiments/same_process_ab.py --net resnet20 --dtype bfloat16 \\
         'env:JAXCNN_ONEDNN_FORWARD=direct' none
@@ -54,10 +55,13 @@ def settings(variant: str):
         for item in [] if variant == "none" else variant.split(","):
             kind, _, assignment = item.partition(":")
             name, sep, value = assignment.partition("=")
-            if kind not in ("env", "attr") or not sep:
+            if kind not in ("env", "attr", "opt") or not sep:
                 raise ValueError(
-                    f"setting {item!r}: expected env:VAR=VALUE or attr:MODULE.NAME=VALUE"
+                    f"setting {item!r}: expected env:VAR=VALUE, attr:MODULE.NAME=VALUE or "
+                    "opt:XLA_OPTION=VALUE"
                 )
+            if kind == "opt":
+                continue  # compile_options() gives these to the step's compilation
             if kind == "env":
                 undo.append((os.environ, name, os.environ.get(name)))
                 os.environ[name] = value
@@ -77,6 +81,20 @@ def settings(variant: str):
                 delattr(target, name)
             else:
                 setattr(target, name, old)
+
+
+def compile_options(variant: str) -> dict[str, str]:
+    """The ``opt:`` settings of ``variant``, as ``Lowered.compile`` takes them.
+
+    Examples:
+        >>> compile_options("opt:xla_backend_optimization_level=1,env:X=1")
+        {'xla_backend_optimization_level': '1'}
+        >>> compile_options("none")
+        {}
+    """
+    items = [] if variant == "none" else variant.split(",")
+    pairs = (item.partition(":")[2].partition("=") for item in items if item.startswith("opt:"))
+    return {name: value for name, _, value in pairs}
 
 
 def alternate(time_a, time_b, rounds: int) -> list[float]:
@@ -128,11 +146,14 @@ def main(argv=None) -> int:
     step_profile.configure_like_fit(args.net, args.dtype, args.batch)
     import jax
 
-    runs = []
+    runs, compile_seconds = [], []
     for variant in (args.a, args.b):
         with settings(variant):  # read while tracing and compiling only
             step, state, batch = step_profile._build(args.net, args.batch, 1, args.dtype)
-            step = step.lower(state, batch).compile()
+            lowered = step.lower(state, batch)
+            start = time.perf_counter()
+            step = lowered.compile(compile_options(variant) or None)
+            compile_seconds.append(time.perf_counter() - start)
         for _ in range(5):
             state, sums = step(state, batch)
         jax.block_until_ready(sums)
@@ -149,6 +170,7 @@ def main(argv=None) -> int:
 
     ratios = alternate(lambda: window(runs[0]), lambda: window(runs[1]), args.rounds)
     print(f"{args.net} {args.dtype} batch {args.batch}: A = {args.a}, B = {args.b}")
+    print(f"XLA compile: A {compile_seconds[0]:.2f} s, B {compile_seconds[1]:.2f} s")
     print(summary(ratios))
     return 0
 
