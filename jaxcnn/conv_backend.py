@@ -27,9 +27,11 @@ value (``docs/perf_notes.md``, items 34, 37 and 41).
   convolutions with at most ``AVX2_ONEDNN_MAX_CHANNELS`` (32) channels in and out, which
   oneDNN runs faster there in float32 (ResNet-20's step 1.45x; bfloat16 ones computed in
   float32 and rounded once, 1.24x, item 80); and 3x3 stride-1 convolutions from 16
-  channels as Winograd F(4x4, 3x3) (:mod:`jaxcnn.winograd`, items 85-87: the wide ones
-  it would give XLA, and the narrow SAME ones by fused kernels; see
-  ``WINOGRAD_MIN_CHANNELS`` and ``JAXCNN_WINOGRAD``: :func:`winograd_choice`).
+  channels as Winograd F(4x4, 3x3) (:mod:`jaxcnn.winograd`, items 85-87 and 89: the
+  wide ones it would give XLA, and the narrow ones whose input map takes few more tiles
+  than their output map by fused kernels; see ``WINOGRAD_MIN_CHANNELS`` and
+  ``JAXCNN_WINOGRAD``: :func:`winograd_choice`). :func:`record_routes` lists which
+  convolutions of a traced function the binding takes.
   Elsewhere (ARM: not measured) XLA.
 * ``"xla"``: always ``lax.conv_general_dilated``.
 * ``"onednn"``: oneDNN wherever the call allows; raises if the library is unavailable.
@@ -280,11 +282,15 @@ def _narrow_on_onednn(lhs, rhs) -> bool:
 # many channels in and out (the narrowest measured).
 WINOGRAD_MIN_CHANNELS = 16
 # At most this many outputs computed per output wanted, where a map needs more than one
-# 4 x 4 tile: the tiles cover it to the next multiple of 4 on each side. The MNIST net's
-# cropped 10 x 10 conv2 map (1.44) gained nothing in its step (x0.98-1.02) and changed
-# its training's rounding; the fast CIFAR net's 3 x 3 maps (one tile, 1.78) kept it
-# (x1.03 on that step). Item 86.
+# 4 x 4 tile, for the unfused path: the tiles cover it to the next multiple of 4 on each
+# side. The MNIST net's cropped 10 x 10 conv2 map (1.44) gained nothing unfused (x0.98-1.02
+# on its step); the fast CIFAR net's 3 x 3 maps (one tile, 1.78) kept it (x1.03 on that
+# step). Item 86.
 WINOGRAD_MAX_WASTE = 1.4
+# The same limit for layers the fused kernels take (winograd.fused_pays): the MNIST net's
+# conv2 (10 x 10, 1.44) fused, in one batch slice, made its step 1.38x faster (item 89);
+# more wasteful maps (a 5 x 5 one: 2.56) were not measured.
+FUSED_MAX_WASTE = 1.5
 WINOGRAD_CHOICES = ("auto", "on", "off")
 
 
@@ -327,11 +333,13 @@ def _winograd_takes(lhs, rhs, window_strides, padding, rhs_dilation) -> bool:
     if conv_backend() != "auto" or min(channels) < WINOGRAD_MIN_CHANNELS:
         return False
     pads = winograd.explicit_padding(lhs.shape[1:3], padding)
-    if winograd.tile_waste(lhs.shape[1:3], pads) > WINOGRAD_MAX_WASTE:
+    fused = winograd.fused_pays(channels, pads, lhs.shape[1:3])
+    waste_limit = FUSED_MAX_WASTE if fused else WINOGRAD_MAX_WASTE
+    if winograd.tile_waste(lhs.shape[1:3], pads) > waste_limit:
         return False
     if not avx2_without_avx512_here():
         return False
-    if max(channels) <= AVX2_ONEDNN_MAX_CHANNELS and not winograd.fused_pays(channels, pads):
+    if max(channels) <= AVX2_ONEDNN_MAX_CHANNELS and not fused:
         return False
     return onednn.available()
 
@@ -375,6 +383,41 @@ def crop_negative_low_padding(lhs, rhs, padding, lhs_dilation, dimension_numbers
     return lax.pad(lhs, jax.numpy.zeros((), lhs.dtype), config), tuple(kept)
 
 
+# The route lists of the active record_routes blocks (innermost last).
+_route_recorders: list[list[str]] = []
+
+
+@contextlib.contextmanager
+def record_routes() -> Iterator[list[str]]:
+    """Within the block, the route of every convolution traced through
+    :func:`conv_general_dilated`, in order: ``"binding"`` (jaxcnn's Winograd kernels or
+    oneDNN, each call using every core) or ``"xla"``. ``jaxcnn.train`` traces a model
+    abstractly in one to decide how many batch slices its step computes.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> def conv(x):
+        ...     return conv_general_dilated(x, jnp.ones((2, 2, 1, 1)), (1, 1), "VALID",
+        ...                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        >>> with record_routes() as routes:
+        ...     _ = jax.eval_shape(conv, jax.ShapeDtypeStruct((1, 4, 4, 1), jnp.float32))
+        >>> len(routes), routes[0] in ("binding", "xla")
+        (1, True)
+    """
+    routes: list[str] = []
+    _route_recorders.append(routes)
+    try:
+        yield routes
+    finally:
+        _route_recorders.remove(routes)
+
+
+def _recorded(route: str, y):
+    for routes in _route_recorders:
+        routes.append(route)
+    return y
+
+
 def conv_general_dilated(
     lhs,
     rhs,
@@ -416,15 +459,16 @@ def conv_general_dilated(
     if by_winograd:
         from jaxcnn import winograd
 
-        return winograd.conv3x3(lhs, rhs, padding)
+        return _recorded("binding", winograd.conv3x3(lhs, rhs, padding))
     if by_narrow_rule:
         backend = "onednn"
     if not runs or backend != "onednn" or not _dtype_runs(lhs.dtype):
-        return lax.conv_general_dilated(*args)
+        return _recorded("xla", lax.conv_general_dilated(*args))
     from jaxcnn.onednn import conv2d
 
     dilation = (1, 1) if rhs_dilation is None else tuple(rhs_dilation)
     if isinstance(padding, str):
         effective = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:2], dilation, strict=True)]
         padding = lax.padtype_to_pads(lhs.shape[1:3], effective, window_strides, padding)
-    return conv2d(lhs, rhs, window_strides, padding, dilation, onednn_algorithm())
+    y = conv2d(lhs, rhs, window_strides, padding, dilation, onednn_algorithm())
+    return _recorded("binding", y)

@@ -226,22 +226,44 @@ _conv_fused.defvjp(_conv_fused_fwd, _conv_fused_bwd)
 METHODS = ("auto", "fused", "unfused")
 # "auto" fuses layers with at most this many channels in and out (item 87).
 FUSED_MAX_CHANNELS = 64
+# ... and whose input map takes at most this many tiles per tile of the output map: the
+# fused input gradient tiles the input map, the forward pass and the kernel gradient the
+# output map. The MNIST net's conv2 (12 x 12 -> 10 x 10: 1.0) and the CIFAR net's (14 x 14
+# -> 12 x 12: 1.78) gained fused, its conv3 (6 x 6 -> 4 x 4: 4.0) lost (items 87, 89).
+FUSED_MAX_TILE_RATIO = 2.0
 
 
-def fused_pays(channels: Sequence[int], pads: Sequence[tuple[int, int]]) -> bool:
+def fused_pays(
+    channels: Sequence[int],
+    pads: Sequence[tuple[int, int]],
+    spatial: Sequence[int] | None = None,
+) -> bool:
     """Whether ``method="auto"`` runs a layer by the fused kernels: at most
     ``FUSED_MAX_CHANNELS`` channels in and out (where the unfused path sends the
-    transformed tiles to memory and back for few products), an output map of the
-    input's size (SAME: otherwise the input gradient, a convolution of dy onto the larger
-    input map, takes more tiles than the forward pass).
+    transformed tiles to memory and back for few products), and an input map (``spatial``,
+    height and width) of at most ``FUSED_MAX_TILE_RATIO`` times the output map's tiles.
+    The input gradient, a convolution of dy onto the input map, takes that many more
+    tiles than the forward pass: none with SAME padding, 4 for 1 on a 6 x 6 VALID map.
+    Without ``spatial``, SAME padding only (output map = input map).
 
     Examples:
         >>> fused_pays((16, 16), ((1, 1), (1, 1))), fused_pays((256, 256), ((1, 1), (1, 1)))
         (True, False)
-        >>> fused_pays((32, 64), ((0, 0), (0, 0)))  # VALID
+        >>> fused_pays((32, 64), ((0, 0), (0, 0)), (12, 12))  # VALID, 10 x 10: 9 tiles each
+        True
+        >>> fused_pays((64, 64), ((0, 0), (0, 0)), (6, 6))  # VALID, 4 x 4: 4 tiles for 1
         False
     """
-    return max(channels) <= FUSED_MAX_CHANNELS and all(lo + hi == 2 for lo, hi in pads)
+    if max(channels) > FUSED_MAX_CHANNELS:
+        return False
+    if all(lo + hi == 2 for lo, hi in pads):
+        return True
+    if spatial is None:
+        return False
+    (top, bottom), (left, right) = pads
+    height, width = spatial
+    output_tiles = tile_count(1, height + top + bottom - 2, width + left + right - 2)
+    return tile_count(1, height, width) <= FUSED_MAX_TILE_RATIO * output_tiles
 
 
 def conv3x3(
@@ -260,7 +282,8 @@ def conv3x3(
       method: ``"fused"`` (each thread transforms, multiplies and transforms back a
         block of tiles in its caches), ``"unfused"`` (the transforms as calls of their
         own, the products as XLA's batched dots), or ``"auto"``: fused where
-        :func:`fused_pays` (narrow SAME layers).
+        :func:`fused_pays` (narrow layers whose input map takes few more tiles than
+        their output map).
 
     Returns:
       (N, OH, OW, K) float32, OH = H + top + bottom - 2:
@@ -289,6 +312,6 @@ def conv3x3(
     build.require()
     geometry = (h, wd, top, bottom, left, right)
     pads = ((top, bottom), (left, right))
-    if method == "fused" or (method == "auto" and fused_pays(w.shape[2:], pads)):
+    if method == "fused" or (method == "auto" and fused_pays(w.shape[2:], pads, (h, wd))):
         return _conv_fused(x, w, geometry)
     return _conv(x, w, geometry)

@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxcnn import onednn
+from jaxcnn import conv_backend, onednn
 from jaxcnn.conv_backend import use_conv_backend
 from jaxcnn.train import (
     ConfigError,
@@ -19,6 +19,7 @@ from jaxcnn.train import (
     base_config,
     create_train_state,
     make_train_step,
+    steps,
     validate_config,
 )
 from jaxcnn.train.steps import eval_logits
@@ -100,9 +101,46 @@ def test_automatic_choice():
         assert auto_batch_splits(128, has_batch_norm=False) == 4
         assert auto_batch_splits(128, has_batch_norm=True) == 1
         assert auto_batch_splits(32, has_batch_norm=False) == 1  # slices of 8 are too small
+        assert auto_batch_splits(128, False, convolutions_on_binding=True) == 1
     if onednn.available():  # its convolutions use every core: slices would compete
         with use_conv_backend("onednn"):
             assert auto_batch_splits(128, has_batch_norm=False) == 1
+
+
+class BindingConvNet(nn.Module):
+    """A 3x3 conv through jaxcnn's backend switch (which the route recorder sees) + dense."""
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        conv = nn.Conv(16, (3, 3), conv_general_dilated=conv_backend.conv_general_dilated)
+        return nn.Dense(3)(nn.relu(conv(x)).reshape(x.shape[0], -1))
+
+
+@pytest.mark.skipif(not onednn.available(), reason="the binding does not load here")
+@pytest.mark.parametrize("winograd, routes, splits", [("off", ["xla"], 4), ("on", ["binding"], 1)])
+def test_the_step_keeps_the_batch_whole_where_the_binding_runs_its_convolutions(
+    monkeypatch, winograd, routes, splits
+):
+    # JAXCNN_WINOGRAD=on sends every 3x3 stride-1 call to the binding, whose calls use
+    # every core: 4 concurrent slices would only compete (item 89 in docs/perf_notes.md).
+    monkeypatch.setenv("JAXCNN_WINOGRAD", winograd)
+    chosen = []
+
+    def spy(*args, **kwargs):
+        chosen.append(auto_batch_splits(*args, **kwargs))
+        return chosen[-1]
+
+    monkeypatch.setattr(steps, "auto_batch_splits", spy)
+    model = BindingConvNet()
+    images = jax.ShapeDtypeStruct((64, 6, 6, 1), jnp.uint8)
+    batch = {"image": images, "label": jax.ShapeDtypeStruct((64,), jnp.int32)}
+    with use_conv_backend("xla"):
+        state = create_train_state(model, CONFIG, jax.random.key(0), (1, 6, 6, 1))
+        with conv_backend.record_routes() as recorded:
+            jax.eval_shape(model.apply, state.variables, jnp.zeros((1, 6, 6, 1)))
+        jax.eval_shape(make_train_step(model, mean=[0.5], std=[0.25]), state, batch)
+    assert recorded == routes
+    assert chosen[-1] == splits
 
 
 def test_automatic_default_keeps_batch_norm_models_whole(batch):

@@ -240,26 +240,34 @@ def kernels_of(lhs_shape, rhs_shape, padding="SAME") -> str:
 
 
 @pytest.mark.parametrize(
-    "channels, padding, kernels",
+    "channels, side, padding, kernels",
     [
-        ((16, 16), "SAME", "fused"),
-        ((64, 64), "SAME", "fused"),
-        ((64, 128), "SAME", "unfused"),
-        ((64, 64), "VALID", "unfused"),
-        ((32, 32), "VALID", "none"),  # narrow, not fused: oneDNN's, as before item 87
+        ((16, 16), 8, "SAME", "fused"),
+        ((64, 64), 8, "SAME", "fused"),
+        ((64, 128), 8, "SAME", "unfused"),
+        ((32, 64), 12, "VALID", "fused"),  # the MNIST net's conv2: 9 tiles in and out
+        ((64, 64), 10, "VALID", "unfused"),  # 9 input tiles for 4 output tiles
+        ((64, 64), 6, "VALID", "unfused"),  # the CIFAR net's conv3: 4 for 1
+        ((32, 32), 10, "VALID", "none"),  # narrow, not fused: oneDNN's, as before item 87
     ],  # fmt: skip
 )
-def test_auto_fuses_narrow_same_layers_only(avx2_only, channels, padding, kernels):
-    side = 8 if padding == "SAME" else 10  # 8 x 8 maps either way
+def test_auto_fuses_narrow_layers_whose_input_takes_few_more_tiles(
+    avx2_only, channels, side, padding, kernels
+):
     assert kernels_of((2, side, side, channels[0]), (3, 3, *channels), padding) == kernels
 
 
-def test_fused_pays_on_narrow_same_layers():
+def test_fused_pays_on_narrow_layers_whose_input_takes_few_more_tiles():
     same, valid = ((1, 1), (1, 1)), ((0, 0), (0, 0))
     assert winograd.fused_pays((16, 16), same)
     assert winograd.fused_pays((64, 64), ((2, 0), (0, 2)))  # output map = input map
     assert not winograd.fused_pays((64, 65), same)
-    assert not winograd.fused_pays((16, 16), valid)
+    assert not winograd.fused_pays((16, 16), valid)  # no input map given: SAME only
+    assert winograd.fused_pays((32, 64), valid, (12, 12))  # 9 tiles in, 9 out
+    assert winograd.fused_pays((32, 64), valid, (14, 14))  # 16 in, 9 out: the CIFAR conv2
+    assert winograd.fused_pays((32, 64), ((0, -1), (0, -1)), (13, 13))  # cropped: 16 / 9
+    assert not winograd.fused_pays((64, 64), valid, (6, 6))  # 4 in, 1 out
+    assert not winograd.fused_pays((64, 64), valid, (10, 10))  # 9 in, 4 out
 
 
 def test_bad_method_raises_naming_it():
@@ -284,13 +292,14 @@ def test_auto_takes_other_paddings(avx2_only, padding):
 @pytest.mark.parametrize(
     "spatial, padding, taken",
     [
-        ((12, 12), "VALID", False),
+        ((12, 12), "VALID", True),  # 1.44, fused (as the MNIST net's conv2): up to 1.5
         ((14, 14), "VALID", True),
         ((3, 3), "SAME", True),
         ((7, 7), "SAME", True),
-        ((5, 5), "SAME", False),
+        ((5, 5), "SAME", False),  # 2.56
+        ((13, 13), "SAME", False),  # 1.51
     ],  # fmt: skip
-    ids=["10x10 map", "12x12 map", "3x3 map: one tile", "7x7 map", "5x5 map"],
+    ids=["10x10 map", "12x12 map", "3x3 map: one tile", "7x7 map", "5x5 map", "13x13 map"],
 )
 def test_auto_leaves_maps_that_tiles_cover_wastefully(avx2_only, spatial, padding, taken):
     assert routed((2, *spatial, 64), (3, 3, 64, 64), padding=padding) is taken

@@ -114,8 +114,8 @@ def base_config() -> ml_collections.ConfigDict:
             "log_every_steps": 50,  # metrics are fetched from the device this often
             "num_devices": 0,  # 0 = all local devices
             # Gradient from this many slices of each batch, run concurrently; 0 = automatic
-            # (4 on one CPU device without batch norm when XLA runs the convolutions, else
-            # 1): jaxcnn.train.auto_batch_splits.
+            # (4 on one CPU device without batch norm when XLA runs every convolution,
+            # else 1): jaxcnn.train.auto_batch_splits.
             "batch_splits": 0,
             "progress_bar": True,
             "tensorboard": True,  # event files if tensorboardX is installed

@@ -131,32 +131,59 @@ def _variables(state: Any) -> dict:
     return getattr(state, "eval_variables", None) or state.variables
 
 
-def auto_batch_splits(batch_size: int, has_batch_norm: bool) -> int:
+def auto_batch_splits(
+    batch_size: int, has_batch_norm: bool, convolutions_on_binding: bool = False
+) -> int:
     """The batch split :func:`make_train_step` uses when ``batch_splits=0``.
 
     4 on a single CPU device for a model without batch norm when each slice keeps at
-    least 16 images and XLA runs the convolutions (the best of 1, 2, 4 and 8 for the
+    least 16 images and XLA runs its convolutions (the best of 1, 2, 4 and 8 for the
     MNIST and CIFAR nets on 2 cores: XLA's convolutions use one core each, so slices fill
-    the others), else 1: oneDNN's convolutions (:mod:`jaxcnn.conv_backend`) use every
-    core in each call, and concurrent slices only compete (1 was 1.3x 4 on the CIFAR
-    net); on GPU/TPU one large kernel beats several small ones, and a batch split over
-    several devices is split already.
+    the others), else 1: where jaxcnn's binding runs them (``convolutions_on_binding``:
+    oneDNN, or the fused Winograd kernels on AVX2-only CPUs, :mod:`jaxcnn.conv_backend`)
+    each call uses every core, and concurrent slices only compete (1 was 1.3x 4 on the
+    CIFAR net with oneDNN; on the MNIST net with its conv2 fused, 1.3x, item 89); on
+    GPU/TPU one large kernel beats several small ones, and a batch split over several
+    devices is split already.
 
     Examples:
       >>> auto_batch_splits(128, has_batch_norm=True)
       1
+      >>> auto_batch_splits(128, has_batch_norm=False, convolutions_on_binding=True)
+      1
     """
     if not placement.one_cpu_device() or has_batch_norm or batch_size < 64:
         return 1
-    return 1 if conv_backend.resolved_backend() == "onednn" else 4
+    if convolutions_on_binding or conv_backend.resolved_backend() == "onednn":
+        return 1
+    return 4
 
 
-def _checked_splits(batch_splits: int, state: Any, batch_size: int) -> int:
+def convolutions_on_binding(apply_fn: Callable[..., Any], *args: Any) -> bool:
+    """Whether ``apply_fn(*args)`` (abstract values will do) sends any convolution to
+    jaxcnn's binding (:func:`jaxcnn.conv_backend.record_routes`); traced, not run.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> convolutions_on_binding(lambda x: x * 2, jnp.ones(3))  # no convolution at all
+      False
+    """
+    with conv_backend.record_routes() as routes:
+        jax.eval_shape(apply_fn, *args)
+    return "binding" in routes
+
+
+def _checked_splits(batch_splits: int, state: Any, batch_size: int, forward=None) -> int:
+    """``batch_splits`` checked, or the automatic choice for ``0``; ``forward()`` traces
+    the model's forward pass (abstractly) when that choice depends on its routes."""
     has_batch_norm = state.has_batch_norm
     if not isinstance(batch_splits, int) or batch_splits < 0:
         raise ValueError(f"batch_splits={batch_splits!r}; valid: 0 (automatic) or an int >= 1")
     if batch_splits == 0:
-        return auto_batch_splits(batch_size, has_batch_norm)
+        splits = auto_batch_splits(batch_size, has_batch_norm)
+        if splits > 1 and forward is not None and forward():
+            return auto_batch_splits(batch_size, has_batch_norm, convolutions_on_binding=True)
+        return splits
     if batch_splits > batch_size:
         raise ValueError(f"batch_splits={batch_splits} is more than the {batch_size} images "
                          "in a batch")  # fmt: skip
@@ -250,7 +277,14 @@ def make_train_step(
             images = augment(augment_key, images, **_example_ids(augment, batch))
         inputs = preprocess(images, mean, std)
         labels = batch["label"]
-        splits = _checked_splits(batch_splits, state, labels.shape[0])
+
+        def forward_on_binding() -> bool:
+            def forward(params, x):
+                return model.apply({"params": params}, x, train=False)
+
+            return convolutions_on_binding(forward, state.params, inputs)
+
+        splits = _checked_splits(batch_splits, state, labels.shape[0], forward_on_binding)
 
         def loss_fn(params, inputs, labels, dropout_key):
             if frozen_in is not None:  # constants to autodiff: no gradient work for them
