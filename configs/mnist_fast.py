@@ -38,6 +38,13 @@ decoding excluded):
   (``jaxcnn.dropout``, item 43), ended at 99.15 / 99.13 / 99.12 / 99.07 / 99.18 %, 99.0 %
   reached at 10.3 / 9.6 / 9.8 / 10.4 / 10.2 s, whole ``fit`` 11.2-12.2 s: the recipe since.
 
+* 2026-12-07, session 39, the AVX2-only AMD EPYC Zen 3 (family 25 model 1) with the
+  epoch log's jitted schedule (``docs/perf_notes.md``, item 88: 1.2 s less in epoch 1) and
+  conv2 by the fused Winograd kernels in one batch slice (item 89: the step 1.38x),
+  seeds 0-4: final test accuracy 99.06 / 99.04 / 99.10 / 99.11 / 99.10 %, 99.0 % reached
+  at 22.3 / 22.0 / 20.6 / 23.8 / 18.1 s, whole ``fit`` 20.1-25.9 s (session 35 there:
+  25.5-26.3 s; session 38, a slow hour: 27.3-30.0 s).
+
 The 3-epoch recipe before it (dropout 0.25, peak 5e-3): 99.12 / 99.01 / 99.16 / 99.15 %
 at 15.1-23.8 s on the AVX-512 CPU at full speed (2026-11-22), 47-82 s on a 2-core AVX2 CPU
 (2026-12-02), 24.4-42.4 s on the AVX-512 CPU at half speed (session 5). Cut to 2 epochs
