@@ -409,7 +409,8 @@ def record_routes() -> Iterator[list[str]]:
     try:
         yield routes
     finally:
-        _route_recorders.remove(routes)
+        # By identity: list.remove compares by value, and two empty lists are equal.
+        _route_recorders[:] = [other for other in _route_recorders if other is not routes]
 
 
 def _recorded(route: str, y):

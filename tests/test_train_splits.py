@@ -143,6 +143,20 @@ def test_the_step_keeps_the_batch_whole_where_the_binding_runs_its_convolutions(
     assert chosen[-1] == splits
 
 
+def test_nested_route_recorders_each_see_the_calls_traced_inside_them():
+    def conv(x):
+        dims = ("NHWC", "HWIO", "NHWC")
+        w = jnp.ones((2, 2, 1, 1))
+        return conv_backend.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=dims)
+
+    x = jax.ShapeDtypeStruct((1, 4, 4, 1), jnp.float32)
+    with conv_backend.record_routes() as outer:
+        with conv_backend.record_routes() as inner:
+            pass
+        jax.eval_shape(conv, x)
+    assert (len(outer), inner) == (1, [])
+
+
 def test_automatic_default_keeps_batch_norm_models_whole(batch):
     state, _ = one_step(NormNet(), batch, 0)
     assert int(state.step) == 1
