@@ -34,6 +34,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 _MISSING = object()  # a module constant that did not exist before the block
 
 
+def parsed(variant: str) -> list[tuple[str, str, str]]:
+    """``variant``'s settings as ``(kind, name, value)``, checked.
+
+    Examples:
+        >>> parsed("env:X=1,opt:xla_backend_optimization_level=1")
+        [('env', 'X', '1'), ('opt', 'xla_backend_optimization_level', '1')]
+        >>> parsed("none")
+        []
+    """
+    settings_ = []
+    for item in [] if variant == "none" else variant.split(","):
+        kind, _, assignment = item.partition(":")
+        name, sep, value = assignment.partition("=")
+        if kind not in ("env", "attr", "opt") or not sep:
+            raise ValueError(
+                f"setting {item!r}: expected env:VAR=VALUE, attr:MODULE.NAME=VALUE or "
+                "opt:XLA_OPTION=VALUE"
+            )
+        settings_.append((kind, name, value))
+    return settings_
+
+
 @contextlib.contextmanager
 def settings(variant: str):
     """Apply ``variant``'s settings for the duration of the block, then restore them.
@@ -52,14 +74,7 @@ def settings(variant: str):
     """
     undo = []
     try:
-        for item in [] if variant == "none" else variant.split(","):
-            kind, _, assignment = item.partition(":")
-            name, sep, value = assignment.partition("=")
-            if kind not in ("env", "attr", "opt") or not sep:
-                raise ValueError(
-                    f"setting {item!r}: expected env:VAR=VALUE, attr:MODULE.NAME=VALUE or "
-                    "opt:XLA_OPTION=VALUE"
-                )
+        for kind, name, value in parsed(variant):
             if kind == "opt":
                 continue  # compile_options() gives these to the step's compilation
             if kind == "env":
@@ -92,9 +107,7 @@ def compile_options(variant: str) -> dict[str, str]:
         >>> compile_options("none")
         {}
     """
-    items = [] if variant == "none" else variant.split(",")
-    pairs = (item.partition(":")[2].partition("=") for item in items if item.startswith("opt:"))
-    return {name: value for name, _, value in pairs}
+    return {name: value for kind, name, value in parsed(variant) if kind == "opt"}
 
 
 def alternate(time_a, time_b, rounds: int) -> list[float]:
