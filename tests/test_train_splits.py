@@ -18,6 +18,7 @@ from jaxcnn.train import (
     auto_eval_splits,
     base_config,
     create_train_state,
+    eval_slices,
     make_train_step,
     steps,
     validate_config,
@@ -180,7 +181,9 @@ def eval_logits_of(model, batch, splits, tta="none"):
 
 
 @pytest.mark.parametrize("model", [SmallNet(), NormNet()], ids=["plain", "batch_norm"])
-@pytest.mark.parametrize("splits, tta", [(3, "none"), (2, "flip")])
+# 3: one group of 3 side by side where XLA runs the convolution, else 3 in turn; 5: prime,
+# one at a time through lax.map, the last slice padded (16 images -> 5 x 4).
+@pytest.mark.parametrize("splits, tta", [(3, "none"), (2, "flip"), (5, "none")])
 def test_sliced_evaluation_gives_the_whole_batch_logits(batch, model, splits, tta):
     # Batch norm evaluates with its running statistics, so slices change nothing there.
     whole = eval_logits_of(model, batch, 1, tta)
@@ -195,13 +198,65 @@ def test_evaluation_splits_that_cannot_work_raise_naming_them(batch, splits):
 
 
 def test_automatic_evaluation_slices():
-    with use_conv_backend("xla"):
-        assert [auto_eval_splits(n) for n in (16, 64, 100, 360, 1000)] == [1, 2, 3, 8, 8]
-        # Test-time views are forward passes too: at most 8 copies of the net in all.
-        assert [auto_eval_splits(1000, views) for views in (2, 3, 6)] == [4, 2, 1]
+    # Slices of at most 128 images, whichever backend: oneDNN's calls slow down past the
+    # cache as XLA's do (item 90).
+    assert [auto_eval_splits(n) for n in (16, 128, 129, 500, 1000)] == [1, 1, 2, 4, 8]
     if onednn.available():
         with use_conv_backend("onednn"):
-            assert auto_eval_splits(1000) == 1
+            assert auto_eval_splits(1000) == 8
+
+
+@pytest.mark.parametrize(
+    "batch_size, splits, views, all_on_binding, plan",
+    [
+        (1000, 0, 1, False, (8, 4)),  # XLA runs convolutions: 4 slices side by side
+        (1000, 0, 1, True, (8, 1)),  # the binding's calls use every core: one at a time
+        (10000, 0, 1, False, (80, 4)),  # 79 rounded up to whole groups
+        (1000, 0, 2, False, (8, 2)),  # two test-time views: two slices make 4 passes
+        (1000, 0, 6, False, (8, 1)),
+        (16, 6, 1, False, (6, 3)),  # asked for: the largest divisor <= 4
+        (16, 5, 1, False, (5, 1)),
+        (100, 0, 1, False, (1, 1)),  # one slice: the whole batch
+    ],
+)
+def test_evaluation_slice_plans(batch_size, splits, views, all_on_binding, plan):
+    assert eval_slices.eval_slice_plan(batch_size, splits, views, all_on_binding) == plan
+
+
+@pytest.mark.parametrize("slices, side_by_side", [(1, 1), (4, 2), (5, 1), (7, 7)])
+def test_sliced_apply_keeps_every_row_in_order(slices, side_by_side):
+    images = jnp.arange(7 * 3, dtype=jnp.float32).reshape(7, 3)
+    got = eval_slices.sliced_apply(lambda x: x * 2, images, slices, side_by_side)
+    np.testing.assert_array_equal(got, images * 2)
+
+
+def test_sliced_apply_rejects_a_group_that_does_not_divide():
+    with pytest.raises(ValueError, match="side_by_side=3 does not divide slices=4"):
+        eval_slices.sliced_apply(lambda x: x, jnp.zeros((8, 1)), 4, 3)
+
+
+class RoutedNet(nn.Module):
+    """SmallNet's layers with the convolution through jaxcnn's router (record_routes)."""
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        conv = nn.Conv(4, (3, 3), conv_general_dilated=conv_backend.conv_general_dilated)
+        return nn.Dense(3)(nn.relu(conv(x)).reshape(x.shape[0], -1))
+
+
+@pytest.mark.parametrize("backend, traced", [("xla", 5), ("onednn", 2)])
+def test_evaluation_program_holds_one_group_of_the_net(backend, traced):
+    # 1,000 images = 8 slices: the program traces the net once to see the routes and once
+    # per slice of a group (4 where XLA runs a convolution, 1 where the binding runs them
+    # all), not once per slice (8 before item 90).
+    if backend == "onednn" and not onednn.available():
+        pytest.skip("oneDNN binding not built here")
+    model = RoutedNet()
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 6, 6, 1)))
+    images = jax.ShapeDtypeStruct((1000, 6, 6, 1), jnp.uint8)
+    with use_conv_backend(backend), conv_backend.record_routes() as routes:
+        jax.eval_shape(lambda x: eval_logits(model, variables, x, [0.5], [0.25]), images)
+    assert len(routes) == traced, routes
 
 
 def test_the_view_counts_are_the_views_tta_makes():

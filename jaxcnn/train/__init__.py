@@ -14,6 +14,7 @@ Public API (see ``docs/training.md``)::
 from jaxcnn.train.checkpoint import CheckpointMismatchError, CheckpointStore
 from jaxcnn.train.config import ConfigError, base_config, load_config_json, validate_config
 from jaxcnn.train.diagnosis import Diagnosis, diagnose
+from jaxcnn.train.eval_slices import auto_eval_splits
 from jaxcnn.train.evaluation import Evaluator
 from jaxcnn.train.lookahead import Lookahead
 from jaxcnn.train.loop import FitResult, NonFiniteLossError, fit
@@ -23,7 +24,6 @@ from jaxcnn.train.restore import Restored, restore
 from jaxcnn.train.state import TrainState, abstract_train_state, create_train_state
 from jaxcnn.train.steps import (
     auto_batch_splits,
-    auto_eval_splits,
     make_eval_step,
     make_train_step,
     preprocess,

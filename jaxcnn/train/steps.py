@@ -24,6 +24,12 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 
 from jaxcnn import conv_backend, placement
+from jaxcnn.train.eval_slices import (
+    EVAL_SLICE_IMAGES,
+    auto_eval_splits,
+    eval_slice_plan,
+    sliced_apply,
+)
 from jaxcnn.train.losses import add_metrics, batch_metrics, cross_entropy
 from jaxcnn.train.optim import frozen_mask
 from jaxcnn.train.tta import TTA_VIEW_COUNTS, check_fill, check_tta_mode, tta_logits
@@ -53,36 +59,6 @@ def preprocess(images: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
     return (x - mean) / std
 
 
-# Evaluation slices: at most this many forward passes in one program (slices x test-time
-# views: each is a copy of the net to compile), of at least this many images each.
-EVAL_MAX_FORWARDS = 8
-EVAL_MIN_SLICE = 32
-
-
-def auto_eval_splits(batch_size: int, views: int = 1) -> int:
-    """The slices :func:`eval_logits` computes a batch in when ``batch_splits=0``.
-
-    ``min(8 // views, batch_size // 32)`` (at least 1) on a single CPU device where XLA
-    runs the convolutions, else 1; ``views``: the test-time augmentation's views per
-    image (``jaxcnn.train.tta.TTA_VIEW_COUNTS``), each already its own forward pass, so
-    the program holds at most 8 copies of the net to compile. As in training
-    (:func:`auto_batch_splits`), independent slices let XLA:CPU run them on both cores,
-    and a slice's activations stay in the cache: on a 2-core AMD Zen 3, 10,000 MNIST
-    test images at eval batch 1,000 took 2.76 s whole and 0.59 s in 8 slices, the CIFAR
-    net 4.36 s and 1.56 s, ResNet-20 12.3 s and 10.7 s (``docs/perf_notes.md``, item
-    82). oneDNN's convolutions use every core in one call: there one slice, as for
-    training (not measured for evaluation). Evaluation normalises with the running
-    statistics, so slicing never changes what batch norm computes.
-
-    Examples:
-      >>> auto_eval_splits(16), auto_eval_splits(1000, views=6)
-      (1, 1)
-    """
-    if not placement.one_cpu_device() or conv_backend.resolved_backend() == "onednn":
-        return 1
-    return max(1, min(EVAL_MAX_FORWARDS // views, batch_size // EVAL_MIN_SLICE))
-
-
 def eval_logits(
     model: nn.Module,
     variables: Any,
@@ -97,8 +73,11 @@ def eval_logits(
 
     The views are taken before normalisation, so a zero fill is black; ``tta_fill``
     should be the training crops' ``crop_mode`` (:func:`jaxcnn.train.tta.tta_logits`).
-    ``batch_splits``: compute the batch in this many slices (independent work XLA may run
-    side by side; the same logits up to rounding); ``0`` picks :func:`auto_eval_splits`.
+    ``batch_splits``: compute the batch in this many equal slices (the last padded),
+    one group after another, a group being up to 4 slices side by side or, where
+    jaxcnn's binding runs every convolution, one (:mod:`jaxcnn.train.eval_slices`); the same
+    logits up to rounding. ``0`` picks :func:`~jaxcnn.train.eval_slices.auto_eval_splits`:
+    slices of at most 128 images on a single CPU device, the whole batch elsewhere.
     """
     if not isinstance(batch_splits, int) or not 0 <= batch_splits <= max(1, images.shape[0]):
         raise ValueError(
@@ -111,17 +90,17 @@ def eval_logits(
     def one_view(view):
         return model.apply(variables, preprocess(view, mean, std), train=False)
 
-    views = TTA_VIEW_COUNTS[check_tta_mode(tta, "eval_tta")]
-    splits = batch_splits or auto_eval_splits(images.shape[0], views)
-    if splits == 1:
+    def all_views(images):
         return tta_logits(one_view, images, tta, tta_fill)
-    # Python-unrolled, as in make_train_step: independent subgraphs XLA may run at once.
-    return jnp.concatenate(
-        [
-            tta_logits(one_view, images[start:stop], tta, tta_fill)
-            for start, stop in _slices(images.shape[0], splits)
-        ]
-    )
+
+    views = TTA_VIEW_COUNTS[check_tta_mode(tta, "eval_tta")]
+    if (batch_splits or auto_eval_splits(images.shape[0])) == 1:
+        return all_views(images)
+    # A slice's shape is enough to see the routes: traced abstractly, not run.
+    routes = convolution_routes(one_view, images[:EVAL_SLICE_IMAGES])
+    all_on_binding = bool(routes) and "xla" not in routes
+    slices, side_by_side = eval_slice_plan(images.shape[0], batch_splits, views, all_on_binding)
+    return sliced_apply(all_views, images, slices, side_by_side)
 
 
 def _variables(state: Any) -> dict:
@@ -159,18 +138,31 @@ def auto_batch_splits(
     return 4
 
 
-def convolutions_on_binding(apply_fn: Callable[..., Any], *args: Any) -> bool:
-    """Whether ``apply_fn(*args)`` (abstract values will do) sends any convolution to
-    jaxcnn's binding (:func:`jaxcnn.conv_backend.record_routes`); traced, not run.
+def convolution_routes(apply_fn: Callable[..., Any], *args: Any) -> list[str]:
+    """The route of each convolution ``apply_fn(*args)`` traces (abstract values will do):
+    ``"binding"`` (jaxcnn's Winograd kernels or oneDNN) or ``"xla"``
+    (:func:`jaxcnn.conv_backend.record_routes`); traced, not run.
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> convolutions_on_binding(lambda x: x * 2, jnp.ones(3))  # no convolution at all
-      False
+      >>> convolution_routes(lambda x: x * 2, jnp.ones(3))  # no convolution at all
+      []
     """
     with conv_backend.record_routes() as routes:
         jax.eval_shape(apply_fn, *args)
-    return "binding" in routes
+    return routes
+
+
+def convolutions_on_binding(apply_fn: Callable[..., Any], *args: Any) -> bool:
+    """Whether ``apply_fn(*args)`` sends any convolution to jaxcnn's binding
+    (:func:`convolution_routes`).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> convolutions_on_binding(lambda x: x * 2, jnp.ones(3))
+      False
+    """
+    return "binding" in convolution_routes(apply_fn, *args)
 
 
 def _checked_splits(batch_splits: int, state: Any, batch_size: int, forward=None) -> int:
