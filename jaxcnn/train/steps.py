@@ -74,10 +74,11 @@ def eval_logits(
     The views are taken before normalisation, so a zero fill is black; ``tta_fill``
     should be the training crops' ``crop_mode`` (:func:`jaxcnn.train.tta.tta_logits`).
     ``batch_splits``: compute the batch in this many equal slices (the last padded),
-    one group after another, a group being up to 4 slices side by side or, where
-    jaxcnn's binding runs every convolution, one (:mod:`jaxcnn.train.eval_slices`); the same
-    logits up to rounding. ``0`` picks :func:`~jaxcnn.train.eval_slices.auto_eval_splits`:
-    slices of at most 128 images on a single CPU device, the whole batch elsewhere.
+    one group after another, a group being up to 4 forward passes side by side (slices x
+    test-time views) or, where jaxcnn's binding runs every convolution, one slice
+    (:mod:`jaxcnn.train.eval_slices`); the same logits up to rounding. ``0`` picks
+    :func:`~jaxcnn.train.eval_slices.auto_eval_splits`: slices of at most 128 images on
+    a single CPU device, the whole batch elsewhere.
     """
     if not isinstance(batch_splits, int) or not 0 <= batch_splits <= max(1, images.shape[0]):
         raise ValueError(
@@ -97,7 +98,8 @@ def eval_logits(
     if (batch_splits or auto_eval_splits(images.shape[0])) == 1:
         return all_views(images)
     # A slice's shape is enough to see the routes: traced abstractly, not run.
-    routes = convolution_routes(one_view, images[:EVAL_SLICE_IMAGES])
+    slice_shape = (min(images.shape[0], EVAL_SLICE_IMAGES), *images.shape[1:])
+    routes = convolution_routes(one_view, jax.ShapeDtypeStruct(slice_shape, images.dtype))
     all_on_binding = bool(routes) and "xla" not in routes
     slices, side_by_side = eval_slice_plan(images.shape[0], batch_splits, views, all_on_binding)
     return sliced_apply(all_views, images, slices, side_by_side)
