@@ -3,12 +3,16 @@ eval_logits(batch_splits=...): so do the logits."""
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jaxcnn import conv_backend, onednn
 from jaxcnn.conv_backend import use_conv_backend
@@ -228,6 +232,39 @@ def test_sliced_apply_keeps_every_row_in_order(slices, side_by_side):
     images = jnp.arange(7 * 3, dtype=jnp.float32).reshape(7, 3)
     got = eval_slices.sliced_apply(lambda x: x * 2, images, slices, side_by_side)
     np.testing.assert_array_equal(got, images * 2)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    batch_size=st.integers(1, 5000),
+    asked=st.integers(0, 40),
+    views=st.sampled_from(sorted(set(TTA_VIEW_COUNTS.values()))),
+    all_on_binding=st.booleans(),
+)
+def test_slice_plans_hold_their_promises(batch_size, asked, views, all_on_binding):
+    splits = min(asked, batch_size)
+    slices, side_by_side = eval_slices.eval_slice_plan(batch_size, splits, views, all_on_binding)
+    assert 1 <= slices <= batch_size and slices % side_by_side == 0
+    if splits:  # asked for: exactly that many
+        assert slices == splits
+    else:  # on this CPU: slices of at most 128 images, never more slices than needed + a group
+        assert math.ceil(batch_size / slices) <= eval_slices.EVAL_SLICE_IMAGES
+        assert slices < math.ceil(batch_size / eval_slices.EVAL_SLICE_IMAGES) + side_by_side
+    # A group's forward passes: at most 4 (one slice alone may have more views), 1 slice
+    # where the binding runs every convolution.
+    assert side_by_side * views <= max(views, eval_slices.EVAL_SIDE_BY_SIDE)
+    if all_on_binding:
+        assert side_by_side == 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(total=st.integers(1, 40), data=st.data())
+def test_sliced_apply_equals_the_whole_for_any_plan(total, data):
+    slices = data.draw(st.integers(1, total))
+    side_by_side = data.draw(st.sampled_from([d for d in range(1, slices + 1) if slices % d == 0]))
+    images = jnp.arange(total * 2, dtype=jnp.float32).reshape(total, 2)
+    got = eval_slices.sliced_apply(lambda x: x * 3 + 1, images, slices, side_by_side)
+    np.testing.assert_array_equal(got, images * 3 + 1)
 
 
 def test_sliced_apply_rejects_a_group_that_does_not_divide():
