@@ -272,15 +272,6 @@ def test_sliced_apply_rejects_a_group_that_does_not_divide():
         eval_slices.sliced_apply(lambda x: x, jnp.zeros((8, 1)), 4, 3)
 
 
-class RoutedNet(nn.Module):
-    """SmallNet's layers with the convolution through jaxcnn's router (record_routes)."""
-
-    @nn.compact
-    def __call__(self, x, train=False):
-        conv = nn.Conv(4, (3, 3), conv_general_dilated=conv_backend.conv_general_dilated)
-        return nn.Dense(3)(nn.relu(conv(x)).reshape(x.shape[0], -1))
-
-
 @pytest.mark.parametrize("backend, traced", [("xla", 5), ("onednn", 2)])
 def test_evaluation_program_holds_one_group_of_the_net(backend, traced):
     # 1,000 images = 8 slices: the program traces the net once to see the routes and once
@@ -288,7 +279,7 @@ def test_evaluation_program_holds_one_group_of_the_net(backend, traced):
     # all), not once per slice (8 before item 90).
     if backend == "onednn" and not onednn.available():
         pytest.skip("oneDNN binding not built here")
-    model = RoutedNet()
+    model = BindingConvNet()
     variables = model.init(jax.random.key(0), jnp.zeros((1, 6, 6, 1)))
     images = jax.ShapeDtypeStruct((1000, 6, 6, 1), jnp.uint8)
     with use_conv_backend(backend), conv_backend.record_routes() as routes:
