@@ -21,7 +21,9 @@ Conventions, stated once:
   * **Receptive field** (per spatial axis, in input pixels) and **jump** (input pixels
     between neighbouring outputs) come from :func:`jaxcnn.shapes.receptive_field`
     along the path of convolutions and pools that produced the row's output; where
-    branches merge (a residual addition) the larger field is reported.
+    branches merge (a residual addition) the larger field is reported. Pools count as
+    modules or as Flax's functions (``nn.max_pool``); after a layer with no formula
+    (a transposed convolution) the field is ``None``, printed ``-``.
   * Trainable = the ``params`` collection; non-trainable = every other collection
     (``batch_stats``: BatchNorm running means and variances).
   * Output shapes are cross-checked against ``jax.eval_shape`` of ``model.apply``
@@ -38,6 +40,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from collections.abc import Iterator, Sequence
@@ -45,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import flax.linen as nn
+import flax.linen.pooling as flax_pooling
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -272,11 +276,13 @@ class _Recorder:
         if id(array) in self.tensors:
             return self.tensors[id(array)][1]
         # Made by a plain function (activation, add): take the latest tensor of the
-        # same spatial shape, since elementwise ops keep the shape.
+        # same spatial shape, since elementwise ops keep the shape. If that tensor's
+        # path is unknown (a transposed conv's output), so is this one's: an older
+        # tensor of the same shape would be a guess from another branch.
         spatial = self._spatial(array)
         for key in reversed(self.order):
             known, specs = self.tensors[key]
-            if specs is not None and self._spatial(known) == spatial:
+            if self._spatial(known) == spatial:
                 return specs
         return None
 
@@ -285,6 +291,23 @@ class _Recorder:
             self.order.append(id(array))
         if array is not None:
             self.tensors[id(array)] = (array, specs)
+
+    def record_pool_function(self, inputs, output, window_shape, strides, padding) -> None:
+        """Extends the path by a pool called as a function (``nn.max_pool``,
+        ``nn.avg_pool``), which no module call shows: without it a stride-1 SAME pool
+        would be missed and a strided one would cut the path."""
+        if self._spatial(inputs) is None or self._spatial(output) is None:
+            return
+        in_specs = self._lookup(inputs)
+        if in_specs is None:
+            self._store(output, None)
+            return
+        if not isinstance(padding, str):
+            padding = tuple(tuple(pair) for pair in padding)
+        pool = shapes.PoolSpec(
+            tuple(window_shape), None if strides is None else tuple(strides), padding
+        )
+        self._store(output, (*in_specs, pool))
 
     def field(self, specs: tuple) -> shapes.ReceptiveField:
         """The last layer's receptive field along ``specs`` (cached: paths share prefixes
@@ -328,10 +351,38 @@ class _Recorder:
                 for k, s in zip(self.order[start:], made, strict=True)
                 if s is not None and self._spatial(self.tensors[k][0]) == self._spatial(y)
             ]
-            specs = max(made, key=self._rf_size) if made else in_specs
+            if made:
+                specs = max(made, key=self._rf_size)
+            elif self._spatial(y) == self._spatial(x):
+                specs = in_specs
+            else:
+                # It changed the spatial shape in a way the calculator has no spec for
+                # (a transposed convolution, an upsampling): unknown, not a guess.
+                specs = None
         self._store(y, specs)
         call.rf_path = specs
         return out
+
+
+@contextlib.contextmanager
+def _recording_pool_functions(recorder: _Recorder):
+    """Within: Flax's pooling functions report their windows to ``recorder``.
+
+    ``nn.max_pool``, ``nn.avg_pool`` and ``nn.min_pool`` all call
+    ``flax.linen.pooling.pool`` by its module-level name, so swapping that one name
+    sees them all (the Flax examples pool this way, not with a module)."""
+    original = flax_pooling.pool
+
+    def pool(inputs, init, reduce_fn, window_shape, strides=None, padding="VALID"):
+        output = original(inputs, init, reduce_fn, window_shape, strides, padding)
+        recorder.record_pool_function(inputs, output, window_shape, strides, padding)
+        return output
+
+    flax_pooling.pool = pool
+    try:
+        yield
+    finally:
+        flax_pooling.pool = original
 
 
 # ----------------------------------------------------------------------------- counting
@@ -461,7 +512,7 @@ def summary(
     def init(x):
         nonlocal recorder
         recorder = _Recorder(x, len(shape) - 2)
-        with nn.intercept_methods(recorder):
+        with nn.intercept_methods(recorder), _recording_pool_functions(recorder):
             return model.init(rngs, x, **kwargs)
 
     variables = jax.eval_shape(init, spec)

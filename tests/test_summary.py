@@ -121,6 +121,41 @@ def test_resnet20_receptive_field_follows_the_main_path_not_the_shortcut():
     assert rows["stage1_0"].depth == 1 and rows["stage1_0/conv1"].depth == 2
 
 
+class FunctionalPools(nn.Module):
+    """Flax's own MNIST example style: pools called as functions, not modules."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(4, (3, 3), padding="SAME", name="a")(x))
+        x = nn.max_pool(x, (3, 3), strides=(1, 1), padding="SAME")  # same shape
+        x = nn.Conv(4, (3, 3), padding="SAME", name="b")(x)
+        x = nn.avg_pool(x, (2, 2), strides=(2, 2))  # shape halves
+        return nn.Conv(4, (3, 3), padding="SAME", name="c")(x)
+
+
+def test_pools_called_as_functions_extend_the_receptive_field():
+    rows = {row.path: row for row in summary(FunctionalPools(), (12, 12, 1))}
+    # a: 3; SAME 3x3/1 max pool: 5; b: 7; 2x2/2 avg pool: 8, jump 2; c: 8 + 2 * 2 = 12.
+    assert (rows["a"].receptive_field, rows["b"].receptive_field) == ((3, 3), (7, 7))
+    assert (rows["c"].receptive_field, rows["c"].jump) == ((12, 12), (2, 2))
+
+
+class Upsampling(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(4, (3, 3), strides=2, padding="SAME", name="down")(x))
+        x = nn.relu(nn.ConvTranspose(4, (3, 3), strides=(2, 2), name="up")(x))
+        return nn.Conv(4, (3, 3), padding="SAME", name="after")(x)
+
+
+def test_receptive_field_is_unknown_after_a_transposed_conv_not_guessed():
+    # The calculator has no spec for transposed convolutions (neither does the CLI):
+    # the rows after one say so instead of reusing an older same-shaped tensor's path.
+    rows = {row.path: row for row in summary(Upsampling(), (8, 8, 1))}
+    assert (rows["down"].receptive_field, rows["down"].jump) == ((3, 3), (2, 2))
+    assert rows["up"].receptive_field is None and rows["after"].receptive_field is None
+
+
 class UserNet(nn.Module):
     """A user's own module: a shared jaxcnn block, a plain flax conv, a DenseStack."""
 
