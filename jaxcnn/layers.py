@@ -27,6 +27,7 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxcnn import batch_norm, conv_backend, conv_pool, fast_ops, initializers, placement, shapes
@@ -63,6 +64,13 @@ def _as_tuple(value: int | Sequence[int], rank: int, name: str, module: nn.Modul
             f"layer is {rank}-D; give one int or {rank} ints"
         )
     return value
+
+
+def _check_size(module: nn.Module, name: str, value: Any) -> None:
+    """A layer width (channels, units) must be a plain int >= 1: a zero or negative one
+    would otherwise surface as a ZeroDivisionError in the initializer."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{_describe(module)}: {name}={value!r}; valid: an int >= 1")
 
 
 def _spatial_rank(module: nn.Module, x: jax.Array, declared: int | Sequence[int], what: str) -> int:
@@ -314,7 +322,11 @@ class DenseStack(nn.Module):
                 f"{_describe(self)}: dropout_rate={self.dropout_rate}; valid: 0 <= rate < 1"
             )
         act = get_activation(self.activation)  # raises on an unknown name before any layer
-        sizes = [*self.features] + ([self.out_features] if self.out_features else [])
+        for i, size in enumerate(self.features):
+            _check_size(self, f"features[{i}]", size)
+        if self.out_features is not None:
+            _check_size(self, "out_features", self.out_features)
+        sizes = [*self.features] + ([self.out_features] if self.out_features is not None else [])
         in_shape = x.shape
         for i, size in enumerate(sizes):
             x = nn.Dense(
@@ -444,12 +456,17 @@ class ConvBlock(nn.Module):
 
     def conv_spec(self, rank: int) -> shapes.ConvSpec:
         """The convolution as a :class:`jaxcnn.shapes.ConvSpec` (for receptive fields)."""
-        return shapes.ConvSpec(
-            kernel=_as_tuple(self.kernel_size, rank, "kernel_size", self),
-            stride=_as_tuple(self.stride, rank, "stride", self),
-            padding=self.padding,
-            dilation=_as_tuple(self.dilation, rank, "dilation", self),
-        )
+        try:
+            return shapes.ConvSpec(
+                kernel=_as_tuple(self.kernel_size, rank, "kernel_size", self),
+                stride=_as_tuple(self.stride, rank, "stride", self),
+                padding=self.padding,
+                dilation=_as_tuple(self.dilation, rank, "dilation", self),
+            )
+        except ValueError as error:
+            if str(error).startswith(_describe(self)):
+                raise
+            raise ValueError(f"{_describe(self)}: {error}") from error
 
     def pool_spec(self, rank: int) -> shapes.PoolSpec | None:
         """The optional pooling as a :class:`jaxcnn.shapes.PoolSpec`, else ``None``."""
@@ -457,11 +474,13 @@ class ConvBlock(nn.Module):
             return None
         window = _as_tuple(self.pool_window, rank, "pool_window", self)
         stride = window if self.pool_stride is None else self.pool_stride
-        return shapes.PoolSpec(
-            window=window,
-            stride=_as_tuple(stride, rank, "pool_stride", self),
-            padding=self.pool_padding,
-        )
+        stride = _as_tuple(stride, rank, "pool_stride", self)
+        try:
+            return shapes.PoolSpec(window=window, stride=stride, padding=self.pool_padding)
+        except ValueError as error:
+            # The calculator names its own fields (window, stride, padding); here they
+            # are this block's pool_window, pool_stride and pool_padding.
+            raise ValueError(f"{_describe(self)}: pool_{error}") from error
 
     def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         """The output shape :mod:`jaxcnn.shapes` predicts (conv, then the optional pool).
@@ -476,6 +495,7 @@ class ConvBlock(nn.Module):
           >>> ConvBlock(8, (3, 3), stride=2, pool="max").output_shape((1, 32, 32, 3))
           (1, 7, 7, 8)
         """
+        _check_size(self, "features", self.features)
         input_shape = tuple(input_shape)
         rank = len(input_shape) - 2 if isinstance(self.kernel_size, int) else len(self.kernel_size)
         spec = self.conv_spec(rank)
@@ -643,6 +663,7 @@ class ConvBlock(nn.Module):
                 f"{_describe(self)}: space_to_depth={self.space_to_depth!r}; valid: "
                 "None (automatic), True, False"
             )
+        _check_size(self, "features", self.features)
         rank = _spatial_rank(self, x, self.kernel_size, "kernel_size")
         in_channels = x.shape[-1]
         if self.in_channels is not None and in_channels != self.in_channels:

@@ -368,6 +368,36 @@ def test_spec_conv_repeat_names_and_2d_defaults():
         ),
         ({"stages": [{"type": "conv", "features": 4, "activation": "rleu"}]}, r"'rleu'"),
         ({"kernel_init": "orthogonal"}, r"kernel_init='orthogonal'"),
+        # Values the layers would reject at init are rejected when the spec is read.
+        ({"stages": [{"type": "conv", "features": 0}]}, r"stages\[0\].features=0; valid"),
+        (
+            {"stages": [{"type": "conv", "features": 4, "padding": "samee"}]},
+            r"spec.stages\[0\] \(conv\): padding='samee' is not a padding mode",
+        ),
+        (
+            {"stages": [{"type": "conv", "features": 4, "kernel": 0}]},
+            r"spec.stages\[0\] \(conv\): kernel must be an integer >= 1, got 0",
+        ),
+        ({"stages": [{"type": "conv", "features": 4, "norm": "bn"}]}, r"\[0\].norm='bn'; valid"),
+        ({"stages": [{"type": "conv", "features": 4, "pool": "maxx"}]}, r"\[0\].pool='maxx'"),
+        (
+            {"stages": [{"type": "conv", "features": 4, "pool": "max", "pool_stride": 0}]},
+            r"\(conv\): pool_stride must be an integer >= 1, got 0",
+        ),
+        ({"stages": [{"type": "pool", "kind": "median"}]}, r"stages\[0\].kind='median'"),
+        ({"stages": [{"type": "pool", "window": 0}]}, r"\(pool\): window must be an integer"),
+        (
+            {"stages": [{"type": "residual", "features": 4, "stride": 0}]},
+            r"\(residual\): stride must be an integer >= 1, got 0",
+        ),
+        (
+            {"stages": [], "head": [{"type": "global_pool", "kind": "sum"}]},
+            r"spec.head\[0\].kind='sum'; valid: one of \('avg', 'max'\)",
+        ),
+        (
+            {"stages": [], "head": [{"type": "flatten"}, {"type": "dense", "features": -1}]},
+            r"spec.head\[1\].features=-1",
+        ),
     ],
 )
 def test_spec_errors_name_the_item(spec, match):

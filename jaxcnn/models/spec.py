@@ -60,9 +60,19 @@ import jax
 import jax.numpy as jnp
 from flax.core import FrozenDict
 
-from jaxcnn import initializers
+from jaxcnn import initializers, shapes
 from jaxcnn.dropout import Dropout
-from jaxcnn.layers import ConvBlock, Flatten, GlobalPool, Pool, activate, get_activation
+from jaxcnn.layers import (
+    GLOBAL_POOL_KINDS,
+    NORMS,
+    POOL_KINDS,
+    ConvBlock,
+    Flatten,
+    GlobalPool,
+    Pool,
+    activate,
+    get_activation,
+)
 from jaxcnn.models.residual import BottleneckBlock, ResidualBlock
 
 # jaxcnn.initializers gives jax's values drawn flat: XLA:CPU compiles that in a fraction
@@ -227,7 +237,42 @@ def _normalize_item(item: Any, where: str, allowed: tuple[str, ...]) -> dict[str
         )
     if "activation" in out:
         get_activation(out["activation"])  # raises on an unknown name
+    _check_layer_values(out, where)
     return out
+
+
+def _check_layer_values(item: dict[str, Any], where: str) -> None:
+    """Widths, names and conv / pool geometry of one complete item, checked when the
+    spec is read, so a typo names its stage instead of surfacing at ``init``."""
+    kind = item["type"]
+    features = item.get("features")
+    if features is not None and (
+        isinstance(features, bool) or not isinstance(features, int) or features < 1
+    ):
+        raise ValueError(f"{where}.features={features!r}; valid: an int >= 1")
+    for key, valid in (("norm", NORMS), ("pool", POOL_KINDS)):
+        if kind == "conv" and item[key] is not None and item[key] not in valid:
+            raise ValueError(f"{where}.{key}={item[key]!r}; valid: None or one of {valid}")
+    if kind in ("pool", "global_pool"):
+        valid = POOL_KINDS if kind == "pool" else GLOBAL_POOL_KINDS
+        if item["kind"] not in valid:
+            raise ValueError(f"{where}.kind={item['kind']!r}; valid: one of {valid}")
+    try:
+        if kind in ("conv", "residual"):
+            # The calculator's own checks; its messages name the field (kernel, ...).
+            conv = {"kernel": 3, "padding": "VALID", "dilation": 1} | item
+            shapes.ConvSpec(conv["kernel"], conv["stride"], conv["padding"], conv["dilation"])
+        if kind == "pool":
+            stride = item["window"] if item["stride"] is None else item["stride"]
+            shapes.PoolSpec(item["window"], stride, item["padding"])
+    except ValueError as error:
+        raise ValueError(f"{where} ({kind}): {error}") from error
+    if kind == "conv" and item["pool"] is not None:
+        window, stride = item["pool_window"], item["pool_stride"]
+        try:
+            shapes.PoolSpec(window, window if stride is None else stride, item["pool_padding"])
+        except ValueError as error:
+            raise ValueError(f"{where} (conv): pool_{error}") from error
 
 
 def normalize_spec(spec: Any) -> dict[str, Any]:
