@@ -97,6 +97,11 @@ def test_pool_stride_defaults_to_the_window_and_can_be_set(capsys):
         (["--input", "8x8x1", "conv:8,s=0"], "stride must be an integer >= 1, got 0"),
         (["--input", "8x8x1", "conv:8,p=-1"], "padding must be an integer >= 0, got -1"),
         (["--input", "8x8x1", "conv:8,k=3x3x3"], "kernel=(3, 3, 3) has 3 values but the input"),
+        (["--input", "8x8x1", "conv:0"], "layer 'conv:0': output channels 0; valid: one int >= 1"),
+        (["--input", "8x8x1", "conv:3x5"], "output channels (3, 5); valid: one int >= 1"),
+        (["--input", "8x8x0", "conv:8"], "--input='8x8x0': channels=0; valid: an int >= 1"),
+        (["--input", "8x8x1", "conv:8,k=3,k=5"], "layer 'conv:8,k=3,k=5': kernel given twice"),
+        (["--input", "8x8x1", "pool:2,3,s=2"], "stride given twice (in 's=2')"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):

@@ -110,6 +110,8 @@ def parse_shape(text: str) -> tuple[tuple[int, ...], int]:
         raise UsageError(
             f"--input={text!r} needs spatial sizes and channels, e.g. 32x32x3 or 100x1"
         )
+    if values[-1] < 1:
+        raise UsageError(f"--input={text!r}: channels={values[-1]}; valid: an int >= 1")
     return values[:-1], values[-1]
 
 
@@ -129,6 +131,9 @@ def _fill(kind: str, args: dict, rest: str, rank: int) -> None:
                 raise UsageError(f"unknown key in {item!r}; valid: {valid}")
             if key in positional:
                 positional.remove(key)
+        if key in args:
+            # conv:32,k=3,k=5 would otherwise silently take the last one.
+            raise UsageError(f"{key} given twice (in {item!r})")
         args[key] = _padding(value, rank) if key == "padding" else _ints(value, key)
 
 
@@ -145,6 +150,9 @@ def parse_layer(text: str, rank: int) -> tuple[str, dict]:
         raise UsageError(f"layer {text!r}: {err}") from None
     if kind != "pool" and "features" not in args:
         raise UsageError(f"layer {text!r}: give the output channels first, e.g. {name}:32,k=3")
+    features = args.get("features", 1)
+    if not isinstance(features, int) or features < 1:
+        raise UsageError(f"layer {text!r}: output channels {features!r}; valid: one int >= 1")
     if "kernel" not in args:
         if kind == "pool":
             raise UsageError(f"layer {text!r}: give the window, e.g. pool:2")
