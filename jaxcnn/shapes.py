@@ -559,9 +559,11 @@ def _mode_line(mode, pads, n, k, s, d, operation) -> str:
     if mode in ("SAME", "SAME_LOWER"):
         total = _same_total(n, span, s)
         where = "end" if mode == "SAME" else "start"
+        # Only an odd total leaves a pixel over; an even one splits evenly.
+        extra = f" (extra pixel at the {where})" if total % 2 else ""
         return (
             f"{mode}: total pad max((ceil({n}/{s}) - 1)*{s} + {span} - {n}, 0) = {total}, "
-            f"split {pads} (extra pixel at the {where})"
+            f"split {pads}{extra}"
         )
     if mode in ("CIRCULAR", "REFLECT"):
         how = "wraps" if mode == "CIRCULAR" else "mirrors"
@@ -589,7 +591,7 @@ def explain(size, kernel, stride=1, padding=0, dilation=1, *, operation="conv") 
       >>> print(explain((32, 31), 3, stride=2, padding="SAME"))
       axis 0: SAME: total pad max((ceil(32/2) - 1)*2 + 3 - 32, 0) = 1, split (0, 1) (extra pixel at the end)
       axis 0: floor((32 + 0 + 1 - 1*(3-1) - 1) / 2) + 1 = 16
-      axis 1: SAME: total pad max((ceil(31/2) - 1)*2 + 3 - 31, 0) = 2, split (1, 1) (extra pixel at the end)
+      axis 1: SAME: total pad max((ceil(31/2) - 1)*2 + 3 - 31, 0) = 2, split (1, 1)
       axis 1: floor((31 + 2*1 - 1*(3-1) - 1) / 2) + 1 = 16
     """  # noqa: E501
     if operation not in _MODES:

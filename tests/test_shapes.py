@@ -340,6 +340,8 @@ def test_explain_derives_mode_padding():
         "floor((224 + 2 + 3 - 1*(7-1) - 1) / 2) + 1 = 112",
     ]
     assert "split (3, 2) (extra pixel at the start)" in explain(224, 7, 2, "SAME_LOWER")
+    # An even total splits evenly: no pixel is left over to place.
+    assert explain(7, 3, 1, "SAME").splitlines()[0].endswith("= 2, split (1, 1)")
     assert explain(10, 4, padding="CIRCULAR").splitlines()[0] == (
         "CIRCULAR: Flax wraps ((span-1)//2, span//2) = (1, 2) pixels, span 4"
     )

@@ -20,7 +20,7 @@ EXPECTED_TABLE = """\
 2  pool:2                   7x7x32    5x5      4x4   2x2
      floor((15 + 2*0 - 2) / 2) + 1 = 7
 3  conv:64,k=3,p=same       7x7x64    13x13    4x4   2x2
-     SAME: total pad max((ceil(7/1) - 1)*1 + 3 - 7, 0) = 2, split (1, 1) (extra pixel at the end)
+     SAME: total pad max((ceil(7/1) - 1)*1 + 3 - 7, 0) = 2, split (1, 1)
      floor((7 + 2*1 - 1*(3-1) - 1) / 1) + 1 = 7
 """
 
