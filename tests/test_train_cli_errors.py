@@ -7,21 +7,73 @@ import pytest
 from jaxcnn.commands import train as train_command
 
 
-def _refused_run(override, tmp_path, capsys):
-    """Stderr of `jaxcnn train OVERRIDE`, which must exit 1 cleanly and write nothing."""
-    workdir = tmp_path / "run"
-    status = train_command.main([override, f"--workdir={workdir}"])
+def _refused_run(override, tmp_path, capsys, status=2):
+    """Stderr of `jaxcnn train OVERRIDE`, which must exit ``status`` cleanly (2: a config
+    value, 1: anything else) and write nothing."""
+    workdir = tmp_path / "run" / "nested"
+    code = train_command.main([override, f"--workdir={workdir}"])
     err = capsys.readouterr().err
-    assert status == 1
-    assert "Traceback" not in err
-    assert not workdir.exists()
+    assert code == status
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()  # nor the parent folder it would have made
     return err
 
 
-def test_unknown_model_fails_cleanly_and_leaves_no_workdir(tmp_path, capsys):
-    err = _refused_run("--config.model=nosuchnet", tmp_path, capsys)
-    assert "config.model = 'nosuchnet' is not a zoo model" in err
-    assert "mnist_cnn" in err  # the valid names are listed
+@pytest.fixture
+def no_data_loading(monkeypatch):
+    """Fails the test if a run gets as far as loading its data."""
+
+    def refuse(config):
+        raise AssertionError("the data was loaded before the config was checked")
+
+    monkeypatch.setattr("jaxcnn.train.session.load_training_data", refuse)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.model=nosuchnet", "config.model = 'nosuchnet' is invalid: 'spec' or a zoo"),
+        ("--config.optimizer.name=adamx", "config.optimizer.name = 'adamx' is invalid: one of"),
+        ("--config.schedule.name=cosin", "config.schedule.name = 'cosin' is invalid: one of"),
+        ("--config.checkpoint.best_metric=foo", "config.checkpoint.best_metric = 'foo'"),
+    ],
+)
+def test_misspelt_names_fail_before_any_data_is_loaded(
+    tmp_path, capsys, no_data_loading, override, message
+):
+    assert message in _refused_run(override, tmp_path, capsys)
+
+
+def test_unknown_model_lists_the_zoo(tmp_path, capsys, no_data_loading):
+    assert "mnist_cnn" in _refused_run("--config.model=nosuchnet", tmp_path, capsys)
+
+
+def test_a_batch_larger_than_the_training_split_fails_cleanly(tmp_path, capsys):
+    err = _refused_run("--config.batch_size=100000", tmp_path, capsys)
+    assert "config.batch_size = 100000 is larger than the training split" in err
+
+
+def test_a_model_too_deep_for_the_images_names_model_and_shape(tmp_path, capsys):
+    # mnist_cnn pools 28x28 images down twice; the embedded digits are 8x8.
+    err = _refused_run("--config.model=mnist_cnn", tmp_path, capsys)
+    assert "config.model = 'mnist_cnn' cannot take this data's examples of shape (8, 8, 1)" in err
+    assert "output size below 1" in err
+
+
+def test_a_workdir_that_is_a_file_fails_cleanly(tmp_path, capsys):
+    path = tmp_path / "a_file"
+    path.write_text("not a run")
+    assert train_command.main([f"--workdir={path}"]) == 1
+    err = capsys.readouterr().err
+    assert "is a file; give a new directory or a run's workdir" in err and "Traceback" not in err
+    assert path.read_text() == "not a run"
+
+
+def test_unknown_config_name_lists_the_repo_configs(capsys):
+    assert train_command.main(["--config", "nonexist"]) == 2
+    err = capsys.readouterr().err
+    assert "--config='nonexist' is neither a file nor a config of the repo" in err
+    assert "mnist_fast" in err
 
 
 def test_misspelt_override_names_the_field_and_the_fix(capsys):
@@ -30,13 +82,21 @@ def test_misspelt_override_names_the_field_and_the_fix(capsys):
     assert status == 2
     assert "unknown config field" in err
     assert 'Did you mean "num_epochs"' in err
+    assert "valid fields of config: augment, batch_size" in err  # the fields it could be
     assert "\\n" not in err and "\\'" not in err  # no escaped repr leaking through
 
 
 def test_a_schedule_longer_than_the_run_fails_cleanly(tmp_path, capsys):
     # configs/default.py warms up for one epoch: a one-epoch run has no steps left.
     err = _refused_run("--config.num_epochs=1", tmp_path, capsys)
-    assert "config.schedule.warmup_epochs must give fewer warm-up steps" in err
+    assert "config.schedule.warmup_epochs = 1 gives 44 warm-up steps but the whole run" in err
+    assert "e.g. --config.schedule.warmup_epochs=0.5 for a 1-epoch run" in err
+
+
+def test_a_nested_misspelt_field_lists_its_siblings(capsys):
+    assert train_command.main(["--config.optimizer.lernrate=0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "valid fields of config.optimizer: b1, b2, eps" in err
 
 
 @pytest.mark.parametrize(
@@ -50,5 +110,5 @@ def test_an_invalid_environment_switch_fails_cleanly(
     tmp_path, capsys, monkeypatch, variable, value, valid
 ):
     monkeypatch.setenv(variable, value)
-    err = _refused_run("--config.num_epochs=2", tmp_path, capsys)
+    err = _refused_run("--config.num_epochs=2", tmp_path, capsys, status=1)
     assert f"{variable}='{value}'; valid: {valid}" in err

@@ -314,6 +314,29 @@ def test_resuming_with_a_changed_model_fails_clearly(reference, tmp_path):
         r"state/params/conv1/conv/kernel: checkpoint float32\[3,3,1,8\], now float32\[3,3,1,16\]",
     ):
         fit(tiny_config(model_kwargs={"spec": wider}), workdir)
+    # The refusal advises restoring WORKDIR/config.json: it must still be the run's own.
+    assert (workdir / "config.json").read_text() == (expected.workdir / "config.json").read_text()
+
+
+def test_resuming_with_another_batch_size_is_refused_before_config_json(reference, tmp_path):
+    expected, _ = reference
+    workdir = tmp_path / "run"
+    shutil.copytree(expected.workdir, workdir)
+    with pytest.raises(CheckpointMismatchError, match=r"steps per epoch, the config now gives"):
+        fit(tiny_config(batch_size=64), workdir)
+    assert (workdir / "config.json").read_text() == (expected.workdir / "config.json").read_text()
+
+
+def test_a_finished_run_with_fewer_epochs_says_nothing_is_left(reference, tmp_path, capsys):
+    expected, _ = reference
+    workdir = tmp_path / "run"
+    shutil.copytree(expected.workdir, workdir)
+    capsys.readouterr()
+    result = fit(tiny_config(num_epochs=1), workdir)
+    out = capsys.readouterr().out
+    assert "num_epochs changed from 2 to 1 since this run started" in out
+    assert "the checkpoint has trained 2.00 epochs, num_epochs is 1: nothing left to train" in out
+    assert result.test_metrics == expected.test_metrics  # the same checkpoint, evaluated
 
 
 def test_four_devices_give_the_one_device_result(tmp_path):

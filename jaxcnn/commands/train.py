@@ -43,6 +43,12 @@ def _resolve_config_argument(argv: list[str]) -> list[str]:
             path, _, option = value.partition(":")
             if not Path(path).exists() and (REPO_CONFIGS / f"{path}.py").exists():
                 value = str(REPO_CONFIGS / f"{path}.py") + (f":{option}" if option else "")
+            elif not Path(path).exists():
+                names = ", ".join(sorted(p.stem for p in REPO_CONFIGS.glob("*.py")))
+                raise ValueError(
+                    f"--config={path!r} is neither a file nor a config of the repo; "
+                    f"names: {names}"
+                )
             arg = f"--config={value}"
         resolved.append(arg)
         index += 1
@@ -83,6 +89,25 @@ def _parse(argv: list[str]) -> flags.FlagValues:
     return values
 
 
+def _valid_fields_of_unknown_override(argv: list[str]) -> str:
+    """``; valid fields of config.optimizer: ...`` for the first override whose path the
+    config lacks (ml_collections names only the missing key)."""
+    try:
+        node = _parse([arg for arg in argv if not arg.startswith("--config.")]).config
+    except Exception:  # the config itself does not load: nothing to list
+        return ""
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        where = "config"
+        for name in arg[len("--config.") :].partition("=")[0].split("."):
+            if not hasattr(node, "keys") or name not in node:
+                fields = sorted(node.keys()) if hasattr(node, "keys") else []
+                return f"; valid fields of {where}: {', '.join(fields)}" if fields else ""
+            node, where = node[name], f"{where}.{name}"
+    return ""
+
+
 def _missing_field_message(error: BaseException) -> str:
     """ml_collections nests KeyError("'name'\\nDid you mean ...") in an AttributeError."""
     while error.args and isinstance(error.args[0], BaseException):
@@ -109,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyError, AttributeError) as error:
         # ml_collections reports an override of a missing field as AttributeError(KeyError).
         print(
-            f"{_PROG}: unknown config field in the overrides: {_missing_field_message(error)}; "
-            "the fields are listed in docs/training.md",
+            f"{_PROG}: unknown config field in the overrides: {_missing_field_message(error)}"
+            + (_valid_fields_of_unknown_override(argv) or "; see docs/training.md"),
             file=sys.stderr,
         )
         return 2
@@ -130,8 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"workdir: {workdir}")
     try:
         result = fit(config, workdir)
-    except (ConfigError, DataError, CheckpointMismatchError, NonFiniteLossError,
-            SwitchError) as error:  # fmt: skip
+    except ConfigError as error:  # a field's value: bad usage, as an unknown field is
+        print(f"{_PROG}: error: {error}", file=sys.stderr)
+        return 2
+    except (DataError, CheckpointMismatchError, NonFiniteLossError, SwitchError,
+            OSError) as error:  # fmt: skip
         print(f"{_PROG}: error: {error}", file=sys.stderr)
         return 1
     if result.interrupted:

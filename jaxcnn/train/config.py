@@ -17,7 +17,14 @@ import ml_collections
 
 from jaxcnn.data.augment import DEFAULTS as augment_defaults
 from jaxcnn.data.augment import validate as validate_augment
-from jaxcnn.train.optim import WEIGHT_DECAY_ON, freeze_after_pairs, lr_multiplier_pairs
+from jaxcnn import models
+from jaxcnn.train.optim import (
+    OPTIMIZERS,
+    SCHEDULES,
+    WEIGHT_DECAY_ON,
+    freeze_after_pairs,
+    lr_multiplier_pairs,
+)
 from jaxcnn.train.tta import TTA_MODES
 
 DTYPES = ("float32", "bfloat16")
@@ -170,6 +177,17 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
         "a value in [0, 1)",
     )
     _require(config.dtype in DTYPES, "dtype", config.dtype, f"one of {DTYPES}")
+    # Names, before any data is loaded (a typo must not wait for a download).
+    _require(
+        config.model == "spec" or config.model in models.names(),
+        "model",
+        config.model,
+        f"'spec' or a zoo model: {', '.join(models.names())}",
+    )
+    name = config.optimizer.name
+    _require(name in OPTIMIZERS, "optimizer.name", name, f"one of {OPTIMIZERS}")
+    name = config.schedule.name
+    _require(name in SCHEDULES, "schedule.name", name, f"one of {SCHEDULES}")
     _require(
         isinstance(config.num_devices, int) and config.num_devices >= 0,
         "num_devices",
@@ -186,6 +204,13 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     _require(isinstance(depth, int) and depth >= 0, "volume.depth", depth, "an integer >= 0")
     keep = config.checkpoint.keep
     _require(isinstance(keep, int) and keep >= 1, "checkpoint.keep", keep, "an integer >= 1")
+    best = config.checkpoint.best_metric
+    _require(
+        best in (None, "") or best in EARLY_STOPPING_METRICS,
+        "checkpoint.best_metric",
+        best,
+        f"one of {EARLY_STOPPING_METRICS}, or '' (best = latest)",
+    )
     stopping = config.early_stopping
     _require(
         stopping.metric in EARLY_STOPPING_METRICS,
@@ -258,7 +283,8 @@ def _check_lookahead(config: ml_collections.ConfigDict) -> None:
         0 <= start < config.num_epochs,
         "lookahead.start_epochs",
         start,
-        f"in [0, num_epochs={config.num_epochs})",
+        f"in [0, num_epochs={config.num_epochs}); lower it, or turn lookahead off with "
+        "--config.lookahead.every_steps=0",
     )
     base = lookahead.decay_base
     _require(0 < base <= 1, "lookahead.decay_base", base, "in (0, 1]; airbench: 0.95")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -131,30 +132,63 @@ def fit(
     config = validate_config(config)
     xla_scheduler.chosen(config.dtype)  # a bad JAXCNN_XLA_SCHEDULER fails before any work
     workdir = Path(workdir).absolute()
-    created = not workdir.exists()
+    if workdir.exists() and not workdir.is_dir():
+        raise NotADirectoryError(
+            f"workdir {str(workdir)!r} is a file; give a new directory or a run's workdir"
+        )
+    # The outermost folder this call creates (runs/ for a first run): removed on failure.
+    created = next((p for p in (*reversed(workdir.parents), workdir) if not p.exists()), None)
     workdir.mkdir(parents=True, exist_ok=True)
+    run = None
     try:
         run = TrainingSession(config, workdir)  # loads data, builds the model: fails early
+        # A checkpoint of another setup is refused before config.json is rewritten: the
+        # message's advice (restore WORKDIR/config.json) must still find the old one.
+        global_step = run.resume()
     except BaseException:
+        if run is not None:
+            run.store.close()
         # A run that could not start leaves nothing behind (not even an empty workdir).
-        if created and not any(workdir.iterdir()):
-            workdir.rmdir()
+        if created is not None and created.is_dir():
+            shutil.rmtree(created)
         raise
+    if global_step:
+        _note_changed_length(workdir / "config.json", config.num_epochs)
     if is_primary_process():
         write_atomic(workdir / "config.json", config_to_json(config) + "\n")
     try:
         with InterruptFlag() as interrupt:
-            return _train(run, interrupt, step_callback)
+            return _train(run, global_step, interrupt, step_callback)
     finally:
         run.store.close()
 
 
-def _train(run: TrainingSession, interrupt: InterruptFlag, step_callback) -> FitResult:
+def _note_changed_length(previous_config: Path, num_epochs: int) -> None:
+    """Says so when a resumed run's ``num_epochs`` differs from the one it was started
+    with: schedules span the whole run, so the learning rate jumps to the new curve."""
+    try:
+        before = json.loads(previous_config.read_text()).get("num_epochs")
+    except (OSError, ValueError):
+        return
+    if before is not None and before != num_epochs:
+        _print(
+            f"num_epochs changed from {before} to {num_epochs} since this run started: the "
+            f"learning-rate schedule now spans {num_epochs} epochs and resumes on that curve"
+        )
+
+
+def _train(
+    run: TrainingSession, global_step: int, interrupt: InterruptFlag, step_callback
+) -> FitResult:
     config, data, mesh = run.config, run.data, run.mesh
-    global_step = run.resume()
     if global_step:
         epochs_done = global_step / run.steps_per_epoch
         _print(f"resuming from checkpoint step {global_step} (epoch {epochs_done:.2f})")
+        if global_step >= config.num_epochs * run.steps_per_epoch:
+            _print(
+                f"the checkpoint has trained {epochs_done:.2f} epochs, num_epochs is "
+                f"{config.num_epochs}: nothing left to train; evaluating it"
+            )
     _print(f"data: {data.description}; {mesh.size} device(s): {mesh.devices.flat[0].platform}")
 
     augment = None

@@ -92,11 +92,14 @@ def build_schedule(
     if name == "linear":
         return optax.linear_schedule(base_lr, base_lr * end_factor, transition_steps=total)
     if name == "warmup_cosine":
-        warmup = int(round(float(_get(schedule, "warmup_epochs", 1.0)) * steps_per_epoch))
+        warmup_epochs = float(_get(schedule, "warmup_epochs", 1.0))
+        warmup = int(round(warmup_epochs * steps_per_epoch))
         if not 0 <= warmup < total:
             raise ValueError(
-                f"schedule.warmup_epochs must give fewer warm-up steps ({warmup}) than the "
-                f"whole run ({total} steps = {num_epochs} epochs)"
+                f"schedule.warmup_epochs = {warmup_epochs:g} gives {warmup} warm-up steps but "
+                f"the whole run has {total} ({num_epochs} epochs of {steps_per_epoch}); valid: "
+                f"0 <= warmup_epochs < num_epochs, e.g. --config.schedule.warmup_epochs="
+                f"{num_epochs / 2:g} for a {num_epochs}-epoch run"
             )
         return optax.warmup_cosine_decay_schedule(
             init_value=0.0,

@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxcnn import cpu_malloc
 from jaxcnn.train import sharding as sharding_lib
-from jaxcnn.train.checkpoint import CheckpointStore, tree_shapes
+from jaxcnn.train.checkpoint import CheckpointMismatchError, CheckpointStore, tree_shapes
 from jaxcnn.train.components import (
     TrainingData,
     build_model,
@@ -79,7 +79,7 @@ class TrainingSession:
         sharding_lib.check_batch_size(config.batch_size, self.mesh)
         self.steps_per_epoch = len(self.data.train) // config.batch_size
         if self.steps_per_epoch == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"config.batch_size = {config.batch_size} is larger than the training split "
                 f"({len(self.data.train)} examples); use at most {len(self.data.train)}"
             )
@@ -90,14 +90,20 @@ class TrainingSession:
         except ValueError as error:
             raise ConfigError(f"config.{error}") from None
         self.learning_rate_at = _jitted(self.schedule)
-        self.state = create_train_state(
-            self.model,
-            config,
-            jax.random.PRNGKey(config.seed),
-            (1, *self.data.example_shape),
-            steps_per_epoch=self.steps_per_epoch,
-            mesh=self.mesh,
-        )
+        try:
+            self.state = create_train_state(
+                self.model,
+                config,
+                jax.random.PRNGKey(config.seed),
+                (1, *self.data.example_shape),
+                steps_per_epoch=self.steps_per_epoch,
+                mesh=self.mesh,
+            )
+        except ValueError as error:  # the layers' own checks: the model does not fit the data
+            raise ConfigError(
+                f"config.model = {config.model!r} cannot take this data's examples of shape "
+                f"{self.data.example_shape}: {error}"
+            ) from error
         self.replicated = sharding_lib.replicated(self.mesh)
         if config.whitening.layer:
             self.state = self._whitened(self.state)
@@ -168,7 +174,7 @@ class TrainingSession:
         )
         meta = self.store.read_meta(step)
         if meta["steps_per_epoch"] != self.steps_per_epoch:
-            raise ValueError(
+            raise CheckpointMismatchError(
                 f"cannot resume from {self.store.directory / str(step)}: it was trained with "
                 f"{meta['steps_per_epoch']} steps per epoch, the config now gives "
                 f"{self.steps_per_epoch} (batch_size or dataset changed); the data order "
