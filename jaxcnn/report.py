@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxcnn import viz
-from jaxcnn.viz._figures import write_atomic
+from jaxcnn.files import write_atomic
 
 REPORT_NAME = "report.html"
 

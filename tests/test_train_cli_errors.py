@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 
 from jaxcnn.commands import train as train_command
@@ -112,3 +114,21 @@ def test_an_invalid_environment_switch_fails_cleanly(
     monkeypatch.setenv(variable, value)
     err = _refused_run("--config.num_epochs=2", tmp_path, capsys, status=1)
     assert f"{variable}='{value}'; valid: {valid}" in err
+
+
+@pytest.mark.parametrize(
+    "command, argv, message",
+    [
+        ("predict", ["--workdir", "w", "a.png", "--top-k", "0"], "--top-k: 0; valid: an int >= 1"),
+        ("predict", ["--workdir", "w", "a.png", "--checkpoint", "bestest"], "'bestest'; valid"),
+        ("evaluate", ["--workdir", "w", "--batch-size", "-5"], "--batch-size: -5; valid: an int"),
+        ("report", ["w", "--feature-images", "-1"], "--feature-images: -1; valid: an int >= 0"),
+        ("augment", ["--rows", "0"], "argument --rows: 0; valid: an int >= 1"),
+    ],
+)
+def test_other_commands_name_the_flag_and_the_valid_values(capsys, command, argv, message):
+    module = importlib.import_module(f"jaxcnn.commands.{command}")
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

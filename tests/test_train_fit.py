@@ -404,6 +404,11 @@ def test_default_config_command_reaches_97_percent(tmp_path, capsys):
     assert evaluate.main(["--workdir", str(workdir), "--checkpoint", "latest"]) == 0
     out = capsys.readouterr().out
     assert f"test_accuracy: {accuracy:.4f}" in out and "confusion matrix" in out
+    # No held-out split in this config: "validation" is the test split, and it says so.
+    assert evaluate.main(["--workdir", str(workdir), "--split", "validation", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "held out no validation split" in captured.err
+    assert json.loads(captured.out)["validation_accuracy"] == pytest.approx(accuracy, abs=1e-4)
 
     from PIL import Image
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jaxcnn.commands import arguments
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -21,8 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", default="digits", help="any name jaxcnn.data.load takes")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", required=True, help="PNG file to write")
-    parser.add_argument("--rows", type=int, default=6, help="training images shown")
-    parser.add_argument("--columns", type=int, default=7, help="augmented copies per image")
+    parser.add_argument(
+        "--rows", type=arguments.at_least(1), default=6, help="training images shown"
+    )
+    parser.add_argument(
+        "--columns", type=arguments.at_least(1), default=7, help="augmented copies per image"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--crop-padding", type=int, default=0)
     # augment.CROP_MODES and FLIP_MODES, spelled out: importing them loads jax, which
@@ -51,9 +57,6 @@ def main(argv: list[str]) -> int:
     from jaxcnn.viz import plot_augmentation_preview
 
     args = build_parser().parse_args(argv)
-    if args.rows < 1 or args.columns < 1:
-        print("jaxcnn augment: --rows and --columns must be >= 1", file=sys.stderr)
-        return 2
     spec = {
         "crop_padding": args.crop_padding,
         "flip": args.flip,

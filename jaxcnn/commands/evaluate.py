@@ -13,6 +13,8 @@ import argparse
 import json
 import sys
 
+from jaxcnn.commands import arguments
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -22,10 +24,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--workdir", required=True, help="a directory `jaxcnn train` wrote")
     parser.add_argument(
-        "--checkpoint", default="best", help="'best' (default), 'latest' or a step number"
+        "--checkpoint",
+        type=arguments.checkpoint,
+        default="best",
+        help="'best' (default), 'latest' or a step number",
     )
     parser.add_argument("--split", default="test", choices=("test", "validation", "train"))
-    parser.add_argument("--batch-size", type=int, default=0, help="0: the config's eval size")
+    parser.add_argument(
+        "--batch-size", type=arguments.at_least(0), default=0, help="0: the config's eval size"
+    )
     parser.add_argument(
         "--tta",
         # jaxcnn.train.tta.TTA_MODES, spelled out: importing it loads jax, which would
@@ -46,10 +53,17 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         restored = restore(args.workdir, args.checkpoint)
-    except (FileNotFoundError, ValueError) as error:
+        report = evaluate_restored(restored, args.split, args.batch_size, tta=args.tta)
+    except (OSError, ValueError) as error:  # DataError is a ValueError
         print(f"jaxcnn evaluate: error: {error}", file=sys.stderr)
         return 1
-    report = evaluate_restored(restored, args.split, args.batch_size, tta=args.tta)
+    if args.split == "validation" and not restored.config.get("validation_split", 0.0):
+        # evaluate_restored falls back to the test split; say so rather than relabel it.
+        print(
+            "jaxcnn evaluate: this run held out no validation split (config.validation_split "
+            "= 0): these are the test images",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps(report.metrics))
         return 0

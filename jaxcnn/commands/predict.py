@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jaxcnn.commands import arguments
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -20,9 +22,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     parser.add_argument("--workdir", required=True, help="a directory `jaxcnn train` wrote")
     parser.add_argument(
-        "--checkpoint", default="best", help="'best' (default), 'latest' or a step number"
+        "--checkpoint",
+        type=arguments.checkpoint,
+        default="best",
+        help="'best' (default), 'latest' or a step number",
     )
-    parser.add_argument("--top-k", type=int, default=3, help="classes per image (default 3)")
+    parser.add_argument(
+        "--top-k", type=arguments.at_least(1), default=3, help="classes per image (default 3)"
+    )
     return parser
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jaxcnn.commands import arguments
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -24,10 +26,16 @@ def _parser() -> argparse.ArgumentParser:
         "--which", choices=("best", "latest"), default="best", help="checkpoint to show"
     )
     parser.add_argument(
-        "--feature-images", type=int, default=3, help="test images with feature maps (default 3)"
+        "--feature-images",
+        type=arguments.at_least(0),
+        default=3,
+        help="test images with feature maps (default 3)",
     )
     parser.add_argument(
-        "--max-misclassified", type=int, default=24, help="mistakes shown (default 24)"
+        "--max-misclassified",
+        type=arguments.at_least(0),
+        default=24,
+        help="mistakes shown (default 24)",
     )
     parser.add_argument(
         "--images", metavar="DIR", help="also write every picture of the page as a PNG into DIR"

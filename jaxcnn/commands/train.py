@@ -46,8 +46,7 @@ def _resolve_config_argument(argv: list[str]) -> list[str]:
             elif not Path(path).exists():
                 names = ", ".join(sorted(p.stem for p in REPO_CONFIGS.glob("*.py")))
                 raise ValueError(
-                    f"--config={path!r} is neither a file nor a config of the repo; "
-                    f"names: {names}"
+                    f"--config={path!r} is neither a file nor a config of the repo; names: {names}"
                 )
             arg = f"--config={value}"
         resolved.append(arg)

@@ -83,7 +83,31 @@ def download_file(
     destination = Path(destination)
     if not urls:
         raise DownloadError(f"no URL given to download {destination}")
-    destination.parent.mkdir(parents=True, exist_ok=True)
+    folder = destination.parent
+    # The outermost folder this call makes: removed again if nothing could be saved.
+    created = next((p for p in (*reversed(folder.parents), folder) if not p.exists()), None)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return _download_to(urls, destination, sha256, size, timeout, quiet)
+    except BaseException:
+        if created is not None:
+            _remove_empty_folders(folder, up_to=created)
+        raise
+
+
+def _remove_empty_folders(folder: Path, up_to: Path) -> None:
+    """``folder`` and its parents up to ``up_to``, as long as each is empty."""
+    while True:
+        try:
+            folder.rmdir()  # only an empty folder: a concurrent download's file stays
+        except OSError:
+            return
+        if folder == up_to:
+            return
+        folder = folder.parent
+
+
+def _download_to(urls, destination: Path, sha256: str, size, timeout, quiet) -> Path:
     failures: list[str] = []
     mismatches: list[ChecksumError] = []
     for url in urls:

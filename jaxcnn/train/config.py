@@ -15,9 +15,9 @@ from typing import Any
 
 import ml_collections
 
+from jaxcnn import models
 from jaxcnn.data.augment import DEFAULTS as augment_defaults
 from jaxcnn.data.augment import validate as validate_augment
-from jaxcnn import models
 from jaxcnn.train.optim import (
     OPTIMIZERS,
     SCHEDULES,

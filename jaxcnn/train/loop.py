@@ -28,13 +28,14 @@ import numpy as np
 
 from jaxcnn import data as data_lib
 from jaxcnn import xla_flags, xla_scheduler
+from jaxcnn.files import write_atomic
 from jaxcnn.train import sharding as sharding_lib
 from jaxcnn.train.config import config_to_json, validate_config
 from jaxcnn.train.diagnosis import Diagnosis, diagnose
 from jaxcnn.train.early_stopping import should_stop
 from jaxcnn.train.evaluation import Evaluator
 from jaxcnn.train.losses import finalize_metrics, zeros_like_metrics
-from jaxcnn.train.run_log import ProgressBar, TensorBoardWriter, is_primary_process, write_atomic
+from jaxcnn.train.run_log import ProgressBar, TensorBoardWriter, is_primary_process
 from jaxcnn.train.session import InterruptFlag, TrainingSession
 from jaxcnn.train.state import TrainState, frozen_patterns
 from jaxcnn.train.steps import gathering_train_step, make_train_step

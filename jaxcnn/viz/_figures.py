@@ -13,13 +13,14 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from jaxcnn.files import write_atomic
 
 DPI = 100
 CELL_PX = 128  # side of one image cell in a grid
@@ -87,41 +88,6 @@ def save_png_bytes(data: bytes, path: str | os.PathLike) -> Path:
         b'\\x89PNG'
     """
     return write_atomic(path, data)
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``.
-
-    Readers see the old file or the new one, never a half-written one; on any
-    error the temporary file is removed. Parent folders are created.
-
-    Args:
-        path: destination.
-        data: the complete contents.
-
-    Returns:
-        ``path`` as a ``Path``.
-
-    Examples:
-        >>> import tempfile
-        >>> write_atomic(Path(tempfile.mkdtemp()) / "a.txt", b"hi").read_text()
-        'hi'
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as temp_file:
-            temp_file.write(data)
-        # mkstemp creates 0600; give the file the mode a plain open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp_name, 0o666 & ~umask)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def finish(figure: Figure, path: str | os.PathLike | None) -> Figure:
