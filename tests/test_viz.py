@@ -72,6 +72,8 @@ def test_filters_png(run, tmp_path):
     out = tmp_path / "filters.png"
     viz.plot_filters(kernel, layer_name=name, path=out)
     assert png_size(out) == (8 * 128, 4 * (128 + 30) + 36)  # 32 filters, 8 per row
+    with pytest.raises(ValueError, match=r"kernel is a \(path, kernel\) pair.*layer_name=path"):
+        viz.plot_filters(viz.first_layer_filters(run["restored"].variables))
 
 
 def test_feature_maps_png(run, tmp_path):

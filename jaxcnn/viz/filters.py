@@ -92,6 +92,11 @@ def plot_filters(
         >>> len(plot_filters(np.ones((3, 3, 1, 6)), num_cols=3).axes)
         6
     """
+    if isinstance(kernel, tuple) and len(kernel) == 2 and isinstance(kernel[0], str):
+        raise ValueError(
+            "kernel is a (path, kernel) pair, as first_layer_filters returns: write "
+            "path, kernel = first_layer_filters(variables); plot_filters(kernel, layer_name=path)"
+        )
     weights = np.asarray(kernel, dtype=np.float32)
     if weights.ndim != 4:
         raise ValueError(f"kernel must be (kh, kw, in, out), got shape {weights.shape}")
