@@ -247,13 +247,8 @@ def _fill_border(image_hwc, pads, mode: str):
     import jax.numpy as jnp
 
     width = (*pads, (0, 0))
-    if mode == "reflect" and any(
-        max(lo, hi) >= size for (lo, hi), size in zip(pads, image_hwc.shape[:2], strict=True)
-    ):
-        raise ValueError(
-            f"padding='REFLECT' needs a border smaller than the image, got border {pads} for "
-            f"spatial shape {image_hwc.shape[:2]}"
-        )
+    # A border wider than the image reflects again (1234 -> ..3 2 1 2 3 4 3 2 1 2..), as
+    # jnp.pad, and so flax.linen.Conv, does.
     return jnp.pad(image_hwc, width, mode=mode)
 
 
