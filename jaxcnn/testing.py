@@ -242,12 +242,18 @@ def _zero_pads(padding, rank: int):
     return tuple(p if isinstance(p, tuple) else (p, p) for p in padding)
 
 
-def _check_options(ranks, modes, allowed) -> None:
+def _check_options(ranks, modes, allowed, **limits) -> None:
+    """Arguments of a strategy, checked where it first draws (named, unlike hypothesis'
+    own ``max_value=0 < min_value=1``)."""
     if not ranks or any(r not in (1, 2, 3) for r in ranks):
         raise ValueError(f"ranks={ranks!r}: give a non-empty subset of (1, 2, 3)")
     unknown = set(modes) - set(allowed)
     if unknown:
         raise ValueError(f"modes={modes!r}: {sorted(unknown)} not among {', '.join(allowed)}")
+    for name, value in limits.items():
+        lowest = 0 if name in ("max_pad", "max_extra_size") else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+            raise ValueError(f"{name}={value!r}; valid: an int >= {lowest}")
 
 
 @st.composite
@@ -287,7 +293,17 @@ def conv_cases(
             block = MyBlock(case.features, case.kernel, case.strides, case.padding)
             assert_output_shape(block, case.input_shape, case.expected_shape)
     """
-    _check_options(ranks, modes, shapes.CONV_PADDING_MODES)
+    _check_options(
+        ranks,
+        modes,
+        shapes.CONV_PADDING_MODES,
+        max_kernel=max_kernel,
+        max_stride=max_stride,
+        max_dilation=max_dilation,
+        max_groups=max_groups,
+        max_pad=max_pad,
+        max_extra_size=max_extra_size,
+    )
     rank = draw(st.sampled_from(ranks))
     kernel = _per_axis(draw, rank, 1, max_kernel)
     strides = _per_axis(draw, rank, 1, max_stride)
@@ -327,7 +343,16 @@ def conv_transpose_cases(
     Returns:
       A hypothesis strategy of ``ConvTransposeCase``.
     """
-    _check_options(ranks, modes, shapes.CONV_TRANSPOSE_PADDING_MODES)
+    _check_options(
+        ranks,
+        modes,
+        shapes.CONV_TRANSPOSE_PADDING_MODES,
+        max_kernel=max_kernel,
+        max_stride=max_stride,
+        max_dilation=max_dilation,
+        max_pad=max_pad,
+        max_extra_size=max_extra_size,
+    )
     rank = draw(st.sampled_from(ranks))
     kernel = _per_axis(draw, rank, 1, max_kernel)
     strides = _per_axis(draw, rank, 1, max_stride)
@@ -371,7 +396,15 @@ def pool_cases(
     Returns:
       A hypothesis strategy of ``PoolCase``.
     """
-    _check_options(ranks, modes, shapes.POOL_PADDING_MODES)
+    _check_options(
+        ranks,
+        modes,
+        shapes.POOL_PADDING_MODES,
+        max_window=max_window,
+        max_stride=max_stride,
+        max_pad=max_pad,
+        max_extra_size=max_extra_size,
+    )
     rank = draw(st.sampled_from(ranks))
     window = _per_axis(draw, rank, 1, max_window)
     strides = None if draw(st.booleans()) else _per_axis(draw, rank, 1, max_stride)

@@ -50,6 +50,10 @@ def test_strategy_options_are_checked(data):
         data.draw(testing.conv_cases(ranks=(4,)))
     with pytest.raises(ValueError, match=r"\['REFLECT'\] not among VALID, SAME, SAME_LOWER"):
         data.draw(testing.pool_cases(modes=("REFLECT",)))
+    with pytest.raises(ValueError, match=r"max_groups=0; valid: an int >= 1"):
+        data.draw(testing.conv_cases(max_groups=0))
+    with pytest.raises(ValueError, match=r"max_window=-1; valid: an int >= 1"):
+        data.draw(testing.pool_cases(max_window=-1))
     with pytest.raises(ValueError, match="unknown: \\['typo'\\]"):
         data.draw(testing.invalid_shape_arguments(kinds=("typo",)))
 

@@ -180,6 +180,9 @@ def test_image_grid_layout_and_errors(tmp_path):
 def test_plot_input_errors(tmp_path):
     with pytest.raises(ValueError, match="labels must lie in"):
         viz.confusion_matrix([0, 3], [0, 1], 3)
+    with pytest.raises(ValueError, match="num_classes must be a positive int, got 0"):
+        viz.confusion_matrix([], [], 0)  # named, not taken for a float labels array
+    assert viz.confusion_matrix([], [], 2).tolist() == [[0, 0], [0, 0]]
     with pytest.raises(ValueError, match="square"):
         viz.plot_confusion_matrix(np.zeros((2, 3)))
     with pytest.raises(ValueError, match=r"\(kh, kw, in, out\)"):

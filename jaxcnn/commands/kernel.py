@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxcnn.commands import shapes as shapes_command
+
 SAMPLES = ("digit", "china", "flower", "grace_hopper")
 
 
@@ -102,8 +104,9 @@ def parse_kernel(text: str):
 
 
 def parse_padding(text: str):
-    """Modes are upper-cased (``same`` -> ``"SAME"``); ``"2"`` becomes the int 2."""
-    return int(text) if text.lstrip("-").isdigit() else text.upper()
+    """As ``jaxcnn shapes`` reads ``p=``: ``same`` -> ``"SAME"``, ``2`` -> 2, ``1:2`` -> that
+    (lo, hi) pair on both axes, ``1x0:1`` per axis."""
+    return shapes_command.parse_padding(text, 2, what="--padding")
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
@@ -127,7 +130,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="before_after.png", help="PNG to write")
     parser.add_argument("--stride", type=int, default=1, help="stride (default 1)")
     parser.add_argument(
-        "--padding", default="SAME", help="SAME, VALID, REFLECT, CIRCULAR or an int"
+        "--padding",
+        default="SAME",
+        help="SAME, VALID, REFLECT, CIRCULAR, an int, lo:hi, or per axis joined by x (1x0:1)",
     )
     parser.add_argument(
         "--channels",

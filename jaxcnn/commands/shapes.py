@@ -84,8 +84,13 @@ def _ints(text: str, what: str):
     return values[0] if len(values) == 1 else values
 
 
-def _padding(text: str, rank: int):
-    """``same`` -> 'SAME'; ``1`` -> 1; ``0:1`` -> that pair on every axis; ``1x0:1`` per axis."""
+def parse_padding(text: str, rank: int, what: str = "p"):
+    """``same`` -> 'SAME'; ``1`` -> 1; ``0:1`` -> that pair on every axis; ``1x0:1`` per axis.
+
+    Examples:
+        >>> parse_padding("same", 2), parse_padding("0:1", 2), parse_padding("1x0:1", 2)
+        ('SAME', [(0, 1), (0, 1)], [1, (0, 1)])
+    """
     if text.upper() in shapes.CONV_PADDING_MODES:
         return text.upper()
     entries = []
@@ -95,7 +100,7 @@ def _padding(text: str, rank: int):
             entries.append((int(lo), int(hi)) if colon else int(lo))
         except ValueError:
             raise UsageError(
-                f"p={text!r} is not a padding: give an int, lo:hi, entries joined by x, or "
+                f"{what}={text!r} is not a padding: give an int, lo:hi, entries joined by x, or "
                 f"one of {', '.join(m.lower() for m in shapes.CONV_PADDING_MODES)}"
             ) from None
     if len(entries) == 1:
@@ -134,7 +139,7 @@ def _fill(kind: str, args: dict, rest: str, rank: int) -> None:
         if key in args:
             # conv:32,k=3,k=5 would otherwise silently take the last one.
             raise UsageError(f"{key} given twice (in {item!r})")
-        args[key] = _padding(value, rank) if key == "padding" else _ints(value, key)
+        args[key] = parse_padding(value, rank) if key == "padding" else _ints(value, key)
 
 
 def parse_layer(text: str, rank: int) -> tuple[str, dict]:

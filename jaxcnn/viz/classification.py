@@ -17,6 +17,8 @@ MAX_ANNOTATED_CLASSES = 20
 
 def _labels(name: str, values) -> np.ndarray:
     array = np.asarray(values)
+    if array.ndim == 1 and array.size == 0:
+        return array.astype(np.int64)  # np.asarray([]) is float64: no examples, no classes
     if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"{name} must be a 1-D array of ints, got {array.dtype} {array.shape}")
     return array.astype(np.int64)
@@ -38,13 +40,13 @@ def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
         >>> confusion_matrix([0, 1, 1], [0, 0, 1], 2).tolist()
         [[1, 0], [1, 1]]
     """
+    if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     labels, predictions = _labels("labels", labels), _labels("predictions", predictions)
     if labels.shape != predictions.shape:
         raise ValueError(
             f"labels {labels.shape} and predictions {predictions.shape} must have the same shape"
         )
-    if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     for name, values in (("labels", labels), ("predictions", predictions)):
         if values.size and (values.min() < 0 or values.max() >= num_classes):
             raise ValueError(
