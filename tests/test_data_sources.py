@@ -253,6 +253,9 @@ def test_cifar_archive_errors(tmp_path):
         read_cifar_archive(tmp_path / "partial.tar.gz")
     with pytest.raises(data.DataError, match="label_mode='coarse' applies to cifar100 only"):
         data.load("cifar10", tmp_path, label_mode="coarse")
+    # Checked before the archive is looked for: the option, not a missing file, is named.
+    with pytest.raises(data.DataError, match=r"label_mode='medium' for cifar100; valid: \["):
+        data.load("cifar100", tmp_path / "empty", label_mode="medium", download=False)
 
 
 # ---------------------------------------------------------------- image folders

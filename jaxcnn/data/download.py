@@ -141,4 +141,6 @@ def _download_to(urls, destination: Path, sha256: str, size, timeout, quiet) -> 
     raise DownloadError(
         f"could not download {destination.name}; nothing was saved. Tried:\n  "
         + "\n  ".join(failures)
+        + f"\nOffline? Put the official file at {destination}, or point data_dir "
+        "(--data-dir, --config.data_dir, JAXCNN_DATA_DIR) at the folder that has it."
     )

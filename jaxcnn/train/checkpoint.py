@@ -19,6 +19,8 @@ fail deep inside with a shape error.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,22 @@ def _key_name(key: Any) -> str:
         if hasattr(key, attribute):
             return str(getattr(key, attribute))
     return str(key)
+
+
+@contextlib.contextmanager
+def _without_log_records(logger_name: str, fragment: str, active: bool = True):
+    """Within: ``logger_name``'s records containing ``fragment`` are dropped."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return fragment not in record.getMessage()
+
+    logger = logging.getLogger(logger_name)
+    if active:
+        logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 class CheckpointStore:
@@ -168,7 +186,12 @@ class CheckpointStore:
         if self.read_only:
             raise PermissionError(f"checkpoint store {self.directory} was opened read-only")
         args = ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta))
-        self._manager.save(step, args=args, metrics=dict(metrics) if metrics else None, force=True)
+        # A mid-epoch (Ctrl-C) checkpoint has no metrics by design: orbax's warning about
+        # it would only confuse (the best step is chosen among the ones that have them).
+        with _without_log_records("absl", "did not provide metrics", active=not metrics):
+            self._manager.save(
+                step, args=args, metrics=dict(metrics) if metrics else None, force=True
+            )
         self._manager.wait_until_finished()
         return self.directory / str(step)
 

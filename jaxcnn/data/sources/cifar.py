@@ -135,6 +135,9 @@ def load_cifar_dataset(
     """
     if name == "cifar10" and label_mode != "fine":
         raise DataError(f"label_mode={label_mode!r} applies to cifar100 only; cifar10 has 'fine'")
+    modes = sorted(_LAYOUT[name]["names"]) if name in _LAYOUT else None
+    if modes is not None and label_mode not in modes:  # before any file is looked for
+        raise DataError(f"label_mode={label_mode!r} for {name}; valid: {modes}")
     paths, checks = fetch_official_files(
         name,
         data_dir,
