@@ -183,6 +183,9 @@ def test_plot_input_errors(tmp_path):
     with pytest.raises(ValueError, match="num_classes must be a positive int, got 0"):
         viz.confusion_matrix([], [], 0)  # named, not taken for a float labels array
     assert viz.confusion_matrix([], [], 2).tolist() == [[0, 0], [0, 0]]
+    with pytest.raises(ValueError, match=r"figures are written as PNG; give a .png name"):
+        viz.plot_filters(np.zeros((3, 3, 1, 2)), path=tmp_path / "filters.jpg")
+    assert not list(tmp_path.iterdir())
     with pytest.raises(ValueError, match="square"):
         viz.plot_confusion_matrix(np.zeros((2, 3)))
     with pytest.raises(ValueError, match=r"\(kh, kw, in, out\)"):

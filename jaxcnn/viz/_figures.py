@@ -87,6 +87,9 @@ def save_png_bytes(data: bytes, path: str | os.PathLike) -> Path:
         >>> out.read_bytes()[:4]
         b'\\x89PNG'
     """
+    if Path(path).suffix.lower() != ".png":
+        # PNG bytes under another name (a.jpg) would mislead every viewer and tool.
+        raise ValueError(f"path={str(path)!r}: figures are written as PNG; give a .png name")
     return write_atomic(path, data)
 
 
