@@ -1,8 +1,10 @@
-"""Files written whole or not at all: a temporary file beside the target, then a rename.
+"""Files written whole or not at all, and folders a failed attempt does not leave behind.
 
 Every file a run, a report or a figure leaves (``config.json``, ``metrics.jsonl``,
 ``results.json``, ``report.html``, PNGs) goes through :func:`write_atomic`, so a crash
 or a full disk never leaves a half-written one, and readers never see a partial file.
+A training run or a download that fails removes the folders it made, from
+:func:`outermost_missing_folder` down.
 """
 
 from __future__ import annotations
@@ -40,3 +42,18 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
         Path(temp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+def outermost_missing_folder(path: str | os.PathLike) -> Path | None:
+    """The first folder that ``Path(path).mkdir(parents=True)`` would create, or ``None``.
+
+    Examples:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> outermost_missing_folder(root / "runs" / "a") == root / "runs"
+        True
+        >>> outermost_missing_folder(root) is None
+        True
+    """
+    path = Path(path).absolute()
+    return next((p for p in (*reversed(path.parents), path) if not p.exists()), None)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jaxcnn.data.errors import ChecksumError, DownloadError
+from jaxcnn.files import outermost_missing_folder
 
 _CHUNK = 1 << 16
 _USER_AGENT = "jaxcnn-data/0.1 (+urllib)"
@@ -83,9 +84,9 @@ def download_file(
     destination = Path(destination)
     if not urls:
         raise DownloadError(f"no URL given to download {destination}")
-    folder = destination.parent
+    folder = destination.absolute().parent  # absolute, as the path it is compared with
     # The outermost folder this call makes: removed again if nothing could be saved.
-    created = next((p for p in (*reversed(folder.parents), folder) if not p.exists()), None)
+    created = outermost_missing_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
     try:
         return _download_to(urls, destination, sha256, size, timeout, quiet)

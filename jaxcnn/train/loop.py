@@ -28,7 +28,7 @@ import numpy as np
 
 from jaxcnn import data as data_lib
 from jaxcnn import xla_flags, xla_scheduler
-from jaxcnn.files import write_atomic
+from jaxcnn.files import outermost_missing_folder, write_atomic
 from jaxcnn.train import sharding as sharding_lib
 from jaxcnn.train.config import config_to_json, validate_config
 from jaxcnn.train.diagnosis import Diagnosis, diagnose
@@ -138,7 +138,7 @@ def fit(
             f"workdir {str(workdir)!r} is a file; give a new directory or a run's workdir"
         )
     # The outermost folder this call creates (runs/ for a first run): removed on failure.
-    created = next((p for p in (*reversed(workdir.parents), workdir) if not p.exists()), None)
+    created = outermost_missing_folder(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     run = None
     try:
