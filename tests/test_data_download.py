@@ -71,6 +71,10 @@ def test_download_checksum_mismatch_leaves_nothing(server, tmp_path):
     assert f"{server}/bad/{first.filename}" in message and first.sha256 in message
     assert "Nothing was saved" in message and "mirror" in message
     assert not (tmp_path / "mnist").exists()  # not even the folder it made
+    # With several mirrors, the message says what each one did, not only the first.
+    with pytest.raises(data.ChecksumError) as caught:
+        data.load("mnist", tmp_path, mirrors=[f"{server}/bad/", "http://127.0.0.1:9/"])
+    assert "Every URL tried" in str(caught.value) and "127.0.0.1:9" in str(caught.value)
 
 
 def test_interrupted_download_leaves_nothing(server, tmp_path):

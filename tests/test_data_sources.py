@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import io
 import struct
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -15,7 +17,7 @@ from PIL import Image
 
 from jaxcnn import data
 from jaxcnn.data.sources.cifar import read_cifar_archive
-from jaxcnn.data.sources.folder import load_folder_dataset
+from jaxcnn.data.sources.folder import decode_image, load_folder_dataset
 from jaxcnn.data.sources.idx import read_idx
 
 
@@ -58,16 +60,60 @@ def test_from_arrays_converts_and_checks():
         np.arange(10) % 3,
         np.zeros((4, 5, 5), np.uint8),
         [0, 1, 2, 0],
-        class_names="abc",
+        class_names=["a", "b", "c"],
     )
     assert ds.image_shape == (5, 5, 1) and ds.class_names == ("a", "b", "c")
     assert ds.train.images.dtype == np.uint8 and ds.info.source == "arrays"
     with pytest.raises(data.DataError, match=r"not in \[0, 1\]"):
         data.from_arrays(np.full((2, 3, 3), 2.0), [0, 1], np.zeros((1, 3, 3)), [0])
     with pytest.raises(data.DataError, match="labels run 0..5, valid: 0..1"):
-        data.from_arrays(np.zeros((2, 3, 3)), [0, 5], np.zeros((1, 3, 3)), [0], class_names="ab")
+        data.from_arrays(
+            np.zeros((2, 3, 3)), [0, 5], np.zeros((1, 3, 3)), [0], class_names=["a", "b"]
+        )
     with pytest.raises(data.DataError, match="test images are"):
         data.from_arrays(np.zeros((2, 3, 3)), [0, 1], np.zeros((1, 4, 4)), [0])
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        # int32 would wrap 2**32 + 1 to 1: the range is checked before the cast.
+        ({"train_labels": [0, 2**32 + 1]}, r"labels must be class indices; got values from 0"),
+        ({"train_images": np.full((2, 3, 3), np.nan)}, "train_images hold NaN or infinite"),
+        (
+            {"train_images": np.zeros((2, 3, 8, 8), np.uint8)},
+            r"look channels-first \(N, C, H, W\).*transpose\(0, 2, 3, 1\)",
+        ),
+        ({"class_names": "ab"}, "class_names='ab' is one string; give one name per class"),
+        ({"class_names": ["a", "a"]}, r"class_names repeat \['a'\]"),
+        ({"seed": -1}, "seed must be a non-negative int; got -1"),
+    ],
+)
+def test_from_arrays_refuses_what_would_load_as_nonsense(arguments, message):
+    given = {
+        "train_images": np.zeros((2, 3, 3), np.uint8),
+        "train_labels": [0, 1],
+        "test_images": np.zeros((1, 3, 3), np.uint8),
+        "test_labels": [0],
+        **arguments,
+    }
+    with pytest.raises(data.DataError, match=message):
+        data.from_arrays(
+            given.pop("train_images"),
+            given.pop("train_labels"),
+            given.pop("test_images"),
+            given.pop("test_labels"),
+            **given,
+        )
+
+
+def test_from_arrays_and_load_take_numpy_scalars_and_empty_label_lists():
+    ds = data.from_arrays(
+        np.zeros((4, 3, 3), np.uint8), [0, 1, 0, 1], np.zeros((0, 3, 3), np.uint8), [],
+        validation_split=np.float32(0.5), seed=np.int64(3),
+    )  # fmt: skip
+    assert (len(ds.train), len(ds.validation), len(ds.test)) == (2, 2, 0)
+    assert len(data.load("digits", validation_split=np.float64(0.1), seed=np.int64(1)).train)
 
 
 @pytest.mark.parametrize(
@@ -76,7 +122,7 @@ def test_from_arrays_converts_and_checks():
         (lambda: data.load("mnistt"), "unknown dataset name 'mnistt'; valid: digits, mnist"),
         (
             lambda: data.load("digits", validation_split=1.0),
-            r"validation_split must be in \[0, 1\)",
+            r"validation_split must be a number in \[0, 1\); got 1.0",
         ),
         (lambda: data.load("digits", seed=-1), "seed must be a non-negative int"),
         (lambda: data.load("digits", image_size=3), r"unknown option\(s\) \['image_size'\]"),
@@ -306,6 +352,84 @@ def test_folder_with_broken_file_names_it(image_folder, tmp_path):
     assert len(ds.train) + len(ds.test) == 15
     with pytest.warns(UserWarning, match="skipped 1"):  # the cache remembers the skip
         data.load(f"folder:{image_folder}", tmp_path, image_size=8, skip_bad=True)
+
+
+def test_folder_cache_of_a_skip_bad_run_still_refuses_without_skip_bad(image_folder, tmp_path):
+    (image_folder / "dog" / "9.jpg").write_bytes(b"not an image")
+    with pytest.warns(UserWarning, match="skipped 1"):
+        data.load(f"folder:{image_folder}", tmp_path, image_size=8, skip_bad=True)
+    with pytest.raises(data.DataFormatError, match="skip_bad=True to skip them"):
+        data.load(f"folder:{image_folder}", tmp_path, image_size=8)  # from the cache
+
+
+def test_folder_reads_nested_folders_and_16_bit_images(image_folder):
+    nested = image_folder / "cat" / "more" / "deeper"
+    nested.mkdir(parents=True)
+    Image.new("RGB", (12, 10), (255, 0, 0)).save(nested / "x.png")
+    ramp = (np.arange(12 * 10, dtype=np.uint32).reshape(10, 12) * 546).astype(np.uint16)
+    Image.fromarray(ramp).save(image_folder / "emu" / "wide.png")  # mode I;16
+    ds = load_folder_dataset(image_folder, cache=False, image_size=(10, 12), test_split=0.1)
+    # Subfolders count, as in torchvision's ImageFolder: 15 + 1 nested + 1 16-bit.
+    assert len(ds.train) + len(ds.test) == 17
+    grey = decode_image(image_folder / "emu" / "wide.png", (10, 12), grayscale=True)[..., 0]
+    np.testing.assert_array_equal(grey, ramp >> 8)  # the top 8 bits, not clipped at 255
+
+
+def test_folder_split_folders_without_classes_are_refused(tmp_path):
+    for split in ("train", "test"):
+        (tmp_path / split).mkdir()
+        Image.new("RGB", (4, 4)).save(tmp_path / split / "a.png")
+    with pytest.raises(data.DataFormatError, match=r"train holds images but no class subfolders"):
+        data.load(f"folder:{tmp_path}", cache=False)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"test_split": 1.5}, r"test_split must be a fraction in \(0, 1\)"),
+        ({"test_split": 0}, r"test_split must be a fraction in \(0, 1\)"),
+        ({"split_seed": -1}, "split_seed must be a non-negative int; got -1"),
+        ({"workers": "2"}, "workers must be None .* or an int >= 1; got '2'"),
+        ({"image_size": True}, "image_size must be a positive int or"),
+        ({"skip_bad": "no"}, "skip_bad must be True or False; got 'no'"),
+        ({"cache": "no"}, "cache must be True or False"),
+    ],
+)
+def test_folder_options_are_checked_before_any_file_is_read(tmp_path, option, message):
+    # The folder does not even exist: the option is reported, not the missing folder.
+    with pytest.raises(data.DataError, match=message):
+        data.load(f"folder:{tmp_path / 'nope'}", **option)
+
+
+def test_folder_takes_numpy_sizes_and_survives_an_unwritable_cache(image_folder, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("the cache folder cannot be made under a file")
+    with pytest.warns(UserWarning, match="could not write the decoded-array cache"):
+        ds = data.load(f"folder:{image_folder}", blocker, image_size=np.int64(8))
+    assert ds.image_shape == (8, 8, 3)
+
+
+NO_GUARD_SCRIPT = """
+import os
+from jaxcnn import data
+from jaxcnn.data.sources import folder
+folder._SERIAL_BELOW = 0  # a pool even for a tiny folder
+dataset = data.load("folder:pets", cache=False, workers=2)
+with open("ran.txt", "a") as log:
+    log.write(f"{os.getpid()}\\n")  # stands for the rest of a user's script (training)
+"""
+
+
+def test_a_script_without_main_guard_runs_its_rest_once(image_folder):
+    # Spawned workers import the script; they must stop at the load, not train too.
+    script = image_folder.parent / "train_no_guard.py"
+    script.write_text(NO_GUARD_SCRIPT)
+    run = subprocess.run(
+        [sys.executable, script.name], cwd=image_folder.parent, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert "decoding serially" in run.stderr and "__main__" in run.stderr
+    assert len((image_folder.parent / "ran.txt").read_text().split()) == 1
 
 
 def test_folder_with_empty_class_is_an_error(image_folder):

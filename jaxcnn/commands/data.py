@@ -90,7 +90,7 @@ def main(argv: list[str]) -> int:
 
     args = build_parser().parse_args(argv)
     options = dict(args.option)
-    if args.no_download and not args.name.startswith(("folder:", "digits")):
+    if args.no_download and not args.name.lower().startswith(("folder:", "digits")):
         options["download"] = False
     try:
         dataset = load(

@@ -15,10 +15,12 @@ Examples:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.scipy.ndimage import map_coordinates
 
@@ -208,11 +210,15 @@ def brightness_contrast(key, image, brightness: float, contrast: float):
 
 def _number(spec, key, low, high, integer=False):
     value = spec[key]
-    kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or not low <= value <= high:
+    kind = numbers.Integral if integer else numbers.Real  # numpy scalars too
+    if (
+        isinstance(value, bool | np.bool_)
+        or not isinstance(value, kind)
+        or not low <= value <= high
+    ):
         what = "an int" if integer else "a number"
         raise ValueError(f"augment {key}={value!r}: must be {what} in [{low}, {high}]")
-    return value
+    return int(value) if integer else float(value)
 
 
 def validate(spec) -> dict:
@@ -233,9 +239,9 @@ def validate(spec) -> dict:
         raise ValueError(f"unknown augment key(s) {unknown}; valid keys: {sorted(DEFAULTS)}")
     merged = {**DEFAULTS, **spec}
     flip = merged["flip"]
-    if isinstance(flip, bool):
+    if isinstance(flip, bool | np.bool_):
         flip = 0.5 if flip else 0.0
-    elif not isinstance(flip, (int, float)) or not 0 <= flip <= 1:
+    elif not isinstance(flip, numbers.Real) or not 0 <= flip <= 1:
         raise ValueError(f"augment flip={flip!r}: must be True/False or a probability in [0, 1]")
     if merged["crop_mode"] not in CROP_MODES:
         raise ValueError(f"augment crop_mode={merged['crop_mode']!r}: must be one of {CROP_MODES}")

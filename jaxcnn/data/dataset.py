@@ -15,8 +15,8 @@ import numpy as np
 
 from jaxcnn.data.errors import DataError
 
-# Independent random streams for the two seeded splits, so that changing the
-# test fraction of a folder never changes which examples become validation.
+# Independent random streams for the two seeded splits: with one seed, the test
+# carve-out and the validation carve-out are different draws, not the same one twice.
 _VALIDATION_STREAM = 0x56414C  # "VAL"
 _TEST_STREAM = 0x54455354  # "TEST"
 
@@ -40,6 +40,8 @@ class Split:
 
     def __post_init__(self):
         images, labels = np.asarray(self.images), np.asarray(self.labels)
+        if labels.ndim == 1 and labels.size == 0:
+            labels = labels.astype(np.int32)  # np.asarray([]) is float64
         if images.dtype != np.uint8 or images.ndim != 4:
             raise DataError(
                 f"Split images must be uint8 (N, H, W, C); got {images.dtype} {images.shape}"
@@ -50,6 +52,13 @@ class Split:
             )
         if len(labels) != len(images):
             raise DataError(f"Split has {len(images)} images but {len(labels)} labels")
+        bounds = np.iinfo(np.int32)
+        if labels.size and (labels.min() < bounds.min or labels.max() > bounds.max):
+            # Checked before the int32 cast, which would wrap 2**32 + 1 to 1 silently.
+            raise DataError(
+                f"Split labels must be class indices; got values from {labels.min()} to "
+                f"{labels.max()}"
+            )
         object.__setattr__(self, "images", images)
         object.__setattr__(self, "labels", labels.astype(np.int32, copy=False))
 
@@ -174,7 +183,7 @@ def seeded_partition(num_examples: int, fraction: float, seed: int, stream: int,
         (8, 2)
     """
     if not 0.0 < fraction < 1.0:
-        raise DataError(f"{what} must be in [0, 1); got {fraction!r}")
+        raise DataError(f"{what} must be in (0, 1) here; got {fraction!r}")
     num_taken = round(fraction * num_examples)
     if num_taken < 1 or num_taken >= num_examples:
         raise DataError(
@@ -215,9 +224,16 @@ def _as_uint8_images(images, what: str) -> np.ndarray:
         images = images[..., None]
     if images.ndim != 4:
         raise DataError(f"{what} must be (N, H, W) or (N, H, W, C); got shape {images.shape}")
+    if images.shape[1] in (1, 3, 4) and images.shape[-1] > 4:
+        raise DataError(
+            f"{what} of shape {images.shape} look channels-first (N, C, H, W), as PyTorch "
+            "keeps them; jaxcnn takes (N, H, W, C): pass images.transpose(0, 2, 3, 1)"
+        )
     if images.dtype == np.uint8:
         return images
     if np.issubdtype(images.dtype, np.floating):
+        if images.size and not np.isfinite(images).all():
+            raise DataError(f"{what} hold NaN or infinite values; pass float 0..1")
         if images.size and (images.min() < 0.0 or images.max() > 1.0):
             raise DataError(
                 f"{what} are float but not in [0, 1] (min {images.min()}, "
@@ -259,6 +275,17 @@ def from_arrays(
         >>> len(ds.train), len(ds.validation), int(ds.train.images.max())
         (8, 2, 255)
     """
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise DataError(f"seed must be a non-negative int; got {seed!r}")
+    if class_names is not None:
+        if isinstance(class_names, str):
+            raise DataError(
+                f"class_names={class_names!r} is one string; give one name per class, "
+                "e.g. ['cat', 'dog']"
+            )
+        repeated = sorted({str(c) for c in class_names if list(class_names).count(c) > 1})
+        if repeated:
+            raise DataError(f"class_names repeat {repeated}; each class needs its own name")
     train = Split(_as_uint8_images(train_images, "train_images"), np.asarray(train_labels))
     test = Split(_as_uint8_images(test_images, "test_images"), np.asarray(test_labels))
     if class_names is None:
@@ -266,4 +293,4 @@ def from_arrays(
         class_names = [str(i) for i in range(largest + 1)]
     info = DatasetInfo(source="arrays", location="memory", checksum_status="not applicable")
     dataset = Dataset(name, train, test, None, tuple(class_names), info)
-    return split_off_validation(dataset, validation_split, seed)
+    return split_off_validation(dataset, validation_split, int(seed))

@@ -138,7 +138,15 @@ def _download_to(urls, destination: Path, sha256: str, size, timeout, quiet) -> 
         finally:
             tmp.unlink(missing_ok=True)
     if mismatches:
-        raise mismatches[0]
+        first = mismatches[0]
+        if len(failures) > 1:  # say what the other mirrors did too
+            raise ChecksumError(
+                first.path,
+                first.expected,
+                first.actual,
+                first.advice + " Every URL tried:\n  " + "\n  ".join(failures),
+            )
+        raise first
     raise DownloadError(
         f"could not download {destination.name}; nothing was saved. Tried:\n  "
         + "\n  ".join(failures)

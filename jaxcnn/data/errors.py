@@ -26,10 +26,12 @@ class ChecksumError(DataError):
         path: the file (or URL) that was checked.
         expected: the official SHA-256 (hex).
         actual: the SHA-256 that was computed (hex).
+        advice: what to do about it.
     """
 
     def __init__(self, path: str, expected: str, actual: str, advice: str):
         self.path, self.expected, self.actual = str(path), expected, actual
+        self.advice = advice
         super().__init__(
             f"checksum mismatch for {path}: expected sha256 {expected}, got {actual}. {advice}"
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import numbers
 import os
 
 from jaxcnn.data.dataset import Dataset, split_off_validation
@@ -90,9 +91,13 @@ def load(
     """
     if not isinstance(name, str) or not name:
         raise DataError(f"name must be a non-empty string; got {name!r}; valid: {names()}")
-    if not isinstance(validation_split, (int, float)) or not 0.0 <= validation_split < 1.0:
-        raise DataError(f"validation_split must be in [0, 1); got {validation_split!r}")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+    if (
+        isinstance(validation_split, bool)
+        or not isinstance(validation_split, numbers.Real)
+        or not 0.0 <= validation_split < 1.0
+    ):
+        raise DataError(f"validation_split must be a number in [0, 1); got {validation_split!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise DataError(f"seed must be a non-negative int; got {seed!r}")
     function, argument = _source(name)
     _check_options(function, source_options, name)
@@ -100,6 +105,8 @@ def load(
         dataset = function(data_dir, **source_options)
     else:
         if not argument:
-            raise DataError(f"{name!r} needs a value after the colon, e.g. 'tfds:mnist'")
+            prefix = name.partition(":")[0]
+            example = {"folder": "folder:~/photos"}.get(prefix.lower(), f"{prefix}:mnist")
+            raise DataError(f"{name!r} needs a value after the colon, e.g. {example!r}")
         dataset = function(argument, data_dir, **source_options)
-    return split_off_validation(dataset, float(validation_split), seed)
+    return split_off_validation(dataset, float(validation_split), int(seed))

@@ -23,6 +23,7 @@ import concurrent.futures
 import hashlib
 import json
 import multiprocessing
+import numbers
 import os
 import secrets
 import time
@@ -42,15 +43,17 @@ _SPLIT_FOLDERS = {"train": ("train",), "validation": ("validation", "val"), "tes
 
 
 def _image_files(class_dir: Path) -> list[Path]:
-    # os.scandir knows file types from the directory listing: no stat per file.
-    with os.scandir(class_dir) as entries:
-        return sorted(
-            Path(entry.path)
-            for entry in entries
-            if entry.name.lower().endswith(IMAGE_EXTENSIONS)
-            and not entry.name.startswith(".")
-            and entry.is_file()
-        )
+    """Every image file under ``class_dir``, subfolders included (as torchvision's
+    ``ImageFolder`` and Keras read them); hidden files and folders are skipped."""
+    found = []
+    for folder, subfolders, files in os.walk(class_dir, followlinks=True):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        found += [
+            Path(folder, name)
+            for name in files
+            if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+        ]
+    return sorted(found)
 
 
 def _class_dirs(pool: Path) -> list[Path]:
@@ -83,6 +86,13 @@ def scan_folder(
             present = [root / n for n in folder_names if (root / n).is_dir()]
             if present:
                 pools[split] = present[0]
+    elif (root / "train").is_dir() and _image_files(root / "train"):
+        # Otherwise "train" and "test" would become two classes labelled by split.
+        raise DataFormatError(
+            f"{root / 'train'} holds images but no class subfolders; expected "
+            f"{root}/train/<class>/*.jpg (and {root}/test/<class>/*.jpg), or "
+            f"{root}/<class>/*.jpg with no split folders"
+        )
     else:
         pools["train"] = root
     class_names = tuple(p.name for p in _class_dirs(pools["train"]))
@@ -126,6 +136,11 @@ def decode_image(path, size: tuple[int, int], grayscale: bool) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as image:  # GIFs: the first frame
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # 16-bit (and 32-bit integer) greyscale: PIL's convert would clip at 255,
+            # leaving a nearly white image; keep the top 8 of 16 bits instead.
+            wide = np.asarray(image, dtype=np.uint32) >> 8
+            image = Image.fromarray(np.clip(wide, 0, 255).astype(np.uint8))  # mode L
         image = image.convert("L" if grayscale else "RGB")
         if image.size != (size[1], size[0]):
             image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
@@ -165,6 +180,12 @@ def _decode_all(paths: list[str], size, grayscale: bool, workers: int):
                 pool.map(_decode_chunk, chunks, [size] * len(chunks), [grayscale] * len(chunks))
             )
     except (concurrent.futures.process.BrokenProcessPool, RuntimeError) as error:
+        if getattr(multiprocessing.current_process(), "_inheriting", False):
+            # A spawned worker still importing a script that has no __main__ guard (the
+            # flag multiprocessing itself checks to raise this error): let that error end
+            # the worker here, before it runs the rest of the user's script (training!);
+            # the parent sees a broken pool and decodes serially.
+            raise
         warnings.warn(
             f"decoding in {workers} processes failed ({error}); decoding serially. A script "
             "that loads a folder needs an `if __name__ == '__main__':` guard to use processes.",
@@ -179,14 +200,47 @@ def _decode_all(paths: list[str], size, grayscale: bool, workers: int):
     return (images, failures), workers
 
 
-def _target_size(listing, image_size) -> tuple[int, int]:
+def _is_count(value, lowest: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral) and value >= lowest
+
+
+def _check_folder_options(image_size, color_mode, test_split, split_seed, skip_bad, cache, workers):
+    """Every option, before a file is read (a typo must not wait for the decoding)."""
+    if color_mode not in ("rgb", "grayscale"):
+        raise DataError(f"color_mode must be 'rgb' or 'grayscale'; got {color_mode!r}")
     if image_size is not None:
-        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+        pair = (image_size, image_size) if _is_count(image_size, 1) else image_size
+        try:
+            good = len(pair) == 2 and all(_is_count(side, 1) for side in pair)
+        except TypeError:  # not a sequence
+            good = False
+        if not good:
             raise DataError(
                 f"image_size must be a positive int or (height, width); got {image_size!r}"
             )
-        return size
+    if (
+        isinstance(test_split, bool)
+        or not isinstance(test_split, numbers.Real)
+        or not 0 < test_split < 1
+    ):
+        raise DataError(
+            f"test_split must be a fraction in (0, 1) (used when there is no test/ folder); "
+            f"got {test_split!r}"
+        )
+    if not _is_count(split_seed, 0):
+        raise DataError(f"split_seed must be a non-negative int; got {split_seed!r}")
+    for name, value in (("skip_bad", skip_bad), ("cache", cache)):
+        if not isinstance(value, bool):
+            raise DataError(f"{name} must be True or False; got {value!r}")
+    if workers is not None and not _is_count(workers, 1):
+        raise DataError(f"workers must be None (every usable core) or an int >= 1; got {workers!r}")
+
+
+def _target_size(listing, image_size) -> tuple[int, int]:
+    if image_size is not None:
+        if _is_count(image_size, 1):
+            return int(image_size), int(image_size)
+        return tuple(int(s) for s in image_size)
     from PIL import Image
 
     for path, _ in listing["train"]:  # the first readable image sets the size
@@ -260,33 +314,35 @@ def load_folder_dataset(
     Examples:
         >>> ds = load_folder_dataset("photos", image_size=64)  # doctest: +SKIP
     """
-    if color_mode not in ("rgb", "grayscale"):
-        raise DataError(f"color_mode must be 'rgb' or 'grayscale'; got {color_mode!r}")
+    _check_folder_options(image_size, color_mode, test_split, split_seed, skip_bad, cache, workers)
     root = Path(path).expanduser()
     class_names, listing = scan_folder(root)
     size = _target_size(listing, image_size)
     grayscale = color_mode == "grayscale"
     cache_root = Path(cache_dir) if cache_dir else data_roots(data_dir)[0] / "folder_cache"
-    cache_file = cache_root / f"{root.name}-{_cache_key(root, listing, size, grayscale)[:24]}.npz"
+    label = root.resolve().name or "root"  # "folder:." names the folder, not "."
+    cache_file = cache_root / f"{label}-{_cache_key(root, listing, size, grayscale)[:24]}.npz"
     notes = []
     if cache and cache_file.is_file():
         with np.load(cache_file, allow_pickle=False) as stored:
             arrays = {key: stored[key] for key in stored.files}
         notes.append(f"decoded arrays read from cache {cache_file}")
+        _refuse_unreadable(arrays, root, skip_bad)  # the cache may come from a skip_bad run
     else:
         arrays = _decode_listing(listing, size, grayscale, workers, notes)
-        bad = [str(p) for p in arrays["skipped"]]
-        if bad and not skip_bad:
-            shown = "\n  ".join(
-                f"{p}: {why}" for p, why in zip(bad[:5], arrays["reasons"][:5], strict=True)
-            )
-            raise DataFormatError(
-                f"{len(bad)} unreadable image file(s) under {root}:\n  {shown}\n"
-                "Fix or delete them, or pass skip_bad=True to skip them."
-            )
+        _refuse_unreadable(arrays, root, skip_bad)
         if cache:
-            _save_atomically(cache_file, arrays)
-            notes.append(f"decoded arrays cached in {cache_file}")
+            try:
+                _save_atomically(cache_file, arrays)
+                notes.append(f"decoded arrays cached in {cache_file}")
+            except OSError as error:  # a read-only data dir: the load itself still works
+                warnings.warn(
+                    f"could not write the decoded-array cache ({error}); pass cache_dir= "
+                    "or cache=False",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                notes.append("not cached (the cache folder is not writable)")
     if len(arrays["skipped"]):
         warnings.warn(
             f"skipped {len(arrays['skipped'])} unreadable image file(s) under {root} "
@@ -305,13 +361,25 @@ def load_folder_dataset(
         notes.append(f"no test/ folder: test is a seeded {test_split:.0%} of the images")
     info = DatasetInfo("image folder", str(root), "not applicable", notes=tuple(notes))
     return Dataset(
-        f"folder:{root.name}",
+        f"folder:{label}",
         splits["train"],
         splits["test"],
         splits.get("validation"),
         class_names,
         info,
     )
+
+
+def _refuse_unreadable(arrays: dict[str, np.ndarray], root: Path, skip_bad: bool) -> None:
+    bad = [str(p) for p in arrays["skipped"]]
+    if bad and not skip_bad:
+        shown = "\n  ".join(
+            f"{p}: {why}" for p, why in zip(bad[:5], arrays["reasons"][:5], strict=True)
+        )
+        raise DataFormatError(
+            f"{len(bad)} unreadable image file(s) under {root}:\n  {shown}\n"
+            "Fix or delete them, or pass skip_bad=True to skip them."
+        )
 
 
 def _decode_listing(listing, size, grayscale, workers, notes) -> dict[str, np.ndarray]:
