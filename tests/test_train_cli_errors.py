@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib
 
+import flax.linen as nn
 import pytest
 
+from jaxcnn import models
 from jaxcnn.commands import train as train_command
 
 
@@ -60,6 +62,40 @@ def test_a_model_too_deep_for_the_images_names_model_and_shape(tmp_path, capsys)
     err = _refused_run("--config.model=mnist_cnn", tmp_path, capsys)
     assert "config.model = 'mnist_cnn' cannot take this data's examples of shape (8, 8, 1)" in err
     assert "output size below 1" in err
+
+
+class FiveOutputs(nn.Module):
+    """A registered user module with the wrong number of logits for digits' 10 classes."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        return nn.Dense(5)(x.reshape((x.shape[0], -1)))
+
+
+@pytest.fixture
+def registered():
+    names = []
+
+    def register(name, builder):
+        models.register(name, builder)
+        names.append(name)
+
+    yield register
+    for name in names:
+        del models._REGISTRY[name]  # leave the zoo as it was
+
+
+def test_a_model_with_the_wrong_number_of_logits_is_refused(tmp_path, capsys, registered):
+    registered("five_outputs", lambda **kwargs: FiveOutputs())
+    err = _refused_run("--config.model=five_outputs", tmp_path, capsys)
+    assert "returns (1, 5) for one example of shape (8, 8, 1)" in err
+    assert "(batch, num_classes) = (1, 10)" in err
+
+
+def test_a_builder_without_fits_arguments_says_which_it_must_take(tmp_path, capsys, registered):
+    registered("narrow", lambda num_classes: FiveOutputs())
+    err = _refused_run("--config.model=narrow", tmp_path, capsys)
+    assert "its builder must accept them (add **kwargs to ignore some)" in err
 
 
 def test_a_workdir_that_is_a_file_fails_cleanly(tmp_path, capsys):

@@ -264,7 +264,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(reference, tmp_path):
     shutil.copytree(expected.workdir, workdir)
     exploding = tiny_config(num_epochs=3, **{"optimizer.learning_rate": 1e30})
     with pytest.raises(NonFiniteLossError, match=r"last good checkpoint, step 88 .* intact"):
-        fit(exploding, workdir)
+        fit(exploding, workdir, allow_config_changes=True)  # the rate changes on purpose
+    assert json.loads((workdir / "config.before-step-88.json").read_text())["optimizer"][
+        "learning_rate"
+    ] == pytest.approx(3e-3)
     assert CheckpointStore(workdir / "checkpoints", read_only=True).latest_step() == 88
     assert_trees_equal(restore(workdir, "latest").variables["params"], expected.state.params)
     events = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -327,6 +330,18 @@ def test_resuming_with_another_batch_size_is_refused_before_config_json(referenc
     shutil.copytree(expected.workdir, workdir)
     with pytest.raises(CheckpointMismatchError, match=r"steps per epoch, the config now gives"):
         fit(tiny_config(batch_size=64), workdir)
+    assert (workdir / "config.json").read_text() == (expected.workdir / "config.json").read_text()
+
+
+def test_resuming_with_another_seed_is_refused_naming_the_field(reference, tmp_path):
+    # Shapes alike, steps per epoch alike: only config.json tells the runs apart.
+    expected, _ = reference
+    workdir = tmp_path / "run"
+    shutil.copytree(expected.workdir, workdir)
+    with pytest.raises(
+        CheckpointMismatchError, match=r"changes how the run trains \(seed: 0 -> 1\)"
+    ):
+        fit(tiny_config(seed=1, eval_batch_size=60), workdir)  # eval batch: may change
     assert (workdir / "config.json").read_text() == (expected.workdir / "config.json").read_text()
 
 

@@ -213,6 +213,9 @@ def test_should_stop_counts_epochs_without_improvement():
         ("dtype", "float16", "config.dtype = 'float16'"),
         ("validation_split", 1.0, "config.validation_split"),
         ("early_stopping.metric", "val_f1", "early_stopping.metric"),
+        ("batch_size", True, r"config.batch_size = True is invalid: a positive integer"),
+        ("optimizer.momentum", 2.0, r"config.optimizer.momentum = 2.0 is invalid: in \[0, 1\)"),
+        ("model", "resnet99", r"config.model = 'resnet99'.*registered again in each process"),
     ],
 )
 def test_validate_config_names_field_and_value(field, value, match):
@@ -227,6 +230,12 @@ def test_validate_config_rejects_unknown_fields_and_fills_defaults():
         validate_config(ml_collections.ConfigDict({"optimizer": {"lr": 0.1}}))
     filled = validate_config(ml_collections.ConfigDict({"num_epochs": 3}))
     assert filled.num_epochs == 3 and filled.optimizer.name == "sgd"
+    assert validate_config({"num_epochs": 2}).num_epochs == 2  # a plain dict is a config
+    assert filled.model == "digits_cnn" and filled.dataset == "digits"  # a pair that fits
+    with pytest.raises(ConfigError, match=r"optimizer.frozen = 'conv1' is invalid: a list"):
+        validate_config(ml_collections.ConfigDict({"optimizer": {"frozen": "conv1"}}))
+    with pytest.raises(ConfigError, match="config must be an ml_collections.ConfigDict or a dict"):
+        validate_config(3)
 
 
 # ----- sharding, volumes ------------------------------------------------------------------
@@ -363,6 +372,15 @@ def test_train_step_learns_and_is_compiled_once(tiny_setup):
     assert losses[-1] < 0.5 * losses[0]
     assert int(state.step) == 30
     assert state.batch_stats  # running statistics were updated
+
+
+def test_train_step_takes_float_images_in_0_1_as_the_eval_step_does(tiny_setup):
+    model, state, batch = tiny_setup
+    step = jax.jit(make_train_step(model, mean=[0.5], std=[0.25]))
+    _, from_uint8 = step(state, batch)
+    floats = {**batch, "image": batch["image"].astype(jnp.float32) / 255.0}
+    _, from_floats = step(state, floats)  # not divided by 255 a second time
+    np.testing.assert_allclose(from_floats["loss_sum"], from_uint8["loss_sum"], rtol=1e-6)
 
 
 def test_frozen_parameters_cost_no_gradient_and_leave_the_rest_unchanged(tiny_setup):

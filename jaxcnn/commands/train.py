@@ -26,6 +26,10 @@ _CONFIG_HELP = (
 )
 _WORKDIR_HELP = "run directory; resumes if it has checkpoints (default: fresh runs/<config>-<time>)"
 _REPORT_HELP = "write WORKDIR/report.html after training (--noreport to skip)"
+_CHANGES_HELP = (
+    "resume even when the config changes how the run trains (seed, learning rate, ...); "
+    "the previous config is kept as WORKDIR/config.before-step-N.json"
+)
 
 
 def _resolve_config_argument(argv: list[str]) -> list[str]:
@@ -84,6 +88,7 @@ def _parse(argv: list[str]) -> flags.FlagValues:
             flag_values=values,
         )
         flags.DEFINE_boolean("report", True, _REPORT_HELP, flag_values=values)
+        flags.DEFINE_boolean("allow_config_changes", False, _CHANGES_HELP, flag_values=values)
         values([_PROG, *argv])
     return values
 
@@ -124,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         flags.DEFINE_string("config", str(DEFAULT_CONFIG), _CONFIG_HELP, flag_values=values)
         flags.DEFINE_string("workdir", None, _WORKDIR_HELP, flag_values=values)
         flags.DEFINE_boolean("report", True, _REPORT_HELP, flag_values=values)
+        flags.DEFINE_boolean("allow_config_changes", False, _CHANGES_HELP, flag_values=values)
         print(values.get_help())
         return 0
     try:
@@ -153,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = chosen.absolute()
     print(f"workdir: {workdir}")
     try:
-        result = fit(config, workdir)
+        result = fit(config, workdir, allow_config_changes=values.allow_config_changes)
     except ConfigError as error:  # a field's value: bad usage, as an unknown field is
         print(f"{_PROG}: error: {error}", file=sys.stderr)
         return 2

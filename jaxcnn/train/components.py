@@ -128,7 +128,16 @@ def build_model(config: Any, num_classes: int, in_channels: int) -> nn.Module:
             f"config.model = {config.model!r} is not a zoo model; valid: 'spec' or one of "
             f"{', '.join(models.names())}"
         )
-    return models.get(config.model, **common, **kwargs)
+    try:
+        return models.get(config.model, **common, **kwargs)
+    except ValueError as error:
+        if "got unknown arguments" not in str(error):
+            raise
+        raise ConfigError(
+            f"config.model = {config.model!r}: fit builds it with num_classes, in_channels, "
+            "dtype and param_dtype (plus config.model_kwargs), so its builder must accept "
+            f"them (add **kwargs to ignore some): {error}"
+        ) from None
 
 
 def model_description(config: Any) -> str:

@@ -52,7 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
             "validation_split": 0.0,  # fraction of train held out; 0 = validate on test
             # depth > 0 turns each image into a twisted 3-D stack (jaxcnn.train.volumes).
             "volume": {"depth": 0, "twist_degrees": 20.0},
-            "model": "mnist_cnn",  # a jaxcnn.models zoo name
+            "model": "digits_cnn",  # a jaxcnn.models zoo name (the one for digits)
             "model_kwargs": {},  # extra keyword arguments for jaxcnn.models.get
             "batch_size": 128,
             "eval_batch_size": 500,
@@ -152,17 +152,36 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
       ...
       ConfigError: config.batch_size = 0 is invalid: a positive integer
     """
+    if isinstance(config, Mapping):  # a plain dict is a config too
+        config = ml_collections.ConfigDict(dict(config))
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(
+            f"config must be an ml_collections.ConfigDict or a dict; got {type(config).__name__}"
+        )
     full = base_config()
     flat = _flatten(config.to_dict())
     known = set(_flatten(full.to_dict()))
     for name in flat:
         # A misspelt field would otherwise be ignored silently.
         _require(name in known, name, flat[name], f"not a config field; fields: {sorted(known)}")
-    full.update_from_flattened_dict(flat)
+    for name, value in flat.items():
+        try:
+            full.update_from_flattened_dict({name: value})
+        except (TypeError, ValueError):  # ml_collections refuses another type for a field
+            default = _flatten(base_config().to_dict())[name]
+            valid = f"of type {type(default).__name__}, like {default!r}"
+            if isinstance(default, tuple | list):
+                valid = "a list, e.g. ['conv1'] (a single string is not one)"
+            _require(False, name, value, valid)
     config = full
     for field in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps"):
         value = config[field]
-        _require(isinstance(value, int) and value > 0, field, value, "a positive integer")
+        _require(
+            isinstance(value, int) and not isinstance(value, bool) and value > 0,
+            field,
+            value,
+            "a positive integer",
+        )
     _require(isinstance(config.seed, int), "seed", config.seed, "an integer")
     _require(
         0.0 <= config.validation_split < 1.0,
@@ -182,12 +201,21 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
         config.model == "spec" or config.model in models.names(),
         "model",
         config.model,
-        f"'spec' or a zoo model: {', '.join(models.names())}",
+        f"'spec' or a zoo model: {', '.join(models.names())} (a model added with "
+        "jaxcnn.models.register must be registered again in each process, before fit or "
+        "restore)",
     )
     name = config.optimizer.name
     _require(name in OPTIMIZERS, "optimizer.name", name, f"one of {OPTIMIZERS}")
     name = config.schedule.name
     _require(name in SCHEDULES, "schedule.name", name, f"one of {SCHEDULES}")
+    momentum = config.optimizer.momentum
+    _require(
+        momentum is None or 0.0 <= momentum < 1.0,
+        "optimizer.momentum",
+        momentum,
+        "in [0, 1) (0.9 is usual); for adam-like optimisers it is b1",
+    )
     _require(
         isinstance(config.num_devices, int) and config.num_devices >= 0,
         "num_devices",
@@ -304,6 +332,46 @@ def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# Fields a resumed run may change: how long it runs, how it reports and evaluates, where
+# the data lives, how the work is spread. Any other change would make the run neither the
+# one its checkpoints come from nor the one the config describes.
+CHANGEABLE_ON_RESUME = (
+    "num_epochs",
+    "progress_bar",
+    "tensorboard",
+    "log_every_steps",
+    "eval_batch_size",
+    "eval_tta",
+    "data_dir",
+    "checkpoint.keep",
+    "batch_splits",
+    "num_devices",
+    "early_stopping.metric",
+    "early_stopping.patience",
+    "early_stopping.min_delta",
+)
+
+
+def config_changes(
+    before: ml_collections.ConfigDict, after: ml_collections.ConfigDict
+) -> dict[str, tuple[Any, Any]]:
+    """``{field: (before, after)}`` for every field whose value differs.
+
+    Examples:
+      >>> a, b = base_config(), base_config()
+      >>> b.seed = 1
+      >>> config_changes(a, b)
+      {'seed': (0, 1)}
+    """
+    old = _flatten(json.loads(config_to_json(before)))
+    new = _flatten(json.loads(config_to_json(after)))
+    return {
+        name: (old.get(name), new.get(name))
+        for name in sorted(set(old) | set(new))
+        if old.get(name) != new.get(name)
+    }
+
+
 def config_to_json(config: ml_collections.ConfigDict) -> str:
     """The config as indented JSON (what ``WORKDIR/config.json`` holds)."""
     return json.dumps(json.loads(config.to_json_best_effort()), indent=2, sort_keys=True)
@@ -317,7 +385,7 @@ def load_config_json(path: str | Path) -> ml_collections.ConfigDict:
       >>> p = pathlib.Path(tempfile.mkdtemp()) / "config.json"
       >>> _ = p.write_text(config_to_json(base_config()))
       >>> load_config_json(p).model
-      'mnist_cnn'
+      'digits_cnn'
     """
     path = Path(path)
     if not path.is_file():

@@ -30,7 +30,14 @@ from jaxcnn import data as data_lib
 from jaxcnn import xla_flags, xla_scheduler
 from jaxcnn.files import outermost_missing_folder, write_atomic
 from jaxcnn.train import sharding as sharding_lib
-from jaxcnn.train.config import config_to_json, validate_config
+from jaxcnn.train.checkpoint import CheckpointMismatchError
+from jaxcnn.train.config import (
+    CHANGEABLE_ON_RESUME,
+    config_changes,
+    config_to_json,
+    load_config_json,
+    validate_config,
+)
 from jaxcnn.train.diagnosis import Diagnosis, diagnose
 from jaxcnn.train.early_stopping import should_stop
 from jaxcnn.train.evaluation import Evaluator
@@ -105,6 +112,7 @@ def fit(
     workdir: str | Path,
     *,
     step_callback: Callable[[int], None] | None = None,
+    allow_config_changes: bool = False,
 ) -> FitResult:
     """Train ``config`` into ``workdir``, resuming from its latest checkpoint if any.
 
@@ -114,6 +122,10 @@ def fit(
         ``checkpoints/``, ``results.json`` (and TensorBoard events) go there.
       step_callback: called on the host with the global step number after each
         train step is dispatched (no device sync); for instrumentation and tests.
+      allow_config_changes: resume even when the config changes how the run trains
+        (the seed, the learning rate, ...; by default refused): the changes are
+        printed and the run's previous config is kept as
+        ``config.before-step-N.json``.
 
     Returns:
       A :class:`FitResult`.
@@ -146,6 +158,8 @@ def fit(
         # A checkpoint of another setup is refused before config.json is rewritten: the
         # message's advice (restore WORKDIR/config.json) must still find the old one.
         global_step = run.resume()
+        if global_step:
+            _check_resumable(workdir / "config.json", config, global_step, allow_config_changes)
     except BaseException:
         if run is not None:
             run.store.close()
@@ -153,8 +167,6 @@ def fit(
         if created is not None and created.is_dir():
             shutil.rmtree(created)
         raise
-    if global_step:
-        _note_changed_length(workdir / "config.json", config.num_epochs)
     if is_primary_process():
         write_atomic(workdir / "config.json", config_to_json(config) + "\n")
     try:
@@ -164,17 +176,36 @@ def fit(
         run.store.close()
 
 
-def _note_changed_length(previous_config: Path, num_epochs: int) -> None:
-    """Says so when a resumed run's ``num_epochs`` differs from the one it was started
-    with: schedules span the whole run, so the learning rate jumps to the new curve."""
+def _check_resumable(
+    previous_config: Path, config: ml_collections.ConfigDict, step: int, allow: bool
+) -> None:
+    """Refuses to resume under a config that changes the training itself (the seed, the
+    optimiser, the data, the augmentation, ...) unless ``allow``: the result would match
+    neither run. Says so when ``num_epochs`` changed: schedules span the whole run."""
     try:
-        before = json.loads(previous_config.read_text()).get("num_epochs")
-    except (OSError, ValueError):
+        previous = load_config_json(previous_config)
+    except (OSError, ValueError):  # no readable config.json: nothing to compare with
         return
-    if before is not None and before != num_epochs:
+    changes = config_changes(previous, config)
+    fixed = {name: pair for name, pair in changes.items() if name not in CHANGEABLE_ON_RESUME}
+    listed = "; ".join(f"{name}: {old!r} -> {new!r}" for name, (old, new) in fixed.items())
+    if fixed and not allow:
+        raise CheckpointMismatchError(
+            f"cannot resume {previous_config.parent}: the config changes how the run trains "
+            f"({listed}). Train into a fresh --workdir, give the run's values "
+            f"({previous_config}), or continue on purpose with --allow_config_changes "
+            f"(fit(..., allow_config_changes=True)). Fields that may change on resume: "
+            f"{', '.join(CHANGEABLE_ON_RESUME)}."
+        )
+    if fixed and is_primary_process():
+        kept = previous_config.with_name(f"config.before-step-{step}.json")
+        write_atomic(kept, previous_config.read_text())
+        _print(f"resuming with a changed config ({listed}); the run's previous one: {kept}")
+    if "num_epochs" in changes:
+        before, after = changes["num_epochs"]
         _print(
-            f"num_epochs changed from {before} to {num_epochs} since this run started: the "
-            f"learning-rate schedule now spans {num_epochs} epochs and resumes on that curve"
+            f"num_epochs changed from {before} to {after} since this run started: the "
+            f"learning-rate schedule now spans {after} epochs and resumes on that curve"
         )
 
 

@@ -90,6 +90,8 @@ class Restored:
                 f"images must be uint8 (N, {', '.join(map(str, self.example_shape))}) like the "
                 f"training data; got {images.dtype} {images.shape}"
             )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
         tta = check_tta_mode(tta or str(self.config.get("eval_tta", "none")))
         apply = self._apply_for(tta)
         outputs = []
@@ -97,7 +99,9 @@ class Restored:
             chunk = images[start : start + batch_size]
             padded = np.zeros((batch_size, *self.example_shape), np.uint8)
             padded[: len(chunk)] = chunk
-            outputs.append(np.asarray(apply(self.variables, padded))[: len(chunk)])
+            # float32 whatever the model computes in (a user's bfloat16 head included).
+            logits = np.asarray(apply(self.variables, padded), dtype=np.float32)
+            outputs.append(logits[: len(chunk)])
         if not outputs:
             return np.zeros((0, len(self.class_names)), np.float32)
         return np.concatenate(outputs)

@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -104,6 +105,7 @@ class TrainingSession:
                 f"config.model = {config.model!r} cannot take this data's examples of shape "
                 f"{self.data.example_shape}: {error}"
             ) from error
+        self._check_logits()
         self.replicated = sharding_lib.replicated(self.mesh)
         if config.whitening.layer:
             self.state = self._whitened(self.state)
@@ -129,6 +131,23 @@ class TrainingSession:
         )
         self.primary = is_primary_process()
         self.log = MetricsLog(workdir / "metrics.jsonl", writer=self.primary)
+
+    def _check_logits(self) -> None:
+        """The model must give (batch, num_classes) logits: with fewer, the labels past
+        them would count as zero loss; with more, top-5 would read classes that are not."""
+        variables = {"params": self.state.params, "batch_stats": self.state.batch_stats}
+        example = jax.ShapeDtypeStruct((1, *self.data.example_shape), jnp.float32)
+        logits = jax.eval_shape(
+            lambda v, x: self.model.apply(v, x, train=False), variables, example
+        )
+        expected = (1, self.data.num_classes)
+        if getattr(logits, "shape", None) != expected:
+            got = getattr(logits, "shape", type(logits).__name__)
+            raise ConfigError(
+                f"config.model = {self.config.model!r} returns {got} for one example of "
+                f"shape {self.data.example_shape}; training needs logits (batch, "
+                f"num_classes) = {expected}: the data has {self.data.num_classes} classes"
+            )
 
     def _whitened(self, state: TrainState) -> TrainState:
         """``state`` with the whitening layer set from a seeded sample of training images."""

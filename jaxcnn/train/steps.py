@@ -250,9 +250,9 @@ def make_train_step(
 
     Returns:
       ``train_step(state, batch) -> (new_state, metric_sums)`` where ``batch`` has
-      ``"image"`` (uint8) and ``"label"`` (int32), and for an augmentation with
-      ``needs_example_ids`` also ``"index"`` (each image's row in the training split)
-      and ``"epoch"``. Pure: jit it, donating ``state``.
+      ``"image"`` (uint8 0..255, or float 0..1) and ``"label"`` (int32), and for an
+      augmentation with ``needs_example_ids`` also ``"index"`` (each image's row in the
+      training split) and ``"epoch"``. Pure: jit it, donating ``state``.
 
     Examples:
       >>> # step = jax.jit(make_train_step(model, mean=m, std=s), donate_argnums=0)
@@ -266,7 +266,11 @@ def make_train_step(
         # One key per step, from the step number: resuming at step k replays step k exactly.
         step_key = jax.random.fold_in(state.rng, state.step)
         augment_key, dropout_key = jax.random.split(step_key)
-        images = batch["image"].astype(jnp.float32) / 255.0
+        images = batch["image"]
+        # uint8 0..255 (what jaxcnn.data keeps) or float 0..1, as the eval step takes.
+        if images.dtype == jnp.uint8:
+            images = images.astype(jnp.float32) / 255.0
+        images = images.astype(jnp.float32)
         if augment is not None:
             images = augment(augment_key, images, **_example_ids(augment, batch))
         inputs = preprocess(images, mean, std)
