@@ -415,3 +415,7 @@ def test_model_input_errors():
         abstract_init(model, (2, 28, 28, 3))
     with pytest.raises(ValueError, match=r"Pool 'conv2/pool'.*output size below 1"):
         abstract_init(model, (2, 8, 8, 1))
+    # Weights made for 28x28 applied to 32x32 images: the flattened width differs.
+    variables = abstract_init(model, (1, 28, 28, 1))
+    with pytest.raises(ValueError, match=r"CNN: input of shape \(6, 6, 64\) after the stages"):
+        jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, 32, 32, 1)), train=False), variables)

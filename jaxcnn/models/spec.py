@@ -55,6 +55,7 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -443,6 +444,18 @@ class CNN(nn.Module):
                     )(x, train)
             else:  # dropout
                 x = Dropout(item["rate"], deterministic=not train)(x)
+        try:
+            return self._head(spec, x, train, common, dense_init)
+        except flax.errors.ScopeParamShapeError as error:
+            # Flatten makes the first dense layer's width depend on the image size.
+            raise ValueError(
+                f"{type(self).__name__}: input of shape {tuple(x.shape[1:])} after the stages "
+                "does not fit the dense head's weights, which were made for the input size "
+                "used at init; pass images of that size (a 'global_pool' head takes any "
+                f"size). Flax: {error}"
+            ) from None
+
+    def _head(self, spec, x, train, common, dense_init):
         for item in spec["head"]:
             kind = item["type"]
             if kind == "flatten":
