@@ -83,6 +83,12 @@ def test_interrupted_download_leaves_nothing(server, tmp_path):
     assert not (tmp_path / "new").exists()  # the folders it made are gone again
 
 
+def test_a_bad_timeout_is_refused_before_any_folder_is_made(tmp_path):
+    with pytest.raises(data.DataError, match="timeout must be a number of seconds > 0; got -1"):
+        data.load("mnist", tmp_path / "new", timeout=-1)
+    assert not (tmp_path / "new").exists()
+
+
 def test_download_file_reports_every_mirror(server, tmp_path):
     official = data.OFFICIAL_FILES["mnist"][3]  # t10k labels, 4,542 bytes
     with pytest.raises(data.DownloadError) as caught:

@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from jaxcnn.data.errors import ChecksumError, DownloadError
+from jaxcnn.data.errors import ChecksumError, DataError, DownloadError
 from jaxcnn.files import outermost_missing_folder
 
 _CHUNK = 1 << 16
@@ -84,6 +84,8 @@ def download_file(
     destination = Path(destination)
     if not urls:
         raise DownloadError(f"no URL given to download {destination}")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise DataError(f"timeout must be a number of seconds > 0; got {timeout!r}")
     folder = destination.absolute().parent  # absolute, as the path it is compared with
     # The outermost folder this call makes: removed again if nothing could be saved.
     created = outermost_missing_folder(folder)
