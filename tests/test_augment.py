@@ -124,3 +124,11 @@ def test_build_accepts_config_dict_and_rejects_bad_specs():
         augment.build({"crop_padding": 1.5})
     with pytest.raises(ValueError, match="augment expects float images"):
         augment.build({"flip": True})(jax.random.key(0), jnp.zeros((2, 4, 4, 1), jnp.uint8))
+
+
+@pytest.mark.parametrize("key, value", [("crop_padding", 8), ("cutout", 9)])
+def test_sizes_as_large_as_the_images_are_refused_when_the_batch_is_seen(key, value):
+    fn = augment.build({key: value})
+    with pytest.raises(ValueError, match=rf"augment {key}={value} is not smaller than these 8x8"):
+        fn(jax.random.key(0), jnp.ones((2, 8, 8, 1)))
+    assert fn(jax.random.key(0), jnp.ones((2, 16, 16, 1))).shape == (2, 16, 16, 1)

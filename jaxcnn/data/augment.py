@@ -260,6 +260,18 @@ def validate(spec) -> dict:
     }
 
 
+def _check_sizes_fit(settings: dict, spatial: tuple[int, int]) -> None:
+    """Pixel sizes against the images they meet (known only when the batch is): a crop
+    padding or cutout as large as the image leaves nothing of it in some views."""
+    smallest = min(spatial)
+    for key in ("crop_padding", "cutout"):
+        if settings[key] >= smallest:
+            raise ValueError(
+                f"augment {key}={settings[key]} is not smaller than these {spatial[0]}x"
+                f"{spatial[1]} images; valid: 0 to {smallest - 1} pixels"
+            )
+
+
 def build(spec: Mapping | None = None, *, seed: int = 0) -> Callable:
     """Compose the ops switched on in ``spec`` into ``fn(rng, images) -> images``.
 
@@ -322,6 +334,7 @@ def build(spec: Mapping | None = None, *, seed: int = 0) -> Callable:
                 f"augment expects float images (B, H, W, C) in [0, 1]; got {images.dtype} "
                 f"{images.shape} (convert uint8 with images / 255 first)"
             )
+        _check_sizes_fit(settings, images.shape[1:3])
         if alternate:
             if example_ids is None or epoch is None:
                 raise ValueError(
