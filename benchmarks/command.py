@@ -18,12 +18,14 @@ import argparse
 import datetime
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from benchmarks import common, flops, harness, report
+from jaxcnn.files import write_atomic
 
 DOCS = harness.REPO / "docs" / "benchmarks.md"
 KEEP_MARKER = "<!-- Everything below this line is kept when the harness regenerates the file. -->"
@@ -57,10 +59,23 @@ def _python_for(text: str) -> tuple[str, str]:
         raise argparse.ArgumentTypeError(
             f"--python-for takes NAME=PYTHON with NAME in {sorted(groups)}, got {text!r}"
         )
+    if shutil.which(path) is None:  # else every run of the peer would fail the same way
+        raise argparse.ArgumentTypeError(f"{text!r}: {path} is not an executable Python")
     return key, path
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value:g}; valid: seconds > 0")
+    return value
+
+
 def parse_args(argv):
+    positive = common.positive_int
     p = argparse.ArgumentParser(
         prog="benchmark.py",
         description=__doc__.split("\n\n")[0],
@@ -71,17 +86,19 @@ def parse_args(argv):
     p.add_argument("--nets", type=_csv(common.NETS), help="default: all (quick: 2)")
     p.add_argument("--dtypes", type=_csv(common.DTYPES), help="default: float32,bfloat16")
     p.add_argument("--runners", type=_csv(harness.RUNNERS), help="default: all")
-    p.add_argument("--rounds", type=int, help="A B C rounds (default 3, quick 1)")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--steps", type=int, help="steps per timed window (default: per net)")
-    p.add_argument("--warmup", type=int, help="untimed steps after the first (default 5)")
-    p.add_argument("--windows", type=int, help="timed windows per process (default 3)")
+    p.add_argument("--rounds", type=positive, help="A B C rounds (default 3, quick 1)")
+    p.add_argument("--batch", type=positive, default=128)
+    p.add_argument("--steps", type=positive, help="steps per timed window (default: per net)")
+    p.add_argument(
+        "--warmup", type=common.non_negative_int, help="untimed steps after the first (default 5)"
+    )
+    p.add_argument("--windows", type=positive, help="timed windows per process (default 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--device", choices=common.DEVICES, default="auto",
         help="every runner's --device: auto (a framework's GPU if it sees one), cpu, gpu",
     )  # fmt: skip
-    p.add_argument("--timeout", type=float, default=900, help="seconds per process")
+    p.add_argument("--timeout", type=_positive_seconds, default=900, help="seconds per process")
     p.add_argument("--python-for", type=_python_for, action="append", default=[])
     p.add_argument(
         "--json-out", type=Path,
@@ -104,12 +121,13 @@ def parse_args(argv):
     args.nets = args.nets or preset.get("nets") or list(common.NETS)
     args.dtypes = args.dtypes or preset.get("dtypes") or list(common.DTYPES)
     args.runners = args.runners or preset.get("runners") or list(harness.RUNNERS)
-    args.rounds = args.rounds or preset.get("rounds", 3)
-    args.steps = args.steps or preset.get("steps") or FULL_STEPS
+    # Given values win over the presets (the types above refuse 0 and negatives).
+    args.rounds = args.rounds if args.rounds is not None else preset.get("rounds", 3)
+    args.steps = args.steps if args.steps is not None else preset.get("steps") or FULL_STEPS
     args.warmup = args.warmup if args.warmup is not None else preset.get("warmup", 5)
-    args.windows = args.windows or preset.get("windows", 3)
-    if args.rounds < 1 or args.windows < 1 or args.batch < 1:
-        p.error("--rounds, --windows and --batch must be >= 1")
+    args.windows = args.windows if args.windows is not None else preset.get("windows", 3)
+    if args.json_out is not None and not args.json_out.parent.is_dir():
+        p.error(f"--json-out {args.json_out}: the folder {args.json_out.parent} does not exist")
     for path in args.from_json or []:
         try:
             load_results(path)
@@ -249,7 +267,8 @@ are the ones the harness printed; rerun the command to regenerate this part of t
 - Libraries: {versions or "n/a"}.
 - Setup: batch {setup["batch"]}, random in-memory data, Adam 1e-3, {setup["rounds"]} interleaved
   rounds (A B C A B C, each run a fresh process), per process one first step (compile),
-  {setup["warmup"]} warm-up steps, {setup["windows"]} timed windows of {steps} steps.
+  {setup["warmup"]} warm-up steps (Keras: one untimed epoch of a window's length, as `fit`
+  compiles in its first epoch), {setup["windows"]} timed windows of {steps} steps.
 
 ## Training throughput
 
@@ -287,10 +306,7 @@ def _write_docs(path: Path, text: str) -> None:
         old = path.read_text()
         if KEEP_MARKER in old:
             kept = old.split(KEEP_MARKER, 1)[1].lstrip("\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text + ("\n" + kept if kept else ""))
-    tmp.replace(path)  # never leave a half-written report
+    write_atomic(path, text + ("\n" + kept if kept else ""))  # never a half-written report
 
 
 def main(argv=None) -> int:
@@ -309,7 +325,12 @@ def main(argv=None) -> int:
     record = None
     if args.from_json:
         loaded = [load_results(path) for path in args.from_json]
-        results = [r for found, _ in loaded for r in found]
+        # Each file's rounds are its own: "x jaxcnn" pairs runs of one file's round only.
+        results = [
+            {**r, "round": f"{index}.{r.get('round')}"} if len(loaded) > 1 else r
+            for index, (found, _) in enumerate(loaded)
+            for r in found
+        ]
         records = [rec for _, rec in loaded if rec is not None]
         record = merge_records(records) if records else None
         args.nets = list(dict.fromkeys(r["net"] for r in results))
@@ -318,11 +339,16 @@ def main(argv=None) -> int:
             args.runners, args.nets, args.dtypes, settings, args.rounds, interpreters,
             args.timeout,
         )  # fmt: skip
+        if args.json_out:  # the measurements first: nothing after them can lose them
+            write_atomic(args.json_out, json.dumps({"record": None, "results": results}))
     jax_python, _ = interpreters.resolve(harness.RUNNERS["flax_minimal"])
     flop_counts = {}
     if jax_python:
-        counted = _run_json(jax_python, "benchmarks/flops.py")
-        flop_counts = {net: counted[net] for net in args.nets}
+        try:
+            counted = _run_json(jax_python, "benchmarks/flops.py")
+            flop_counts = {net: counted[net] for net in args.nets}
+        except (RuntimeError, subprocess.TimeoutExpired, ValueError) as error:
+            print(f"FLOPs not counted ({str(error).splitlines()[-1][:200]})", file=sys.stderr)
     if record is None and args.from_json:  # the older format: nothing recorded to reuse
         files = ", ".join(map(str, args.from_json))
         record = run_record(machine, {"SGEMM": f"not recorded in {files}"}, 0.0)
@@ -337,9 +363,12 @@ def main(argv=None) -> int:
     peaks = record["machine"]["peak_gflops"], record["machine"].get("bf16_peak_gflops")
     print(report.markdown_table(rows, *peaks, gpu_used(results)))
     if args.json_out:
-        args.json_out.write_text(json.dumps({"record": record, "results": results}, indent=1))
+        write_atomic(args.json_out, json.dumps({"record": record, "results": results}, indent=1))
     if args.write_docs:
         text = render(args, results, rows, record, flop_counts)
         _write_docs(args.write_docs, text)
         print(f"\nwrote {args.write_docs}")
+    if not any(r.get("status") == "ok" for r in results):
+        print("no runner measured anything (see the table's reasons)", file=sys.stderr)
+        return 1
     return 0

@@ -76,10 +76,10 @@ def parse_args(runner: str, argv: Sequence[str] | None = None) -> argparse.Names
     parser = argparse.ArgumentParser(prog=runner, description=f"benchmark runner: {runner}")
     parser.add_argument("--net", choices=sorted(NETS), required=True)
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
-    parser.add_argument("--batch", type=_positive_int, default=128)
-    parser.add_argument("--steps", type=_positive_int, default=30, help="steps per window")
-    parser.add_argument("--warmup", type=_non_negative_int, default=5)
-    parser.add_argument("--windows", type=_positive_int, default=3)
+    parser.add_argument("--batch", type=positive_int, default=128)
+    parser.add_argument("--steps", type=positive_int, default=30, help="steps per window")
+    parser.add_argument("--warmup", type=non_negative_int, default=5)
+    parser.add_argument("--windows", type=positive_int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variant", default="", help="runner-specific flavour")
     parser.add_argument(
@@ -165,17 +165,23 @@ def jax_device_peak_mb() -> float | None:
     return None if peak is None else peak / 2**20
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (argparse names the flag in its error)."""
+    return _int_at_least(text, 1)
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+def non_negative_int(text: str) -> int:
+    """argparse type: an int >= 0."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, lowest: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < lowest:
+        raise argparse.ArgumentTypeError(f"must be >= {lowest}, got {value}")
     return value
 
 

@@ -99,8 +99,11 @@ class Interpreters:
             if problem is None:
                 return python, ""
             reasons.append(problem)
-        hint = "pip install -e '.[bench]' or pass --python-for"
-        return None, f"missing ({'; '.join(reasons)}; {hint} {runner.group}=PYTHON)"
+        if chosen:  # the user named this interpreter: it needs the modules, not a flag
+            hint = f"install {', '.join(runner.modules)} into {chosen}"
+        else:
+            hint = f"pip install -e '.[bench]' or pass --python-for {runner.group}=PYTHON"
+        return None, f"missing ({'; '.join(reasons)}; {hint})"
 
 
 def load_average() -> float:

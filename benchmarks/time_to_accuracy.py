@@ -203,11 +203,24 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), help="override config.dtype")
     p.add_argument("--json", action="store_true", help="print the raw JSON result")
     args = p.parse_args(argv)
-    seeds = [int(t) for t in args.seeds.split(",") if t.strip()] or [None]
+    try:
+        seeds = [int(t) for t in args.seeds.split(",") if t.strip()] or [None]
+    except ValueError:
+        p.error(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. 0,1,2")
+    if not args.config.is_file():
+        p.error(f"--config {args.config}: no such file")
+    if not 0 < args.target <= 1:
+        p.error(f"--target {args.target}: give an accuracy in (0, 1], e.g. 0.99")
     overrides = {"dataset": args.dataset, "dtype": args.dtype}
     overrides = {key: value for key, value in overrides.items() if value is not None}
+    from jaxcnn.data import DataError
+
     for seed in seeds:
-        result = measure(args.config, args.data_dir, args.target, args.epochs, seed, overrides)
+        try:
+            result = measure(args.config, args.data_dir, args.target, args.epochs, seed, overrides)
+        except DataError as error:  # the data is missing or unreadable: its message says why
+            print(f"time_to_accuracy: {error}", file=sys.stderr)
+            return 1
         print(json.dumps(result) if args.json else format_result(result), flush=True)
     return 0
 

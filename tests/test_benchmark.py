@@ -17,15 +17,19 @@ from benchmarks import command, common, flops, report  # noqa: E402
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """One process per JAX runner, 1 step, batch 8; torch pointed at a missing Python."""
+    """One process per JAX runner, 1 step, batch 8; torch pointed at a Python without it
+    (a stub whose module probe answers "torch is missing", whatever this machine has)."""
     out = tmp_path_factory.mktemp("bench")
     docs, raw = out / "benchmarks.md", out / "raw.json"
+    stub = out / "python-without-torch"
+    stub.write_text("#!/bin/sh\necho torch\n")
+    stub.chmod(0o755)
     cmd = [
         sys.executable, str(REPO / "scripts" / "benchmark.py"),
         "--runners", "jaxcnn,flax_minimal,torch", "--nets", "mnist_cnn",
         "--dtypes", "float32", "--rounds", "1", "--steps", "1", "--warmup", "0",
         "--windows", "1", "--batch", "8", "--no-sgemm",
-        "--python-for", "torch=/nonexistent/python",
+        "--python-for", f"torch={stub}",
         "--write-docs", str(docs), "--json-out", str(raw),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
@@ -69,7 +73,8 @@ def test_a_missing_peer_is_listed_with_its_reason_not_dropped(tiny_run):
     stdout, results, docs = tiny_run
     torch_rows = [r for r in results if r["runner"] == "torch"]
     assert len(torch_rows) == 1 and torch_rows[0]["status"].startswith("missing (")
-    assert "/nonexistent/python" in torch_rows[0]["status"]
+    assert "python-without-torch lacks torch" in torch_rows[0]["status"]
+    assert "install torch into" in torch_rows[0]["status"]  # not "pass --python-for"
     assert "| mnist_cnn | float32 | torch | missing (" in stdout
     assert "| mnist_cnn | float32 | torch | missing (" in docs
 
@@ -186,12 +191,45 @@ def test_regenerating_the_docs_keeps_the_hand_written_part(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "argv", [["--nets", "vgg99"], ["--python-for", "torch"], ["--python-for", "nope=/x"]]
+    "argv, message",
+    [
+        (["--nets", "vgg99"], "argument --nets"),
+        (["--python-for", "torch"], "--python-for takes NAME=PYTHON"),
+        (["--python-for", "nope=/x"], "--python-for takes NAME=PYTHON"),
+        (["--python-for", "torch=/nonexistent/python"], "is not an executable Python"),
+        (["--rounds", "0"], "argument --rounds: must be >= 1, got 0"),  # not the default
+        (["--quick", "--windows", "0"], "argument --windows: must be >= 1, got 0"),
+        (["--steps", "-1"], "argument --steps: must be >= 1, got -1"),
+        (["--warmup", "-1"], "argument --warmup: must be >= 0, got -1"),
+        (["--timeout", "0"], "argument --timeout: 0; valid: seconds > 0"),
+        (["--json-out", "/proc/no-such-dir/x.json"], "the folder /proc/no-such-dir does not"),
+    ],
 )
-def test_bad_arguments_are_rejected(argv, capsys):
+def test_bad_arguments_are_rejected(argv, message, capsys):
     with pytest.raises(SystemExit):
         command.parse_args(argv)
-    assert "error" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
+
+
+def test_merged_json_files_pair_each_runner_with_its_own_files_jaxcnn(tmp_path, capsys):
+    def run(jaxcnn_rate, torch_rate):
+        return [
+            {"runner": runner, "net": "mnist_cnn", "dtype": "float32", "round": 0,
+             "status": "ok", "images_per_sec": [rate], "first_step_s": 1.0,
+             "peak_rss_mb": 100.0}
+            for runner, rate in (("jaxcnn", jaxcnn_rate), ("torch", torch_rate))
+        ]  # fmt: skip
+
+    files = []
+    for index, rates in enumerate([(1000.0, 500.0), (4000.0, 1000.0)]):
+        files.append(tmp_path / f"run{index}.json")
+        files[-1].write_text(json.dumps({"record": None, "results": run(*rates)}))
+    argv = [f"--from-json={path}" for path in files]
+    assert command.main([*argv, "--no-docs"]) == 0
+    table = capsys.readouterr().out
+    # Within each file: 0.5 and 0.25 (median 0.375); across files it would be 0.125 or 1.0.
+    assert "| mnist_cnn | float32 | jaxcnn | 2,500 | 1,000-4,000 | 1.00 (1.00-1.00) |" in table
+    assert "| 0.38 (0.25-0.50) |" in table
 
 
 def test_runner_arguments_are_validated():
