@@ -357,6 +357,34 @@ def test_a_finished_run_with_fewer_epochs_says_nothing_is_left(reference, tmp_pa
     assert result.test_metrics == expected.test_metrics  # the same checkpoint, evaluated
 
 
+def test_a_volume_run_trains_and_validates_on_the_test_volumes(tmp_path):
+    # configs/digits3d.py's path: digits as 3-D volumes, a 3-D net, augmentation off.
+    config = tiny_config(
+        num_epochs=1,
+        batch_size=64,
+        schedule={"name": "constant"},
+        lookahead={"every_steps": 0},
+        augment={"rotation": 0.0},
+        volume={"depth": 4},
+        model_kwargs={
+            "spec": {
+                "spatial_dims": 3,
+                "stages": [{"type": "conv", "features": 4, "padding": "SAME", "pool": "max"}],
+                "head": [{"type": "global_pool"}],
+            }
+        },
+        optimizer={"name": "adam", "learning_rate": 3e-3},
+    )
+    result = fit(config, tmp_path)
+    # "validation (= test)": the same twisted volumes, so the same numbers.
+    assert result.history[-1]["val_loss"] == pytest.approx(result.test_metrics["test_loss"])
+    assert result.history[-1]["val_accuracy"] == result.test_metrics["test_accuracy"]
+    from jaxcnn.report import write_report
+
+    page = write_report(tmp_path, num_feature_images=1, max_misclassified=4).read_text()
+    assert "middle depth slice of each 3-D map" in page  # the feature maps of a volume
+
+
 def test_four_devices_give_the_one_device_result(tmp_path):
     config_path = tmp_path / "tiny.json"
     # Plain SGD: Adam divides by sqrt(v) and would magnify round-off in near-zero gradients.

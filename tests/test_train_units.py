@@ -216,10 +216,12 @@ def test_should_stop_counts_epochs_without_improvement():
         ("batch_size", True, r"config.batch_size = True is invalid: a positive integer"),
         ("optimizer.momentum", 2.0, r"config.optimizer.momentum = 2.0 is invalid: in \[0, 1\)"),
         ("model", "resnet99", r"config.model = 'resnet99'.*registered again in each process"),
+        ("volume.depth", 4, r"config.augment switches on \{'rotation': 5.0\}.*3-D volumes"),
     ],
 )
 def test_validate_config_names_field_and_value(field, value, match):
     config = base_config()
+    config.augment.rotation = 5.0  # the 2-D augmentation a volume run must not have
     config.update_from_flattened_dict({field: value})
     with pytest.raises(ConfigError, match=match):
         validate_config(config)

@@ -180,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             report = None
         if report is not None:
-            report_path = report.write_report(workdir)
+            try:
+                report_path = report.write_report(workdir)
+            except (OSError, ValueError) as error:  # the run itself is done and saved
+                print(f"{_PROG}: report not written ({error}); the run is complete")
     accuracy = result.test_metrics["test_accuracy"]
     single_view = result.test_metrics.get("test_accuracy_without_tta")
     if single_view is None:

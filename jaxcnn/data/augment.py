@@ -260,6 +260,21 @@ def validate(spec) -> dict:
     }
 
 
+# The keys that switch an op on; the others only say how (crop_mode, flip_mode).
+STRENGTHS = ("crop_padding", "flip", "rotation", "translate", "cutout", "brightness", "contrast")
+
+
+def is_identity(spec) -> bool:
+    """Whether ``build(spec)`` would return its images unchanged (every strength zero).
+
+    Examples:
+        >>> is_identity({"crop_mode": "reflect"}), is_identity({"flip": True})
+        (True, False)
+    """
+    settings = validate(spec)
+    return not any(settings[key] for key in STRENGTHS)
+
+
 def _check_sizes_fit(settings: dict, spatial: tuple[int, int]) -> None:
     """Pixel sizes against the images they meet (known only when the batch is): a crop
     padding or cutout as large as the image leaves nothing of it in some views."""
@@ -329,6 +344,8 @@ def build(spec: Mapping | None = None, *, seed: int = 0) -> Callable:
         return image
 
     def augment_batch(rng, images, *, example_ids=None, epoch=None):
+        if not steps and not alternate:
+            return images  # nothing switched on: any array passes, volumes included
         if images.ndim != 4 or not jnp.issubdtype(images.dtype, jnp.floating):
             raise ValueError(
                 f"augment expects float images (B, H, W, C) in [0, 1]; got {images.dtype} "
@@ -346,7 +363,7 @@ def build(spec: Mapping | None = None, *, seed: int = 0) -> Callable:
             flip_key = jax.random.fold_in(jax.random.key(seed), 0x5F1F)
             images = alternating_flip(flip_key, images, example_ids, epoch, settings["flip"])
         if not steps:
-            return images
+            return images  # the alternating flip only
         return jax.vmap(augment_one)(jax.random.split(rng, images.shape[0]), images)
 
     augment_batch.spec = settings

@@ -85,6 +85,8 @@ def load_training_data(config: Any) -> TrainingData:
             )
             for index, (name, split) in enumerate(arrays.items())
         }
+        if dataset.validation is None:  # "validation (= test)": the very same volumes
+            arrays["validation"] = arrays["test"]
     counts = ", ".join(f"{name} {len(split)}" for name, split in arrays.items())
     if dataset.validation is None:
         counts = counts.replace("validation", "validation (= test)", 1)

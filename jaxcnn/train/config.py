@@ -17,6 +17,8 @@ import ml_collections
 
 from jaxcnn import models
 from jaxcnn.data.augment import DEFAULTS as augment_defaults
+from jaxcnn.data.augment import STRENGTHS as AUGMENT_STRENGTHS
+from jaxcnn.data.augment import is_identity as augment_is_identity
 from jaxcnn.data.augment import validate as validate_augment
 from jaxcnn.train.optim import (
     OPTIMIZERS,
@@ -292,6 +294,12 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
         validate_augment(config.augment)
     except ValueError as error:
         raise ConfigError(f"config.{error}") from None
+    if depth and not augment_is_identity(config.augment):
+        on = {k: v for k, v in config.augment.items() if k in AUGMENT_STRENGTHS and v}
+        raise ConfigError(
+            f"config.augment switches on {on}, but its ops are for 2-D images and "
+            f"config.volume.depth = {depth} makes 3-D volumes; turn them off (0 / False)"
+        )
     return config
 
 

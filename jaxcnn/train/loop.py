@@ -224,7 +224,7 @@ def _train(
     _print(f"data: {data.description}; {mesh.size} device(s): {mesh.devices.flat[0].platform}")
 
     augment = None
-    if any(bool(value) for value in config.augment.values()):
+    if not data_lib.augment.is_identity(config.augment.to_dict()):
         augment = data_lib.augment.build(config.augment.to_dict(), seed=config.seed)
     train_step = make_train_step(
         run.model,

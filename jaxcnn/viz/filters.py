@@ -154,8 +154,11 @@ def feature_maps(model: nn.Module, variables: Mapping, images, *, module_type=nn
         {'Conv_0': (1, 8, 8, 2)}
     """
     x = np.asarray(images, dtype=np.float32)
-    if x.ndim != 4:
-        raise ValueError(f"images must be a batch (N, H, W, C), got shape {x.shape}")
+    if not 3 <= x.ndim <= 5:
+        raise ValueError(
+            f"images must be a batch (N, *spatial, C) with 1 to 3 spatial axes, e.g. "
+            f"(N, H, W, C); got shape {x.shape}"
+        )
     select = _is_module_call(module_type)
 
     # One compiled program instead of op-by-op dispatch (several times faster).
