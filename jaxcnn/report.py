@@ -121,7 +121,12 @@ def _config_section(config: Mapping) -> _Section:
     return _Section("config", "Config", body + "</details>")
 
 
-def _overview_section(config: Mapping, log: viz.MetricsLog, results: Mapping) -> _Section:
+def _overview_section(
+    config: Mapping,
+    log: viz.MetricsLog,
+    results: Mapping,
+    shown: tuple[str, int, int, float],
+) -> _Section:
     test = log.events.get("test") or results
     optimizer = config.get("optimizer", {})
     rows = [
@@ -131,16 +136,36 @@ def _overview_section(config: Mapping, log: viz.MetricsLog, results: Mapping) ->
         ["optimizer", f"{optimizer.get('name')}, learning rate {optimizer.get('learning_rate')}"],
         ["batch size", str(config.get("batch_size"))],
     ]
+    if results.get("stopped"):
+        rows.append(["stopped", str(results["stopped"])])
+    if "best_step" in results:
+        rows.append(["best / latest step", f"{results['best_step']} / {results['latest_step']}"])
+    # The pictures below are of one checkpoint; the test_* rows of the final parameters.
+    which, step, epoch, accuracy = shown
+    rows.append(
+        [
+            "pictures below",
+            f"checkpoint {which!r}: step {step} (epoch {epoch}), test accuracy {accuracy:.4f}",
+        ]
+    )
     rows += [
-        [key, f"{value:.4f}" if isinstance(value, float) else str(value)]
+        [f"{key} (final parameters)", f"{value:.4f}" if isinstance(value, float) else str(value)]
         for key, value in test.items()
-        if key.startswith("test_")
+        if key.startswith("test_") and not key.endswith("_s")  # metrics, not timings
     ]
-    return _Section("overview", "Overview", _verdict_badge(log) + _table(None, rows))
+    verdict = log.verdict or _recorded_verdict(results)
+    return _Section("overview", "Overview", _verdict_badge(verdict) + _table(None, rows))
 
 
-def _verdict_badge(log: viz.MetricsLog) -> str:
-    verdict = log.verdict
+def _recorded_verdict(results: Mapping) -> tuple[str, str] | None:
+    """results.json's diagnosis (written also by runs whose log lacks the line)."""
+    diagnosis = results.get("diagnosis") or {}
+    if not diagnosis.get("verdict"):
+        return None
+    return str(diagnosis["verdict"]), str(diagnosis.get("evidence", ""))
+
+
+def _verdict_badge(verdict: tuple[str, str] | None) -> str:
     if verdict is None:
         return '<p class="note">no diagnosis recorded (the run may be unfinished)</p>'
     color = _VERDICT_CSS_COLORS.get(verdict[0], "#555")
@@ -312,15 +337,17 @@ def write_report(
         confidences=confidences,
         max_examples=max_misclassified,
     )
+    results = _read_json(workdir / "results.json")
+    shown = (str(which), restored.step, restored.epoch, float(np.mean(predictions == labels)))
     sections = [
-        _overview_section(config_json, log, _read_json(workdir / "results.json")),
+        _overview_section(config_json, log, results, shown),
         _curves_section(log),
         _confusion_section(labels, predictions, class_names),
         _Section("mistakes", "Misclassified test images", _img(mistakes, "misclassified")),
     ]
+    sections.append(_filters_section(restored))  # the filters need no test image
     if num_feature_images:
         chosen = slice(0, num_feature_images)
-        sections.append(_filters_section(restored))
         sections.append(
             _feature_maps_section(
                 restored, images[chosen], labels[chosen], predictions[chosen], class_names

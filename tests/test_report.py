@@ -104,6 +104,12 @@ def test_report_is_one_self_contained_page(report):
     log_lines = (report.parent / "metrics.jsonl").read_text().splitlines()
     verdict = json.loads(next(line for line in log_lines if '"diagnosis"' in line))["verdict"]
     assert 'class="verdict"' in text and html.escape(verdict) in text
+    # Which parameters each number is of: the pictures' checkpoint, and the final ones.
+    results = json.loads((report.parent / "results.json").read_text())
+    best, latest = results["best_step"], results["latest_step"]
+    assert f"<td>best / latest step</td><td>{best} / {latest}</td>" in text
+    assert re.search(r"checkpoint &#x27;best&#x27;: step \d+ \(epoch \d+\), test accuracy", text)
+    assert "test_accuracy (final parameters)" in text and "test_eval_s" not in text
     leftovers = [p.name for p in report.parent.iterdir() if p.name.endswith(".tmp")]
     assert leftovers == []  # written atomically
 
@@ -145,9 +151,14 @@ def test_report_command(report, capsys, tmp_path):
     argv = [str(report.parent), "--feature-images", "0", "--max-misclassified", "4"]
     assert report_command.main([*argv, "--images", str(tmp_path / "pictures")]) == 0
     assert capsys.readouterr().out.strip() == f"wrote {report}"
-    assert report.read_text().count("<img") == 3
+    assert report.read_text().count("<img") == 4  # the filters stay: they need no image
     exported = sorted(p.name for p in (tmp_path / "pictures").iterdir())
-    assert exported == ["confusion_matrix.png", "misclassified.png", "training_curves.png"]
+    assert exported == [
+        "confusion_matrix.png",
+        "filters.png",
+        "misclassified.png",
+        "training_curves.png",
+    ]
     with Image.open(tmp_path / "pictures" / "training_curves.png") as curves:
         assert curves.size == (1100, 440)
     assert report_command.main([str(report.parent / "missing")]) == 2
