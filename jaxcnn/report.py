@@ -52,6 +52,7 @@ _VERDICT_CSS_COLORS = {
     "still improving": "#1f77b4",
     "overfitting": "#d62728",
     "underfitting": "#ff7f0e",
+    "unstable": "#9467bd",
     "diverged": "#8b0000",
 }
 

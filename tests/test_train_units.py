@@ -195,6 +195,47 @@ def test_diagnose_good_fit_still_improving_diverged_and_empty():
     assert diagnose([{"event": "test"}]).verdict == "no data"
 
 
+def test_diagnose_sees_instability_and_earlier_divergence():
+    # Validation accuracy falls 6 points, its loss x8: not a good fit.
+    fell = diagnose(_history([0.1, 0.09], [0.05, 0.4], [0.97, 0.97], [0.99, 0.93]))
+    assert fell.verdict == "unstable" and "fell 6.00 points in the last epoch" in fell.evidence
+    # Both losses rising for 3 epochs at a flat 95 %: the optimisation, not overfitting.
+    both = diagnose(_history([1, 1.1, 1.2, 1.3], [0.5, 0.6, 0.7, 0.8], [0.95] * 4, [0.95] * 4))
+    assert both.verdict == "unstable" and "training loss rising for 3 epochs" in both.evidence
+    # An Inf two epochs back is a divergence, even if the last epoch is finite.
+    earlier = diagnose(_history([1, math.inf, 2.3], [1, math.inf, 2.3], [0.5, 0.1, 0.1], [0.5] * 3))
+    assert earlier.verdict == "diverged" and "at epoch 2" in earlier.evidence
+
+
+def test_diagnose_evidence_says_what_it_measured():
+    # Training accuracy rose 25 points; validation is flat: the text says validation.
+    flat = diagnose(_history([2, 1.2], [1, 0.99], [0.30, 0.55], [0.60, 0.601]))
+    assert "validation flat" in flat.evidence and "+0.10 points" in flat.evidence
+    one = diagnose(_history([2.0], [2.0], [0.3], [0.3]))
+    assert "after one epoch" in one.evidence and "rising" not in one.evidence
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"rising_epochs": 0}, "rising_epochs must be an int >= 1; got 0"),
+        ({"gap_points": -5}, "gap_points must be a number of percentage points >= 0"),
+        ({"low_accuracy": 90}, r"low_accuracy must be a fraction in \(0, 1\]; got 90"),
+        ({"improving_points": math.nan}, "improving_points must be a number"),
+    ],
+)
+def test_diagnose_refuses_bad_thresholds(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        diagnose(_history([1.0], [1.0], [0.5], [0.5]), **arguments)
+
+
+def test_diagnose_refuses_percentages_and_missing_curves():
+    with pytest.raises(ValueError, match=r"train_accuracy must be fractions in \[0, 1\]; got 97"):
+        diagnose(_history([1.0], [1.0], [97.0], [0.9]))
+    with pytest.raises(ValueError, match=r"epochs \[1\] have no 'train_accuracy'"):
+        diagnose([{"epoch": 1, "train_loss": 1.0, "val_loss": 1.0, "val_accuracy": 0.5}])
+
+
 def test_should_stop_counts_epochs_without_improvement():
     rule = {"metric": "val_accuracy", "patience": 2, "min_delta": 0.01}
     history = [{"epoch": i + 1, "val_accuracy": v} for i, v in enumerate([0.5, 0.8, 0.805, 0.809])]

@@ -18,6 +18,7 @@ VERDICT_COLORS = {
     "still improving": "tab:blue",
     "overfitting": "tab:red",
     "underfitting": "tab:orange",
+    "unstable": "tab:purple",
     "diverged": "darkred",
 }
 
