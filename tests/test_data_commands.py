@@ -53,6 +53,10 @@ def test_augment_command_writes_a_png(tmp_path, capsys):
         assert image.format == "PNG" and image.size[0] > 200
     assert "3 images x (4 augmented copies + original)" in capsys.readouterr().out
     assert augment_command.main(["--out", str(out), "--rotation", "400"]) == 2
+    capsys.readouterr()
+    # More rows than the 10 classes: the rows asked for, not one per class only.
+    assert augment_command.main(["--out", str(out), "--rows", "12", "--columns", "1"]) == 0
+    assert "12 images x (1 augmented copies + original)" in capsys.readouterr().out
 
 
 def test_augment_command_mode_choices_are_the_modules_modes():

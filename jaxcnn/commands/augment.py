@@ -75,9 +75,13 @@ def main(argv: list[str]) -> int:
     except DataError as error:
         print(f"jaxcnn augment: {error}", file=sys.stderr)
         return 1
-    # One example of each class first, so the rows show different things.
+    # One example of each class first, so the rows show different things; then the
+    # next images in order, when more rows are asked for than there are classes.
     labels = dataset.train.labels
-    picks = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)][: args.rows]
+    firsts = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)]
+    taken = set(firsts)
+    rest = [i for i in range(len(labels)) if i not in taken]
+    picks = (firsts + rest)[: args.rows]
     try:
         # The same grid helper the report and the kernel demos use.
         plot_augmentation_preview(
