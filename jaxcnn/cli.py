@@ -43,7 +43,10 @@ def _usage() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Dispatch ``argv`` (default: ``sys.argv[1:]``) to a sub-command."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:  # a command is required: bad usage, as an unknown one is
+        print(_usage(), file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
     name, rest = argv[0], argv[1:]

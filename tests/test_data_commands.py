@@ -29,7 +29,9 @@ def test_data_command_shows_verified_checksums(capsys, shared_data):
 def test_data_command_reports_errors(capsys, tmp_path):
     assert data_command.main(["cifar10", "--data-dir", str(tmp_path), "--no-download"]) == 1
     assert "cifar-10-binary.tar.gz not found and download=False" in capsys.readouterr().err
-    assert data_command.main(["digits", "--option", "image_size=3"]) == 1
+    # A bad option is bad usage (2); a dataset that is not there is a failure (1).
+    assert data_command.main(["digits", "--option", "image_size=3"]) == 2
+    assert data_command.main(["digits", "--validation-split", "1.5"]) == 2
 
 
 def test_augment_command_writes_a_png(tmp_path, capsys):

@@ -161,7 +161,7 @@ def test_report_command(report, capsys, tmp_path):
     ]
     with Image.open(tmp_path / "pictures" / "training_curves.png") as curves:
         assert curves.size == (1100, 440)
-    assert report_command.main([str(report.parent / "missing")]) == 2
+    assert report_command.main([str(report.parent / "missing")]) == 1
     assert "no metrics.jsonl" in capsys.readouterr().err
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 
 import flax.linen as nn
 import pytest
@@ -168,3 +170,46 @@ def test_other_commands_name_the_flag_and_the_valid_values(capsys, command, argv
         module.main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_stray_arguments_and_broken_config_files_are_usage_errors(tmp_path, capsys):
+    assert train_command.main(["extra_positional", f"--workdir={tmp_path / 'run'}"]) == 2
+    assert "unexpected arguments ['extra_positional']" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # it did not train the default config
+    no_function = tmp_path / "no_get_config.py"
+    no_function.write_text("x = 1\n")
+    # A fresh process: ml_collections loads every config file as one module name, so in
+    # this process the file would inherit an earlier config's get_config.
+    run = subprocess.run(
+        [sys.executable, "-m", "jaxcnn.cli", "train", "--config", str(no_function)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 2 and "the config file does not load" in run.stderr
+    broken = tmp_path / "broken.py"
+    broken.write_text("def get_config(:\n")
+    assert train_command.main(["--config", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_too_many_devices_is_a_config_error(tmp_path, capsys):
+    assert "config.num_devices must be 0 (all) or 1.." in _refused_run(
+        "--config.num_devices=99", tmp_path, capsys
+    )
+
+
+def test_the_piecewise_schedule_is_set_from_the_command_line(capsys):
+    from jaxcnn.commands.train import _parse
+
+    argv = ["--config.schedule.boundaries_epochs=(1, 2)", "--config.schedule.factors=(0.1, 0.1)"]
+    schedule = _parse(argv).config.schedule
+    assert tuple(schedule.boundaries_epochs) == (1, 2) and tuple(schedule.factors) == (0.1, 0.1)
+
+
+def test_jaxcnn_without_a_command_is_bad_usage(capsys):
+    from jaxcnn import cli
+
+    assert cli.main([]) == 2 and "Run `jaxcnn <command> --help`" in capsys.readouterr().err
+    assert cli.main(["--help"]) == 0

@@ -20,16 +20,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxcnn augment", description="Write a PNG grid of augmented training samples."
     )
-    parser.add_argument("--dataset", default="digits", help="any name jaxcnn.data.load takes")
+    parser.add_argument(
+        "--dataset", default="digits", help="any name jaxcnn.data.load takes (default digits)"
+    )
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", required=True, help="PNG file to write")
     parser.add_argument(
-        "--rows", type=arguments.at_least(1), default=6, help="training images shown"
+        "--rows", type=arguments.at_least(1), default=6, help="training images shown (default 6)"
     )
     parser.add_argument(
-        "--columns", type=arguments.at_least(1), default=7, help="augmented copies per image"
+        "--columns",
+        type=arguments.at_least(1),
+        default=7,
+        help="augmented copies per image (default 7)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="default 0")
     parser.add_argument("--crop-padding", type=int, default=0)
     # augment.CROP_MODES and FLIP_MODES, spelled out: importing them loads jax, which
     # would slow --help (tests/test_data_commands.py holds them equal).

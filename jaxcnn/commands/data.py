@@ -102,7 +102,9 @@ def main(argv: list[str]) -> int:
         )
     except DataError as error:
         print(f"jaxcnn data: {error}", file=sys.stderr)
-        return 1
+        # A plain DataError is a bad argument (bad usage); its subclasses are failures
+        # (not found, checksum, format, download).
+        return 2 if type(error) is DataError else 1
     print(describe(dataset))
     return 0
 

@@ -79,8 +79,8 @@ def load_image(source: str) -> np.ndarray:
         with Image.open(path) as image:
             mode = "L" if image.mode in ("1", "L", "I", "I;16", "F") else "RGB"
             return np.asarray(image.convert(mode))
-    except UnidentifiedImageError:
-        raise ValueError(f"IMAGE {source!r} is not an image file PIL can read") from None
+    except (UnidentifiedImageError, OSError) as error:  # a folder, an unreadable file
+        raise ValueError(f"IMAGE {source!r} is not an image file PIL can read ({error})") from None
 
 
 def parse_kernel(text: str):
@@ -125,20 +125,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("name", nargs="?", help="kernel name or rows like '0,-1,0;-1,5,-1;0,-1,0'")
     parser.add_argument(
-        "image", nargs="?", default="china", help=f"image file or sample: {', '.join(SAMPLES)}"
+        "image",
+        nargs="?",
+        default="china",
+        help=f"image file or sample: {', '.join(SAMPLES)} (default china)",
     )
-    parser.add_argument("--out", default="before_after.png", help="PNG to write")
+    parser.add_argument(
+        "--out", default="before_after.png", help="PNG to write (default before_after.png)"
+    )
     parser.add_argument("--stride", type=int, default=1, help="stride (default 1)")
     parser.add_argument(
         "--padding",
         default="SAME",
-        help="SAME, VALID, REFLECT, CIRCULAR, an int, lo:hi, or per axis joined by x (1x0:1)",
+        help="SAME (default), VALID, REFLECT, CIRCULAR, an int, lo:hi, or per axis joined by x "
+        "(1x0:1)",
     )
     parser.add_argument(
         "--channels",
         choices=("separate", "sum"),
         default="separate",
-        help="RGB: filter each channel (separate) or one filter summed over channels",
+        help="RGB: filter each channel (separate, default) or one filter summed over channels",
     )
     parser.add_argument("--gray", action="store_true", help="convert the image to grey first")
     parser.add_argument("--list", action="store_true", help="list the built-in kernels and exit")

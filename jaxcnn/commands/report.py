@@ -23,7 +23,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("workdir", help="directory written by `jaxcnn train`")
     parser.add_argument(
-        "--which", choices=("best", "latest"), default="best", help="checkpoint to show"
+        "--which",
+        choices=("best", "latest"),
+        default="best",
+        help="checkpoint to show (default best)",
     )
     parser.add_argument(
         "--feature-images",
@@ -56,7 +59,10 @@ def main(argv: list[str]) -> int:
             max_misclassified=args.max_misclassified,
             image_dir=args.images,
         )
-    except (FileNotFoundError, ValueError) as error:
+    except FileNotFoundError as error:  # no such workdir: failed, as evaluate says it
+        print(f"jaxcnn report: {error}", file=sys.stderr)
+        return 1
+    except ValueError as error:
         print(f"jaxcnn report: {error}", file=sys.stderr)
         return 2
     print(f"wrote {path}")

@@ -42,7 +42,12 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         help="one example's shape without batch, e.g. 28x28x1 or 224x224x3",
     )
-    parser.add_argument("--num-classes", type=int, default=None, help="classifier outputs")
+    parser.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="classifier outputs (default: the model's own)",
+    )
     parser.add_argument("--batch-size", type=int, default=1, help="traced batch (default 1)")
     parser.add_argument("--dtype", default=None, help="computation dtype, e.g. bfloat16")
     parser.add_argument(

@@ -89,7 +89,9 @@ def _parse(argv: list[str]) -> flags.FlagValues:
         )
         flags.DEFINE_boolean("report", True, _REPORT_HELP, flag_values=values)
         flags.DEFINE_boolean("allow_config_changes", False, _CHANGES_HELP, flag_values=values)
-        values([_PROG, *argv])
+        rest = values([_PROG, *argv])
+    if len(rest) > 1:  # absl hands back what it did not parse: a typo must not train
+        raise flags.Error(f"unexpected arguments {rest[1:]}; flags are --name=value")
     return values
 
 
@@ -110,6 +112,15 @@ def _valid_fields_of_unknown_override(argv: list[str]) -> str:
                 return f"; valid fields of {where}: {', '.join(fields)}" if fields else ""
             node, where = node[name], f"{where}.{name}"
     return ""
+
+
+def _one_line(error: BaseException) -> str:
+    """The first and last lines of a message that carries a whole traceback (absl's
+    "Error whilst parsing config file" does): what failed and why, not the stack."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(error).__name__
+    return f"{lines[0]} {lines[-1]}"
 
 
 def _missing_field_message(error: BaseException) -> str:
@@ -137,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         config = values.config
         config.keys()  # a config file that failed to load raises only when touched
     except (KeyError, AttributeError) as error:
+        if not any(arg.startswith("--config.") for arg in argv):  # the file, not an override
+            print(f"{_PROG}: the config file does not load: {error}", file=sys.stderr)
+            return 2
         # ml_collections reports an override of a missing field as AttributeError(KeyError).
         print(
             f"{_PROG}: unknown config field in the overrides: {_missing_field_message(error)}"
@@ -144,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    except (flags.Error, OSError, TypeError, ValueError) as error:
-        print(f"{_PROG}: {error}", file=sys.stderr)
+    except (flags.Error, OSError, TypeError, ValueError, SyntaxError) as error:
+        print(f"{_PROG}: {_one_line(error)}", file=sys.stderr)
         return 2
 
     from jaxcnn.conv_backend import SwitchError

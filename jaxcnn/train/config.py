@@ -89,8 +89,10 @@ def base_config() -> ml_collections.ConfigDict:
                 "name": "constant",
                 "warmup_epochs": 1.0,
                 "end_factor": 0.0,
-                "boundaries_epochs": [],
-                "factors": [],
+                # Tuples, not lists: ml_collections overrides tuple fields from the command
+                # line (--config.schedule.factors="(0.1, 0.1)") but refuses list ones.
+                "boundaries_epochs": (),
+                "factors": (),
                 "pct_start": 0.25,
                 "div_factor": 25.0,
                 "final_div_factor": 1e4,

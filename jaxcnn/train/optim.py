@@ -387,7 +387,7 @@ def _core(
         "nadam": lambda: optax.nadam(schedule, b1=b1, b2=b2, eps=eps),
         "radam": lambda: optax.radam(schedule, b1=b1, b2=b2, eps=eps),
         "adabelief": lambda: optax.adabelief(schedule, b1=b1, b2=b2, eps=eps),
-        "rmsprop": lambda: optax.rmsprop(schedule, momentum=momentum, nesterov=nesterov),
+        "rmsprop": lambda: optax.rmsprop(schedule, eps=eps, momentum=momentum, nesterov=nesterov),
         "adagrad": lambda: optax.adagrad(schedule, eps=eps),
         "adamw": lambda: optax.adamw(
             schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask

@@ -39,7 +39,8 @@ def load_image(path: str | Path, example_shape: Sequence[int]) -> np.ndarray:
     height, width, channels = example_shape
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image file {path} does not exist")
+        what = "is not a file" if path.exists() else "does not exist"
+        raise FileNotFoundError(f"image file {path} {what}")
     with Image.open(path) as image:
         image = image.convert("L" if channels == 1 else "RGB")
         if image.size != (width, height):

@@ -76,8 +76,11 @@ class TrainingSession:
         cpu_malloc.configure(  # traces the model only where auto has that choice to make
             lambda: cpu_malloc.activation_bytes(model, self.data.example_shape, config.batch_size)
         )
-        self.mesh = sharding_lib.make_mesh(config.num_devices)
-        sharding_lib.check_batch_size(config.batch_size, self.mesh)
+        try:
+            self.mesh = sharding_lib.make_mesh(config.num_devices)
+            sharding_lib.check_batch_size(config.batch_size, self.mesh)
+        except ValueError as error:  # too many devices asked, or a batch they cannot split
+            raise ConfigError(f"config.{error}") from None
         self.steps_per_epoch = len(self.data.train) // config.batch_size
         if self.steps_per_epoch == 0:
             raise ConfigError(
