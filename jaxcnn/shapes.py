@@ -134,9 +134,13 @@ def _mode(padding: str, operation: str) -> str:
             f"valid modes: {', '.join(modes)}, an int, or (lo, hi) pairs"
         )
     if upper != padding and upper not in _ANY_CASE.get(operation, ()):
+        # ConvTranspose: only the exact strings reach lax.conv_transpose's own rule;
+        # other spellings fall through to a plain convolution's padding ('valid' then
+        # gives n - span + 1 at stride 1) or fail at stride > 1.
         raise ValueError(
             f"padding={padding!r}: Flax compares this mode case-sensitively "
-            f"for {operation}; write padding={upper!r}"
+            f"for {operation} (another spelling fails or means something else); "
+            f"write padding={upper!r}"
         )
     return upper
 

@@ -237,11 +237,13 @@ def test_odd_span_rule(size, half, stride, dilation):
         ),
         (
             lambda: conv_output_size(32, 3, padding="circular"),
-            "Flax compares this mode case-sensitively for conv; write padding='CIRCULAR'",
+            r"Flax compares this mode case-sensitively for conv \(another spelling fails or "
+            r"means something else\); write padding='CIRCULAR'",
         ),
         (
             lambda: conv_transpose_output_shape((8,), 3, padding="same"),
-            "case-sensitively for conv_transpose; write padding='SAME'",
+            r"case-sensitively for conv_transpose \(another spelling fails or means something "
+            r"else\); write padding='SAME'",
         ),
         (
             lambda: conv_output_size(32, 3, padding=(1, 2, 3)),
