@@ -175,6 +175,8 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+# Not jaxcnn.commands.arguments.at_least: the peer runners import this module in
+# interpreters that have PyTorch or Keras but need not have jaxcnn.
 def _int_at_least(text: str, lowest: int) -> int:
     try:
         value = int(text)
