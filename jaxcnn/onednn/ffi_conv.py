@@ -254,8 +254,41 @@ def _backward_rule(strides, padding, dilation, algorithm, residuals, dy):
     elif method == "mosaic":
         dkernel = _kernel_grad_mosaic(x, dy, kernel.shape, padding, algorithm)
     else:
-        dkernel = _call("jaxcnn_onednn_conv_kernel_grad", _like(kernel), x, dy, *geometry)
+        used_x, used_padding = _without_unread_edge(x, kernel.shape, strides, padding, dilation)
+        dkernel = _call(
+            "jaxcnn_onednn_conv_kernel_grad",
+            _like(kernel),
+            used_x,
+            dy,
+            strides,
+            used_padding,
+            dilation,
+            algorithm,
+        )
     return dx, dkernel
+
+
+def _without_unread_edge(x, kernel_shape, strides, padding, dilation):
+    """``x`` and ``padding`` cut to the rows and columns the convolution reads.
+
+    A stride that does not divide the padded extent leaves trailing pixels no output
+    reads (a 1x1 stride-2 shortcut on 34 rows reads 33). oneDNN's backward-weights then
+    gets a negative right padding, and for 1x1 strided kernels it returned wrong and
+    run-to-run different gradients (seen on an AVX2 AMD EPYC, 2026-12-07). Cut, the
+    geometry is exact: the padding's high side first, then the input's last rows.
+    """
+    out = output_shape(x.shape, kernel_shape, strides, padding, dilation)[1:3]
+    cut_padding, keep = [], []
+    for axis in range(2):
+        lo, hi = padding[axis]
+        span = dilation[axis] * (kernel_shape[axis] - 1) + 1
+        excess = lo + x.shape[1 + axis] + hi - ((out[axis] - 1) * strides[axis] + span)
+        from_padding = min(max(hi, 0), excess)
+        cut_padding.append((lo, hi - from_padding))
+        keep.append(x.shape[1 + axis] - (excess - from_padding))
+    if keep == list(x.shape[1:3]):
+        return x, padding
+    return x[:, : keep[0], : keep[1], :], tuple(cut_padding)
 
 
 KERNEL_GRAD_METHODS = ("auto", "direct", "swapped", "mosaic", "pairs")
