@@ -8,6 +8,7 @@ accelerator, normalised later inside jit.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -19,6 +20,21 @@ from jaxcnn.data.errors import DataError
 # carve-out and the validation carve-out are different draws, not the same one twice.
 _VALIDATION_STREAM = 0x56414C  # "VAL"
 _TEST_STREAM = 0x54455354  # "TEST"
+
+
+def is_count(value, lowest: int) -> bool:
+    """Whether ``value`` is an int (numpy's too, not a bool) of at least ``lowest``: the
+    check behind every size, seed and worker count the data room takes.
+
+    Examples:
+        >>> is_count(np.int64(3), 1), is_count(True, 0), is_count(0, 1)
+        (True, False, False)
+    """
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, numbers.Integral)
+        and bool(value >= lowest)
+    )
 
 
 @dataclass(frozen=True)
@@ -275,7 +291,7 @@ def from_arrays(
         >>> len(ds.train), len(ds.validation), int(ds.train.images.max())
         (8, 2, 255)
     """
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+    if not is_count(seed, 0):
         raise DataError(f"seed must be a non-negative int; got {seed!r}")
     if class_names is not None:
         if isinstance(class_names, str):

@@ -6,7 +6,7 @@ import inspect
 import numbers
 import os
 
-from jaxcnn.data.dataset import Dataset, split_off_validation
+from jaxcnn.data.dataset import Dataset, is_count, split_off_validation
 from jaxcnn.data.errors import DataError
 
 _OFFICIAL = ("mnist", "fashion_mnist", "kmnist", "cifar10", "cifar100")
@@ -97,7 +97,7 @@ def load(
         or not 0.0 <= validation_split < 1.0
     ):
         raise DataError(f"validation_split must be a number in [0, 1); got {validation_split!r}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+    if not is_count(seed, 0):
         raise DataError(f"seed must be a non-negative int; got {seed!r}")
     function, argument = _source(name)
     _check_options(function, source_options, name)

@@ -14,12 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn.data.dataset import Split
+from jaxcnn.data.dataset import Split, is_count
 from jaxcnn.data.errors import DataError
 
 
 def _positive_int(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    if not is_count(value, 1):
         raise DataError(f"{what} must be a positive int; got {value!r}")
     return int(value)
 
@@ -119,7 +119,7 @@ def epoch_indices(
     num_examples = _positive_int(num_examples, "num_examples")
     batch_size = _positive_int(batch_size, "batch_size")
     for value, what in ((seed, "seed"), (epoch, "epoch")):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        if not is_count(value, 0):
             raise DataError(f"{what} must be a non-negative int; got {value!r}")
     if drop_remainder and batch_size > num_examples:
         raise DataError(

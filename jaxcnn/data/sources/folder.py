@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxcnn.data.dataset import Dataset, DatasetInfo, Split, split_off_test
+from jaxcnn.data.dataset import Dataset, DatasetInfo, Split, is_count, split_off_test
 from jaxcnn.data.errors import DataError, DataFormatError, DatasetNotFoundError
 from jaxcnn.data.locate import data_roots
 
@@ -200,18 +200,14 @@ def _decode_all(paths: list[str], size, grayscale: bool, workers: int):
     return (images, failures), workers
 
 
-def _is_count(value, lowest: int) -> bool:
-    return not isinstance(value, bool) and isinstance(value, numbers.Integral) and value >= lowest
-
-
 def _check_folder_options(image_size, color_mode, test_split, split_seed, skip_bad, cache, workers):
     """Every option, before a file is read (a typo must not wait for the decoding)."""
     if color_mode not in ("rgb", "grayscale"):
         raise DataError(f"color_mode must be 'rgb' or 'grayscale'; got {color_mode!r}")
     if image_size is not None:
-        pair = (image_size, image_size) if _is_count(image_size, 1) else image_size
+        pair = (image_size, image_size) if is_count(image_size, 1) else image_size
         try:
-            good = len(pair) == 2 and all(_is_count(side, 1) for side in pair)
+            good = len(pair) == 2 and all(is_count(side, 1) for side in pair)
         except TypeError:  # not a sequence
             good = False
         if not good:
@@ -227,18 +223,18 @@ def _check_folder_options(image_size, color_mode, test_split, split_seed, skip_b
             f"test_split must be a fraction in (0, 1) (used when there is no test/ folder); "
             f"got {test_split!r}"
         )
-    if not _is_count(split_seed, 0):
+    if not is_count(split_seed, 0):
         raise DataError(f"split_seed must be a non-negative int; got {split_seed!r}")
     for name, value in (("skip_bad", skip_bad), ("cache", cache)):
         if not isinstance(value, bool):
             raise DataError(f"{name} must be True or False; got {value!r}")
-    if workers is not None and not _is_count(workers, 1):
+    if workers is not None and not is_count(workers, 1):
         raise DataError(f"workers must be None (every usable core) or an int >= 1; got {workers!r}")
 
 
 def _target_size(listing, image_size) -> tuple[int, int]:
     if image_size is not None:
-        if _is_count(image_size, 1):
+        if is_count(image_size, 1):
             return int(image_size), int(image_size)
         return tuple(int(s) for s in image_size)
     from PIL import Image
