@@ -38,6 +38,17 @@ Batch = Mapping[str, jax.Array]
 Augment = Callable[[jax.Array, jax.Array], jax.Array]
 
 
+def unit_range(images: jax.Array) -> jax.Array:
+    """uint8 0..255 as float32 0..1; float images are taken to be in [0, 1] already.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> unit_range(jnp.array([0, 255], jnp.uint8)).tolist()
+      [0.0, 1.0]
+    """
+    return images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images
+
+
 def preprocess(images: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
     """uint8 ``(N, *spatial, C)`` -> float32 normalised with per-channel ``mean``/``std``.
 
@@ -49,9 +60,7 @@ def preprocess(images: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
       >>> preprocess(jnp.full((1, 1, 1), 255, jnp.uint8), jnp.array([0.5]), jnp.array([0.5]))
       Array([[[1.]]], dtype=float32)
     """
-    x = images.astype(jnp.float32)
-    if images.dtype == jnp.uint8:
-        x = x / 255.0
+    x = unit_range(images).astype(jnp.float32)
     # Explicit per-channel broadcast (the tests run with rank promotion set to "raise").
     shape = (1,) * (x.ndim - 1) + (-1,)
     mean = jnp.asarray(mean, jnp.float32).reshape(shape)
@@ -85,8 +94,7 @@ def eval_logits(
             f"batch_splits={batch_splits!r}; valid: 0 (automatic) or an int from 1 to the "
             f"{images.shape[0]} images in the batch"
         )
-    if images.dtype == jnp.uint8:
-        images = images.astype(jnp.float32) / 255.0
+    images = unit_range(images)
 
     def one_view(view):
         return model.apply(variables, preprocess(view, mean, std), train=False)
@@ -266,11 +274,8 @@ def make_train_step(
         # One key per step, from the step number: resuming at step k replays step k exactly.
         step_key = jax.random.fold_in(state.rng, state.step)
         augment_key, dropout_key = jax.random.split(step_key)
-        images = batch["image"]
         # uint8 0..255 (what jaxcnn.data keeps) or float 0..1, as the eval step takes.
-        if images.dtype == jnp.uint8:
-            images = images.astype(jnp.float32) / 255.0
-        images = images.astype(jnp.float32)
+        images = unit_range(batch["image"]).astype(jnp.float32)
         if augment is not None:
             images = augment(augment_key, images, **_example_ids(augment, batch))
         inputs = preprocess(images, mean, std)
