@@ -164,15 +164,17 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
         )
     full = base_config()
     flat = _flatten(config.to_dict())
-    known = set(_flatten(full.to_dict()))
+    defaults = _flatten(full.to_dict())
     for name in flat:
         # A misspelt field would otherwise be ignored silently.
-        _require(name in known, name, flat[name], f"not a config field; fields: {sorted(known)}")
+        _require(
+            name in defaults, name, flat[name], f"not a config field; fields: {sorted(defaults)}"
+        )
     for name, value in flat.items():
         try:
             full.update_from_flattened_dict({name: value})
         except (TypeError, ValueError):  # ml_collections refuses another type for a field
-            default = _flatten(base_config().to_dict())[name]
+            default = defaults[name]
             valid = f"of type {type(default).__name__}, like {default!r}"
             if isinstance(default, tuple | list):
                 valid = "a list, e.g. ['conv1'] (a single string is not one)"
