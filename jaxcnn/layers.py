@@ -456,16 +456,12 @@ class ConvBlock(nn.Module):
 
     def conv_spec(self, rank: int) -> shapes.ConvSpec:
         """The convolution as a :class:`jaxcnn.shapes.ConvSpec` (for receptive fields)."""
-        try:
-            return shapes.ConvSpec(
-                kernel=_as_tuple(self.kernel_size, rank, "kernel_size", self),
-                stride=_as_tuple(self.stride, rank, "stride", self),
-                padding=self.padding,
-                dilation=_as_tuple(self.dilation, rank, "dilation", self),
-            )
+        kernel = _as_tuple(self.kernel_size, rank, "kernel_size", self)
+        stride = _as_tuple(self.stride, rank, "stride", self)
+        dilation = _as_tuple(self.dilation, rank, "dilation", self)
+        try:  # the calculator's own checks, prefixed with this block's name
+            return shapes.ConvSpec(kernel, stride, self.padding, dilation)
         except ValueError as error:
-            if str(error).startswith(_describe(self)):
-                raise
             raise ValueError(f"{_describe(self)}: {error}") from error
 
     def pool_spec(self, rank: int) -> shapes.PoolSpec | None:
