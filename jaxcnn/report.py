@@ -23,10 +23,12 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+import matplotlib.colors
 import numpy as np
 
 from jaxcnn import viz
 from jaxcnn.files import write_atomic
+from jaxcnn.viz.curves import VERDICT_COLORS
 
 REPORT_NAME = "report.html"
 
@@ -46,15 +48,6 @@ img { max-width: 100%; height: auto; display: block; margin: 8px 0; }
 nav a { margin-right: 12px; }
 summary { cursor: pointer; color: #1f5fbf; }
 """
-
-_VERDICT_CSS_COLORS = {
-    "good fit": "#2ca02c",
-    "still improving": "#1f77b4",
-    "overfitting": "#d62728",
-    "underfitting": "#ff7f0e",
-    "unstable": "#9467bd",
-    "diverged": "#8b0000",
-}
 
 
 @dataclasses.dataclass
@@ -169,7 +162,9 @@ def _recorded_verdict(results: Mapping) -> tuple[str, str] | None:
 def _verdict_badge(verdict: tuple[str, str] | None) -> str:
     if verdict is None:
         return '<p class="note">no diagnosis recorded (the run may be unfinished)</p>'
-    color = _VERDICT_CSS_COLORS.get(verdict[0], "#555")
+    # The curves' colours (viz.curves.VERDICT_COLORS), as CSS: one table for both.
+    named = VERDICT_COLORS.get(verdict[0])
+    color = matplotlib.colors.to_hex(named) if named else "#555"
     return (
         f'<p><span class="verdict" style="background:{color}">'
         f"{html.escape(verdict[0])}</span> {html.escape(verdict[1])}</p>"
