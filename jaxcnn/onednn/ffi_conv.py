@@ -254,7 +254,7 @@ def _backward_rule(strides, padding, dilation, algorithm, residuals, dy):
     elif method == "mosaic":
         dkernel = _kernel_grad_mosaic(x, dy, kernel.shape, padding, algorithm)
     else:
-        used_x, used_padding = _without_unread_edge(x, kernel.shape, strides, padding, dilation)
+        used_x, used_padding = _without_unread_edge(x, dy, kernel.shape, strides, padding, dilation)
         dkernel = _call(
             "jaxcnn_onednn_conv_kernel_grad",
             _like(kernel),
@@ -268,7 +268,7 @@ def _backward_rule(strides, padding, dilation, algorithm, residuals, dy):
     return dx, dkernel
 
 
-def _without_unread_edge(x, kernel_shape, strides, padding, dilation):
+def _without_unread_edge(x, dy, kernel_shape, strides, padding, dilation):
     """``x`` and ``padding`` cut to the rows and columns the convolution reads.
 
     A stride that does not divide the padded extent leaves trailing pixels no output
@@ -277,7 +277,7 @@ def _without_unread_edge(x, kernel_shape, strides, padding, dilation):
     run-to-run different gradients (seen on an AVX2 AMD EPYC, 2026-12-07). Cut, the
     geometry is exact: the padding's high side first, then the input's last rows.
     """
-    out = output_shape(x.shape, kernel_shape, strides, padding, dilation)[1:3]
+    out = dy.shape[1:3]  # the convolution's output size
     cut_padding, keep = [], []
     for axis in range(2):
         lo, hi = padding[axis]
