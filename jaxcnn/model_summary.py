@@ -235,21 +235,23 @@ def _layer_specs(module: nn.Module, rank: int) -> list | None:
         window = (window,) * rank if isinstance(window, int) else tuple(window)
         stride = window if module.stride is None else module.stride
         return [shapes.PoolSpec(window, stride, module.padding)]
-    if isinstance(module, nn.Conv) and not isinstance(module.padding, str | int):
-        # Flax takes lists of pairs; the calculator's specs want them hashable.
-        pads = tuple(tuple(p) if isinstance(p, Sequence) else p for p in module.padding)
-        return [
-            shapes.ConvSpec(
-                module.kernel_size, module.strides or 1, pads, module.kernel_dilation or 1
-            )
-        ]
     if isinstance(module, nn.Conv):
         return [
             shapes.ConvSpec(
-                module.kernel_size, module.strides or 1, module.padding, module.kernel_dilation or 1
+                module.kernel_size,
+                module.strides or 1,
+                _hashable_padding(module.padding),
+                module.kernel_dilation or 1,
             )
         ]
     return None
+
+
+def _hashable_padding(padding):
+    """Flax takes lists of pairs; the calculator's specs want them hashable."""
+    if isinstance(padding, str | int):
+        return padding
+    return tuple(tuple(p) if isinstance(p, Sequence) else p for p in padding)
 
 
 class _Recorder:
@@ -302,10 +304,10 @@ class _Recorder:
         if in_specs is None:
             self._store(output, None)
             return
-        if not isinstance(padding, str):
-            padding = tuple(tuple(pair) for pair in padding)
         pool = shapes.PoolSpec(
-            tuple(window_shape), None if strides is None else tuple(strides), padding
+            tuple(window_shape),
+            None if strides is None else tuple(strides),
+            _hashable_padding(padding),
         )
         self._store(output, (*in_specs, pool))
 
