@@ -1,8 +1,11 @@
-"""``conv_backend.conv_general_dilated`` with negative low padding (a crop at the low edge).
+"""``conv_backend.conv_general_dilated`` with negative low padding (a crop at the low edge)
+and low padding wider than the kernel reaches.
 
 XLA:CPU (jax 0.10.2) computes a convolution whose padding has a negative low entry and a
-positive high one wrongly; jaxcnn crops first (``crop_negative_low_padding``). Held
-against the definition: pad (negative entries crop), then a VALID convolution.
+positive high one wrongly; jaxcnn crops first (``crop_negative_low_padding``). A low pad
+beyond the kernel's reach makes such a convolution of the input gradient; on XLA's route
+jaxcnn pads that part explicitly (``pad_wide_low_padding``). Held against the
+definition: pad (negative entries crop), then a VALID convolution.
 """
 
 from __future__ import annotations
@@ -20,7 +23,15 @@ DIMS = ("NHWC", "HWIO", "NHWC")
 
 @pytest.mark.parametrize("backend", ["xla", "auto"])
 @pytest.mark.parametrize(
-    "pads", [((-1, 1), (-1, 1)), ((0, 0), (-1, 1)), ((-2, 1), (1, -1)), ((1, 1), (1, 1))]
+    "pads",
+    [
+        ((-1, 1), (-1, 1)),
+        ((0, 0), (-1, 1)),
+        ((-2, 1), (1, -1)),
+        ((1, 1), (1, 1)),
+        ((4, 0), (4, 0)),
+        ((3, 1), (0, 5)),
+    ],
 )
 def test_value_and_gradients_are_the_definitions(pads, backend):
     x = jax.random.normal(jax.random.key(0), (2, 9, 12, 8))
@@ -49,3 +60,14 @@ def test_non_negative_and_dilated_calls_are_left_alone():
     assert dilated[0] is x
     cropped, pads = conv_backend.crop_negative_low_padding(x, w, ((-1, 1), (-2, 0)), None, DIMS)
     assert cropped.shape == (1, 5, 4, 1) and pads == ((0, 1), (0, 0))
+
+
+def test_only_low_pads_beyond_the_kernels_reach_are_padded_explicitly():
+    x, w = jnp.ones((1, 6, 6, 1)), jnp.ones((3, 3, 1, 1))
+    within = conv_backend.pad_wide_low_padding(x, w, ((2, 5), (0, 0)), None, None, DIMS)
+    assert within[0] is x and within[1] == ((2, 5), (0, 0))
+    dilated = conv_backend.pad_wide_low_padding(x, w, ((4, 0), (0, 0)), None, (2, 2), DIMS)
+    assert dilated[0] is x  # a dilation of 2 reaches 4
+    padded, pads = conv_backend.pad_wide_low_padding(x, w, ((3, 0), (5, 1)), None, None, DIMS)
+    assert padded.shape == (1, 7, 9, 1) and pads == ((2, 0), (2, 1))
+    assert float(padded[0, 0, :, 0].sum()) == 0.0 and float(padded[0, :, :3, 0].sum()) == 0.0
