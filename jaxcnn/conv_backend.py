@@ -374,13 +374,17 @@ def crop_negative_low_padding(lhs, rhs, padding, lhs_dilation, dimension_numbers
     if lhs_dilation is not None and any(d != 1 for d in lhs_dilation):
         return lhs, padding
     dims = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    return _moved_to_lhs(lhs, dims, padding, [min(int(lo), 0) for lo, _ in padding])
+
+
+def _moved_to_lhs(lhs, dims, padding, low):
+    """``lhs`` padded by ``low[i]`` (negative: cropped) at the low edge of spatial axis
+    ``i``, and ``padding`` less those amounts: the same convolution."""
     config = [(0, 0, 0)] * lhs.ndim
-    kept = []
-    for axis, (lo, hi) in zip(dims.lhs_spec[2:], padding, strict=True):
-        crop = min(int(lo), 0)
-        config[axis] = (crop, 0, 0)
-        kept.append((int(lo) - crop, int(hi)))
-    return lax.pad(lhs, jax.numpy.zeros((), lhs.dtype), config), tuple(kept)
+    for axis, amount in zip(dims.lhs_spec[2:], low, strict=True):
+        config[axis] = (amount, 0, 0)
+    kept = tuple((int(lo) - amount, int(hi)) for (lo, hi), amount in zip(padding, low, strict=True))
+    return lax.pad(lhs, jax.numpy.zeros((), lhs.dtype), config), kept
 
 
 def pad_wide_low_padding(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers):
@@ -413,13 +417,8 @@ def pad_wide_low_padding(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimensio
     reach = [(k - 1) * d for k, d in zip(kernel, dilation, strict=True)]
     if all(int(lo) <= r for (lo, _), r in zip(padding, reach, strict=True)):
         return lhs, padding
-    config = [(0, 0, 0)] * lhs.ndim
-    kept = []
-    for axis, (lo, hi), r in zip(dims.lhs_spec[2:], padding, reach, strict=True):
-        extra = max(int(lo) - r, 0)
-        config[axis] = (extra, 0, 0)
-        kept.append((int(lo) - extra, int(hi)))
-    return lax.pad(lhs, jax.numpy.zeros((), lhs.dtype), config), tuple(kept)
+    extra = [max(int(lo) - r, 0) for (lo, _), r in zip(padding, reach, strict=True)]
+    return _moved_to_lhs(lhs, dims, padding, extra)
 
 
 # The route lists of the active record_routes blocks (innermost last).
