@@ -59,20 +59,23 @@ def _window_axes(ndim: int) -> tuple[int, ...]:
     return tuple(2 + 2 * i for i in range(ndim))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _tiled_max_pool(x: jax.Array, window: tuple[int, ...]) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _tiled_max_pool(x: jax.Array, window: tuple[int, ...], stored: bool) -> jax.Array:
     return jnp.max(_split_windows(x, window), axis=_window_axes(len(window)))
 
 
-def _tiled_max_pool_fwd(x, window):
+def _tiled_max_pool_fwd(x, window, stored):
     # One copy of x for the max and for the gradient's comparison with it. Without the
     # barrier XLA may recompute x's elementwise producer (a norm, an activation) inside
     # each consumer's fusion, rounding differently: a window whose recomputed values no
     # longer contain y then got no gradient at all (up to half the gradient lost).
     # (lax.optimization_barrier does not stop it: XLA:CPU expands barriers before it
-    # fuses.) materialize's conditional is a fusion boundary on CPU.
-    x = materialize(x)
-    y = _tiled_max_pool(x, window)
+    # fuses.) materialize's conditional is a fusion boundary on CPU. Not where x is
+    # `stored` (a convolution's output, which XLA does not recompute): the extra copy of
+    # the CIFAR net's conv outputs cost its step 9 % on the Intel Xeon (session 42).
+    if not stored:
+        x = materialize(x)
+    y = _tiled_max_pool(x, window, stored)
     return y, (x, y)
 
 
@@ -114,7 +117,7 @@ def first_max_gradient(
     return jnp.where(position == first, jnp.expand_dims(g, axes), jnp.zeros((), g.dtype))
 
 
-def _tiled_max_pool_bwd(window, residuals, g):
+def _tiled_max_pool_bwd(window, stored, residuals, g):
     # No scatter and no concatenation (an earlier version stacked one select per window
     # position, which XLA turned into concatenates it computed twice, once per consumer:
     # 1.4x slower on the CIFAR step).
@@ -133,6 +136,8 @@ def max_pool(
     x: jax.Array,
     window: int | Sequence[int],
     strides: int | Sequence[int] | None = None,
+    *,
+    stored_input: bool = False,
 ) -> jax.Array:
     """VALID max-pooling over the spatial axes of ``x`` (N, *spatial, C).
 
@@ -144,6 +149,9 @@ def max_pool(
       x: array of shape (N, *spatial, C), spatial rank 1 to 3, any float dtype.
       window: window size, an int or one int per spatial axis.
       strides: stride per spatial axis; default ``window``.
+      stored_input: ``x`` is an operation's stored output, not an elementwise chain XLA
+        may fuse into its consumers (say a convolution's output): skips the copy that
+        keeps the gradient exact when XLA:CPU would recompute ``x`` with other rounding.
 
     Returns:
       Array of shape (N, *[(s - w) // t + 1 ...], C), dtype of ``x``; rows/columns that
@@ -167,7 +175,7 @@ def max_pool(
     if strides != window:
         dims = (1, *window, 1)
         return lax.reduce_window(x, -jnp.inf, lax.max, dims, (1, *strides, 1), "VALID")
-    return _tiled_max_pool(x, window)
+    return _tiled_max_pool(x, window, stored_input)
 
 
 def max_pool_relu(
@@ -175,6 +183,8 @@ def max_pool_relu(
     window: int | Sequence[int],
     strides: int | Sequence[int] | None = None,
     bias: jax.Array | None = None,
+    *,
+    stored_input: bool = False,
 ) -> jax.Array:
     """``max_pool(relu(x + bias))`` computed as ``relu(max_pool(x) + bias)``.
 
@@ -188,7 +198,7 @@ def max_pool_relu(
 
     Args:
       x: (N, *spatial, C) pre-activation without its bias (e.g. a bias-free conv output).
-      window, strides: as for :func:`max_pool`.
+      window, strides, stored_input: as for :func:`max_pool`.
       bias: optional (C,) per-channel bias.
 
     Returns:
@@ -198,7 +208,7 @@ def max_pool_relu(
       >>> max_pool_relu(jnp.array([[[-1.0], [-2.0], [3.0], [0.5]]]), 2)[0, :, 0]
       Array([0., 3.], dtype=float32)
     """
-    y = max_pool(x, window, strides)
+    y = max_pool(x, window, strides, stored_input=stored_input)
     if bias is not None:
         y = add_channel_bias(y, bias)  # checks the bias's shape (pooling keeps C)
     return jax.nn.relu(y)

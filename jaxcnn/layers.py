@@ -745,7 +745,7 @@ class ConvBlock(nn.Module):
                 # 13 x 13); under jit XLA drops the then unused full conv.
                 cropped = conv_pool.conv_for_tiled_pool(tap.call, fused_window)
                 y = y if cropped is None else cropped
-                y = fast_ops.max_pool_relu(y, fused_window, bias=bias)
+                y = fast_ops.max_pool_relu(y, fused_window, bias=bias, stored_input=True)
             chex.assert_shape(y, expected)
             return self._finish(y)
         if self.space_to_depth:
