@@ -66,7 +66,7 @@ def _tiled_max_pool(x: jax.Array, window: tuple[int, ...], stored: bool) -> jax.
 
 def _tiled_max_pool_fwd(x, window, stored):
     # One copy of x for the max and for the gradient's comparison with it. Without the
-    # barrier XLA may recompute x's elementwise producer (a norm, an activation) inside
+    # copy XLA may recompute x's elementwise producer (a norm, an activation) inside
     # each consumer's fusion, rounding differently: a window whose recomputed values no
     # longer contain y then got no gradient at all (up to half the gradient lost).
     # (lax.optimization_barrier does not stop it: XLA:CPU expands barriers before it
