@@ -421,6 +421,46 @@ def pad_wide_low_padding(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimensio
     return _moved_to_lhs(lhs, dims, padding, extra)
 
 
+def pad_low_edge_of_halving_axes(
+    lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers
+):
+    """``(lhs, padding)`` with the low pad of each axis whose kernel is 2 wide (dilation 1)
+    and whose stride is 2, where that pad is 1, done as an explicit ``lax.pad`` of ``lhs``;
+    unchanged elsewhere, or under ``lhs_dilation``.
+
+    Why: the input gradient of such a convolution is a transposed one whose window on that
+    axis is 2 wide over an input dilated by 2, without padding, which XLA:CPU's operand
+    swap (``conv_operand_swapper.cc``, jax 0.10.2) copies into the swapped convolution
+    unchanged; where another axis makes the swap look worthwhile (a kernel wider than the
+    map it slides over, as a 2x4 kernel with stride 2 and padding 1 on a 10x3 input has)
+    the new convolution is malformed and XLA aborts the process while compiling the
+    gradient. With the pad done first, the transposed window is padded and the swap
+    handles it.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> x, w = jnp.ones((1, 10, 3, 1)), jnp.ones((2, 4, 1, 1))
+        >>> x2, pads = pad_low_edge_of_halving_axes(x, w, (2, 2), ((1, 1), (1, 1)), None,
+        ...                                         None, ("NHWC", "HWIO", "NHWC"))
+        >>> x2.shape, pads
+        ((1, 11, 3, 1), ((0, 1), (1, 1)))
+    """
+    if isinstance(padding, str):
+        return lhs, padding  # "SAME" puts a 2-wide kernel's odd pad at the high end
+    if lhs_dilation is not None and any(d != 1 for d in lhs_dilation):
+        return lhs, padding
+    dims = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    kernel = [rhs.shape[axis] for axis in dims.rhs_spec[2:]]
+    dilation = rhs_dilation or (1,) * len(kernel)
+    low = [
+        int(lo == 1 and k == 2 and d == 1 and s == 2)
+        for (lo, _), k, d, s in zip(padding, kernel, dilation, window_strides, strict=True)
+    ]
+    if not any(low):
+        return lhs, padding
+    return _moved_to_lhs(lhs, dims, padding, low)
+
+
 # The route lists of the active record_routes blocks (innermost last).
 _route_recorders: list[list[str]] = []
 
@@ -502,9 +542,12 @@ def conv_general_dilated(
     if by_narrow_rule:
         backend = "onednn"
     if not runs or backend != "onednn" or not _dtype_runs(lhs.dtype):
-        # Only XLA needs it: the binding's gradients take any padding.
+        # Only XLA needs them: the binding's gradients take any padding.
         lhs, padding = pad_wide_low_padding(
             lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers
+        )
+        lhs, padding = pad_low_edge_of_halving_axes(
+            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers
         )
         return _recorded(
             "xla", lax.conv_general_dilated(lhs, rhs, window_strides, padding, *args[4:])
