@@ -387,6 +387,19 @@ def _moved_to_lhs(lhs, dims, padding, low):
     return lax.pad(lhs, jax.numpy.zeros((), lhs.dtype), config), kept
 
 
+def _explicit_padding_geometry(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers):
+    """``(dimension numbers, kernel size per axis, kernel dilation per axis)`` of a call
+    with explicit padding and no ``lhs_dilation``; None for any other (the padding
+    corrections for XLA below apply to those calls only)."""
+    if isinstance(padding, str):
+        return None
+    if lhs_dilation is not None and any(d != 1 for d in lhs_dilation):
+        return None
+    dims = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    kernel = [rhs.shape[axis] for axis in dims.rhs_spec[2:]]
+    return dims, kernel, tuple(rhs_dilation or (1,) * len(kernel))
+
+
 def pad_wide_low_padding(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers):
     """``(lhs, padding)`` with the part of each low pad beyond the dilated kernel's reach
     (``(k - 1) * dilation``) done as an explicit ``lax.pad`` of ``lhs``; unchanged where
@@ -407,13 +420,12 @@ def pad_wide_low_padding(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimensio
         >>> x2.shape, pads
         ((1, 7, 5, 1), ((2, 0), (1, 1)))
     """
-    if isinstance(padding, str):
+    geometry = _explicit_padding_geometry(
+        lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers
+    )
+    if geometry is None:
         return lhs, padding
-    if lhs_dilation is not None and any(d != 1 for d in lhs_dilation):
-        return lhs, padding
-    dims = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-    kernel = [rhs.shape[axis] for axis in dims.rhs_spec[2:]]
-    dilation = rhs_dilation or (1,) * len(kernel)
+    dims, kernel, dilation = geometry
     reach = [(k - 1) * d for k, d in zip(kernel, dilation, strict=True)]
     if all(int(lo) <= r for (lo, _), r in zip(padding, reach, strict=True)):
         return lhs, padding
@@ -445,13 +457,13 @@ def pad_low_edge_of_halving_axes(
         >>> x2.shape, pads
         ((1, 11, 3, 1), ((0, 1), (1, 1)))
     """
-    if isinstance(padding, str):
-        return lhs, padding  # "SAME" puts a 2-wide kernel's odd pad at the high end
-    if lhs_dilation is not None and any(d != 1 for d in lhs_dilation):
+    # A string padding is left alone: "SAME" puts a 2-wide kernel's odd pad at the high end.
+    geometry = _explicit_padding_geometry(
+        lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers
+    )
+    if geometry is None:
         return lhs, padding
-    dims = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-    kernel = [rhs.shape[axis] for axis in dims.rhs_spec[2:]]
-    dilation = rhs_dilation or (1,) * len(kernel)
+    dims, kernel, dilation = geometry
     low = [
         int(lo == 1 and k == 2 and d == 1 and s == 2)
         for (lo, _), k, d, s in zip(padding, kernel, dilation, window_strides, strict=True)
