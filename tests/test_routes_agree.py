@@ -42,7 +42,7 @@ from hypothesis import assume, given, note, settings
 from jaxcnn import conv_backend, shapes, testing
 from jaxcnn.layers import ConvBlock
 
-EXAMPLES = 40 if os.environ.get("HYPOTHESIS_PROFILE", "ci") == "ci" else 1000
+EXAMPLES = 30 if os.environ.get("HYPOTHESIS_PROFILE", "ci") == "ci" else 1000
 
 # Channel counts where the routes change: tiny layers stay on XLA, Winograd and oneDNN's
 # AVX2 rules switch at 16 and 32, the native conv + pool kernel takes few input channels.
