@@ -204,7 +204,7 @@ def _disagreements(fast, reference, dtype: str, exact=None) -> list[str]:
 
 @settings(max_examples=EXAMPLES)
 @given(case=block_cases())
-def test_fast_routes_match_the_plain_route(case, environment):
+def test_fast_routes_match_the_plain_route(case):
     note(f"ConvBlock({case.fields}) on {case.input_shape}, residual {case.residual_shape}")
     shapes_in = [case.input_shape] + ([case.residual_shape] if case.residual_shape else [])
     inputs = [jax.random.normal(jax.random.key(1 + i), s) for i, s in enumerate(shapes_in)]
@@ -212,7 +212,9 @@ def test_fast_routes_match_the_plain_route(case, environment):
         inputs[1] = inputs[1].astype(case.fields["dtype"])
     variables = case.block(reference=True).init(jax.random.key(0), inputs[0])
     fast = _train_step_outputs(case.block(reference=False), variables, inputs)
-    with environment({"JAXCNN_NORM_BACKEND": "xla"}), conv_backend.use_conv_backend("xla"):
+    # One MonkeyPatch per example (the fixture's would keep the setting for the next one).
+    with pytest.MonkeyPatch.context() as patch, conv_backend.use_conv_backend("xla"):
+        patch.setenv("JAXCNN_NORM_BACKEND", "xla")
         reference = _train_step_outputs(case.block(reference=True), variables, inputs)
         if not _disagreements(fast, reference, case.dtype_name):
             return
@@ -226,26 +228,3 @@ def test_fast_routes_match_the_plain_route(case, environment):
             )
     found = _disagreements(fast, reference, case.dtype_name, exact)
     assert not found, found
-
-
-@pytest.fixture(scope="module")
-def environment():
-    """A context manager that sets environment variables and restores them (hypothesis
-    runs many examples in one test call, so the function-scoped ``monkeypatch`` would
-    carry one example's settings into the next)."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def setting(values: dict[str, str]):
-        saved = {name: os.environ.get(name) for name in values}
-        os.environ.update(values)
-        try:
-            yield
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
-
-    return setting
