@@ -255,17 +255,44 @@ def _backward_rule(strides, padding, dilation, algorithm, residuals, dy):
         dkernel = _kernel_grad_mosaic(x, dy, kernel.shape, padding, algorithm)
     else:
         used_x, used_padding = _without_unread_edge(x, dy, kernel.shape, strides, padding, dilation)
+        compute = kernel_grad_dtype(used_x.shape, x.dtype, strides)
         dkernel = _call(
             "jaxcnn_onednn_conv_kernel_grad",
-            _like(kernel),
-            used_x,
-            dy,
+            jax.ShapeDtypeStruct(kernel.shape, compute),
+            used_x.astype(compute),
+            dy.astype(compute),
             strides,
             used_padding,
             dilation,
             algorithm,
-        )
+        ).astype(kernel.dtype)
     return dx, dkernel
+
+
+def kernel_grad_dtype(x_shape, dtype, strides) -> np.dtype:
+    """The dtype oneDNN's backward-weights runs one kernel gradient in: ``dtype``, or
+    float32 for a bfloat16 convolution over a map no larger than its stride on some axis.
+
+    oneDNN 3.2's bfloat16 backward-weights leaves some such kernel gradients partly
+    unwritten (the output then holds whatever the memory held: zeros in a fresh process,
+    another call's numbers later), e.g. a 3x3 stride-2 convolution over a 7 x 1 map: 10
+    of 60 random geometries with the width no larger than its stride (> 1), none of 340
+    others, on the Intel Xeon (AMX) under glibc's ``MALLOC_PERTURB_``; the float32
+    kernels were right on all 400 (docs/perf_notes.md, session 44). Which of those fail
+    is not clear, so all of them take the detour, and so does a height that small: it
+    costs nothing on maps this small. ``x_shape`` is the input as oneDNN gets it (after
+    :func:`_without_unread_edge`).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> kernel_grad_dtype((8, 7, 1, 16), jnp.bfloat16, (2, 2)).name
+        'float32'
+        >>> kernel_grad_dtype((8, 8, 8, 16), jnp.bfloat16, (2, 2)).name
+        'bfloat16'
+    """
+    dtype = np.dtype(dtype)
+    narrow = any(s > 1 and n <= s for n, s in zip(x_shape[1:3], strides, strict=True))
+    return np.dtype(np.float32) if dtype == jax.numpy.bfloat16 and narrow else dtype
 
 
 def _without_unread_edge(x, dy, kernel_shape, strides, padding, dilation):
