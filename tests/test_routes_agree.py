@@ -80,8 +80,16 @@ REFERENCE_FACTOR = {"float32": 20, "bfloat16": 4}
 FLOOR = {"float32": 1e-4, "bfloat16": 2e-2}
 
 
+class _DrawnDtype:
+    """For a case whose ``fields`` hold the computation ``dtype``: its name."""
+
+    @property
+    def dtype_name(self) -> str:
+        return jnp.dtype(self.fields["dtype"]).name
+
+
 @dataclasses.dataclass(frozen=True)
-class BlockCase:
+class BlockCase(_DrawnDtype):
     """A ConvBlock's fields, an input shape it accepts and, for a block that ends a
     residual block, the shape of the shortcut added after its norm."""
 
@@ -97,10 +105,6 @@ class BlockCase:
             plain["pool_method"] = "reduce_window"
         fields = {**self.fields, **(plain if reference else {})}
         return ConvBlock(**{**fields, **({} if dtype is None else {"dtype": dtype})})
-
-    @property
-    def dtype_name(self) -> str:
-        return jnp.dtype(self.fields["dtype"]).name
 
     def inputs(self, draw: int) -> dict:
         """The block's keyword arguments, random: ``x`` and, with one, ``residual``."""
@@ -136,7 +140,7 @@ def block_cases(draw) -> BlockCase:
         norm=draw(st.sampled_from([None, None, "batch", "group", "layer"])),
         activation=draw(st.sampled_from(["relu", "relu", "gelu", None])),
         use_bias=draw(st.sampled_from([None, True, False])),
-        dtype=draw(st.sampled_from([jnp.float32, jnp.float32, jnp.bfloat16])),
+        dtype=draw(st.sampled_from(DTYPES)),
     )
     conv_out = case.expected_shape
     if draw(st.booleans()):
@@ -358,7 +362,7 @@ class _TextbookResidualBlock(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class ResidualCase:
+class ResidualCase(_DrawnDtype):
     """A residual block's fields and an input shape."""
 
     bottleneck: bool
@@ -371,10 +375,6 @@ class ResidualCase:
         if reference:
             return _TextbookResidualBlock(self.bottleneck, **fields)
         return (BottleneckBlock if self.bottleneck else ResidualBlock)(**fields)
-
-    @property
-    def dtype_name(self) -> str:
-        return jnp.dtype(self.fields["dtype"]).name
 
     def inputs(self, draw: int) -> dict:
         """A random input in the computation dtype, as the previous block hands it over."""
