@@ -54,6 +54,27 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("JAXCNN_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
+# The suite's slowest files, slowest first (summed test time on the 2-core Xeon, session
+# 45: 112, 73, 55, 43 and 38 s of 705). pytest-xdist hands each worker whole files in
+# collection order (`--no-loadscope-reorder`, pyproject.toml), so these start first and
+# the short files fill in at the end, instead of one worker running a 112-second file
+# while the other has nothing left (7m03 -> 5m48 here; docs/perf_notes.md, session 45).
+SLOWEST_FILES = (
+    "test_routes_agree.py",
+    "test_train_fit.py",
+    "test_onednn.py",
+    "test_shapes_flax.py",
+    "test_winograd.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Moves the tests of ``SLOWEST_FILES`` to the front, in that order (a stable sort:
+    the order within each file, and of the other files, is kept)."""
+    rank = {name: index for index, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 def pytest_configure(config):
     # Imported here, not at module top, so collecting pure-Python tests stays cheap.
     import jax
