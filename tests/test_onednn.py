@@ -70,7 +70,22 @@ CONFIGS = [
     ((8, 34, 26, 4), (1, 1, 4, 8), (2, 2), "VALID", (1, 1)),
     ((2, 8, 9, 1), (1, 1, 1, 1), (2, 2), "VALID", (1, 1)),
     ((2, 11, 9, 3), (1, 3, 3, 4), (3, 2), ((0, 1), (1, 0)), (1, 1)),  # cut from the padding
+    ((1, 8, 8, 2), (1, 1, 2, 3), (2, 2), ((0, 2), (0, 2)), (1, 1)),  # unread: padding only
 ]
+
+
+def test_the_unread_edge_is_cut_from_the_high_padding_first():
+    # 1x1 stride 2, 8 pixels + 2 of high padding: 5 outputs read pixels 0, 2, ..., 8, so
+    # one padding pixel is unread; VALID on 34 pixels: 17 outputs read 0..32, so the
+    # input's last row is.
+    x, dy = jnp.zeros((1, 8, 34, 1)), jnp.zeros((1, 5, 17, 1))
+    padding = ((0, 2), (0, 0))
+    used_x, used_padding = ffi_conv._without_unread_edge(x, dy, (1, 1), (2, 2), padding, (1, 1))
+    assert used_x.shape == (1, 8, 33, 1) and used_padding == ((0, 1), (0, 0))
+    used_x, used_padding = ffi_conv._without_unread_edge(
+        x[:, :, :33], dy, (1, 1), (2, 2), padding, (1, 1)
+    )
+    assert used_x.shape == (1, 8, 33, 1) and used_padding == ((0, 1), (0, 0))
 
 
 @needs_onednn

@@ -313,9 +313,10 @@ def _without_unread_edge(x, dy, kernel_shape, strides, padding, dilation):
         from_padding = min(max(hi, 0), excess)
         cut_padding.append((lo, hi - from_padding))
         keep.append(x.shape[1 + axis] - (excess - from_padding))
+    cut_padding = tuple(cut_padding)
     if keep == list(x.shape[1:3]):
-        return x, padding
-    return x[:, : keep[0], : keep[1], :], tuple(cut_padding)
+        return x, cut_padding  # unread only in the padding (or nowhere)
+    return x[:, : keep[0], : keep[1], :], cut_padding
 
 
 KERNEL_GRAD_METHODS = ("auto", "direct", "swapped", "mosaic", "pairs")
