@@ -75,9 +75,9 @@ CONFIGS = [
 
 
 def test_the_unread_edge_is_cut_from_the_high_padding_first():
-    # 1x1 stride 2, 8 pixels + 2 of high padding: 5 outputs read pixels 0, 2, ..., 8, so
-    # one padding pixel is unread; VALID on 34 pixels: 17 outputs read 0..32, so the
-    # input's last row is.
+    # 1x1 stride 2. Rows: 8 pixels + 2 of high padding, 5 outputs read 0, 2, ..., 8, so
+    # the last padding row is unread. Columns: 34, no padding, 17 outputs read 0..32, so
+    # the input's last column is. Then with 33 columns: only the padding row is unread.
     x, dy = jnp.zeros((1, 8, 34, 1)), jnp.zeros((1, 5, 17, 1))
     padding = ((0, 2), (0, 0))
     used_x, used_padding = ffi_conv._without_unread_edge(x, dy, (1, 1), (2, 2), padding, (1, 1))
