@@ -71,6 +71,9 @@ SLOWEST_FILES = (
 def pytest_collection_modifyitems(config, items):
     """Moves the tests of ``SLOWEST_FILES`` to the front, in that order (a stable sort:
     the order within each file, and of the other files, is kept)."""
+    missing = [name for name in SLOWEST_FILES if not (Path(__file__).parent / name).exists()]
+    if missing:  # a renamed file would silently lose its place
+        raise pytest.UsageError(f"tests/conftest.py: SLOWEST_FILES names no such file: {missing}")
     rank = {name: index for index, name in enumerate(SLOWEST_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
