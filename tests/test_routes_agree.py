@@ -74,8 +74,11 @@ CHANNELS = (1, 2, 3, 4, 8, 16, 32, 64)
 # Error allowed per compared array (see `_disagreements`), as a fraction of its norm:
 # float32 routes differ by about 1e-6 (Winograd's transforms, other summation orders),
 # bfloat16 ones by about 1e-2 (8 bits of mantissa, rounded where each route stores). The
-# bugs this guards against were 0.2-0.9.
-RTOL = {"float32": 1e-3, "bfloat16": 6e-2}
+# bugs this guards against were 0.2-0.9. bfloat16 was 6e-2 until session 46, set when the
+# reference kept some bfloat16 values in float32: with both routes rounding as written,
+# 91 random bfloat16 ConvBlocks used at most a quarter of that, and a 4 % error put into
+# batch norm's scale gradient passed 6e-2 and fails 3e-2.
+RTOL = {"float32": 1e-3, "bfloat16": 3e-2}
 # How much further from the exact value than the plain route of the same dtype the fast
 # one may be: for gradients that cancel to rounding noise, and bfloat16 ReLU and max-pool
 # decisions that rounding flips (each route flips others).
@@ -88,6 +91,8 @@ FLOOR = {"float32": 1e-4, "bfloat16": 2e-2}
 # bfloat16 round trip (f32 -> bf16 -> f32) inside a fusion, e.g. between a conv and the
 # norm after it, where the fast routes' kernels read the rounded bfloat16.
 ROUNDED_AS_WRITTEN = {"xla_allow_excess_precision": False}
+# Input draws a bfloat16 block must fail on, every one, to fail (`_assert_fast_route_agrees`).
+BFLOAT16_DRAWS = 4
 
 
 class _DrawnDtype:
@@ -277,11 +282,15 @@ def _assert_fast_route_agrees(case) -> None:
     the other moves every gradient upstream of it, in a small block by up to a third
     (a one-channel residual block, 36 elements a map: a pre-activation of -0.0064 in
     float64 came out +0.006). Another draw of the inputs does not flip the same decision,
-    while a wrong gradient is wrong for every draw: a bfloat16 block fails only when the
-    second draw disagrees too.
+    while a wrong gradient is wrong for every draw: a bfloat16 block fails only when all
+    ``BFLOAT16_DRAWS`` draws disagree. Two were not enough: in a block with few elements
+    per channel one flip moves a gradient by 5-10 % of its norm, and a BottleneckBlock
+    with 4 x 2 x 2 positions per statistic failed 2 of 12 draws, the first two (session
+    46: its routes land a pre-activation of -0.0021 at +0.0002 and at 0, both 0.002 off);
+    the others passed.
     """
     found = []
-    for draw in range(2 if case.dtype_name == "bfloat16" else 1):
+    for draw in range(BFLOAT16_DRAWS if case.dtype_name == "bfloat16" else 1):
         found.append(_fast_route_disagreements(case, case.inputs(draw)))
         if not found[-1]:
             return
