@@ -14,6 +14,8 @@ Measured on the 2-core CPU of the development machine (jax 0.10.2, XLA:CPU, whil
 other jobs shared the cores): 15 epochs, test accuracy 99.4-99.7 % (seed 0; the
 XLA flags in force change the last digit), 17 s for the whole command including
 imports, compilation and report.html; about 12,000-16,000 training images/s.
+On the 2-core Intel Xeon of 2026-12-07 (session 47, oneDNN's convolutions): 99.16 %
+test accuracy, 17 s for the whole command.
 """
 
 from jaxcnn.train.config import base_config

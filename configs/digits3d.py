@@ -15,7 +15,8 @@ pooling), AdamW with warm-up + cosine (peak 3e-3), batch 32, 12 epochs.
 
 Measured on the 2-core CPU of the development machine (shared with other jobs):
 12 epochs, 98.3 % test accuracy, 50 s for the whole run (about 800-1,500 volumes/s:
-3-D convolutions are the slow kind on CPU).
+3-D convolutions are the slow kind on CPU). On the 2-core Intel Xeon of 2026-12-07
+(session 47): 98.33 %, 27 s.
 """
 
 from jaxcnn.train.config import base_config
