@@ -219,7 +219,7 @@ def main(argv=None) -> int:
         zoo = None if options["impl"] == "standin" else _zoo_model(args.net, args.dtype)[0]
         zoo = _switched(zoo, options)
         if zoo is not None:
-            return cpu_malloc.activation_bytes(zoo, common.NETS[args.net][0], args.batch)
+            return cpu_malloc.scratch_estimate(zoo, common.NETS[args.net][0], args.batch)
         return None
 
     added = xla_flags.configure_cpu(scratch_bytes=scratch) if options["flags"] == "default" else ()

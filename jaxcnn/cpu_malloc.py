@@ -22,7 +22,7 @@ does nothing (and says why) once a backend exists, off CPU, or where the C libra
 glibc.
 
 Where: ``auto`` (the default) applies them only when the caller's estimate of the step's
-scratch (:func:`activation_bytes`: every layer output of one training forward pass, times
+scratch (:func:`scratch_estimate`: every layer output of one training forward pass, times
 the batch) is at least ``REUSE_FROM_BYTES``. ``jaxcnn.train.fit``'s session passes its
 model's estimate before it creates the device mesh; the benchmark passes one to
 ``jaxcnn.xla_flags.configure_cpu``, which calls :func:`configure`. Switch (read at call
@@ -44,10 +44,12 @@ import sys
 from collections.abc import Callable
 
 CHOICES = ("auto", "reuse", "system")
-# The settings paid where XLA's block passed 32 MB, glibc's largest dynamic mmap threshold.
-# The estimate is 0.55-1.19x that block (ResNet-20 bfloat16, batch 128: 159 MiB against
-# 103 MB; the CIFAR net bfloat16: 1.19x); 48 MiB put 8 of 9 measured nets and batch sizes on
-# the side their A/B favoured, the ninth at the boundary (docs/perf_notes.md, session 23).
+# The settings pay where XLA's block passes 32 MiB (glibc's largest dynamic mmap threshold:
+# every larger block faulted in each step, every smaller one did not). The block is
+# 0.45-0.97x scratch_estimate over the 12 zoo nets, dtypes and batch sizes whose block was
+# measured, so no threshold on the estimate fits every batch size; 48 MiB puts all 24
+# whose page faults were counted (batch 32-1024) on the side those favour
+# (docs/perf_notes.md, items 47 and 93).
 REUSE_FROM_BYTES = 48 * 2**20
 # mallopt's parameter numbers (glibc's malloc.h) and the values set.
 SETTINGS = {
@@ -85,10 +87,56 @@ def activation_bytes(model, example_shape, batch_size: int) -> int | None:
         >>> activation_bytes(nn.Dense(4), (3,), batch_size=10)  # 10 x 4 float32 outputs
         160
     """
+    traced = _layer_outputs(model, example_shape)
+    if traced is None:
+        return None
+    leaves, _ = traced
+    return batch_size * sum(leaf.size * leaf.dtype.itemsize for leaf in leaves)
+
+
+def scratch_estimate(model, example_shape, batch_size: int) -> int | None:
+    """What ``auto`` compares with ``REUSE_FROM_BYTES``: :func:`activation_bytes`, but with
+    16-bit float outputs counted at float32's 4 bytes in a model without batch statistics.
+
+    Why: XLA:CPU's block faults in every step once it passes 32 MiB, and the layer outputs'
+    bytes predict its size only roughly: it is 0.55-0.97x them over the zoo nets measured,
+    but 1.7x for the CIFAR net in bfloat16 (``docs/perf_notes.md``, item 93). In bfloat16
+    the nets without batch norm keep float32 copies (XLA's own fusions compute their
+    layers), so their block is about 0.8x the float32 step's, not half of it as in the
+    batch-norm nets, whose norm kernels read and write bfloat16. Counted at float32's
+    width they land with the others.
+
+    Examples:
+        >>> import flax.linen as nn, jax.numpy as jnp
+        >>> scratch_estimate(nn.Dense(4, dtype=jnp.bfloat16), (3,), batch_size=10)
+        160
+        >>> activation_bytes(nn.Dense(4, dtype=jnp.bfloat16), (3,), batch_size=10)
+        80
+    """
+    traced = _layer_outputs(model, example_shape)
+    if traced is None:
+        return None
+    import jax.numpy as jnp
+
+    leaves, has_batch_stats = traced
+
+    def width(dtype) -> int:  # bfloat16's numpy kind is "V", so ask jnp what it is
+        floating = jnp.issubdtype(dtype, jnp.floating)
+        return 4 if floating and dtype.itemsize < 4 and not has_batch_stats else dtype.itemsize
+
+    return batch_size * sum(leaf.size * width(leaf.dtype) for leaf in leaves)
+
+
+def _layer_outputs(model, example_shape):
+    """``(every layer output of one training forward pass of one example, as abstract
+    arrays; whether the model keeps batch statistics)``, or None where jaxcnn cannot trace
+    the model abstractly."""
     import jax
     import jax.numpy as jnp
 
     from jaxcnn import placement
+
+    found = {}
 
     def intermediates(x):
         keys = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
@@ -97,6 +145,7 @@ def activation_bytes(model, example_shape, batch_size: int) -> int | None:
             kwargs = {"train": True}
         except TypeError:  # a module without a train flag
             variables, kwargs = model.init(keys, x), {}
+        found["batch_stats"] = "batch_stats" in variables
         _, state = model.apply(variables, x, capture_intermediates=True, mutable=True,
                                rngs={"dropout": keys["dropout"]}, **kwargs)  # fmt: skip
         return state["intermediates"]
@@ -107,14 +156,14 @@ def activation_bytes(model, example_shape, batch_size: int) -> int | None:
             leaves = jax.tree.leaves(jax.eval_shape(intermediates, x))
     except Exception:  # any model jaxcnn cannot trace abstractly: no estimate
         return None
-    return batch_size * sum(leaf.size * leaf.dtype.itemsize for leaf in leaves)
+    return leaves, found["batch_stats"]
 
 
 def configure(scratch_bytes: int | Callable[[], int | None] | None = None) -> str:
     """Applies :data:`SETTINGS` where they pay and can still act (see the module's text).
 
     Args:
-      scratch_bytes: the caller's estimate of a step's scratch (:func:`activation_bytes`),
+      scratch_bytes: the caller's estimate of a step's scratch (:func:`scratch_estimate`),
         or a function returning it, called only when ``auto`` has that choice to make;
         under ``auto`` the settings apply only from ``REUSE_FROM_BYTES``.
 

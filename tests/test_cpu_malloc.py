@@ -5,6 +5,8 @@ Each case runs in a fresh interpreter: the settings act only before JAX's backen
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from jaxcnn import cpu_malloc
@@ -68,6 +70,43 @@ def test_the_estimate_counts_every_layer_output_without_starting_jax(fresh_pytho
         """
     )
     assert out == "1272 False"  # KB per image; XLA's block at batch 128 was 103 MB
+
+
+# Batch sizes whose steps faulted in XLA's whole block every step under glibc's defaults
+# (page faults counted, docs/perf_notes.md item 93), and the next smaller ones measured,
+# which did not: `auto` must put each on its side.
+_FAULTED_FROM = {  # (net, dtype): (largest batch without faults, smallest with)
+    ("mnist_cnn", "float32"): (256, 512),
+    ("mnist_cnn", "bfloat16"): (256, 512),
+    ("cifar_cnn", "float32"): (128, 256),
+    ("cifar_cnn", "bfloat16"): (128, 256),
+    ("resnet20", "bfloat16"): (32, 64),
+    ("fast_cifar", "bfloat16"): (32, 64),
+}
+
+
+def test_the_estimate_puts_the_measured_batch_sizes_on_the_side_their_faults_favour(
+    fresh_python,
+):
+    out = fresh_python(
+        f"""
+        import json
+        import jax.numpy as jnp
+        from jaxcnn import cpu_malloc, models
+        shapes = {{"mnist_cnn": (28, 28, 1), "cifar_cnn": (32, 32, 3),
+                   "resnet20": (32, 32, 3), "fast_cifar": (32, 32, 3)}}
+        kept = {{}}
+        for (net, dtype), batches in {_FAULTED_FROM!r}.items():
+            model = models.get(net, dtype=jnp.dtype(dtype))
+            kept[f"{{net}} {{dtype}}"] = [
+                cpu_malloc.scratch_estimate(model, shapes[net], b) >= cpu_malloc.REUSE_FROM_BYTES
+                for b in batches
+            ]
+        print(json.dumps(kept))
+        """
+    )
+    kept = json.loads(out)
+    assert kept == {f"{net} {dtype}": [False, True] for net, dtype in _FAULTED_FROM}
 
 
 @glibc_only

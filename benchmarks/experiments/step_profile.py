@@ -234,7 +234,7 @@ def configure_like_fit(net: str, dtype: str, batch: int, extra_flags=(), model_k
         from jaxcnn import cpu_malloc, models
 
         zoo = models.get(net, dtype=jnp.dtype(dtype), **(model_kwargs or {}))
-        return cpu_malloc.activation_bytes(zoo, common.NETS[net][0], batch)
+        return cpu_malloc.scratch_estimate(zoo, common.NETS[net][0], batch)
 
     xla_flags.configure_cpu((*xla_flags.chosen_cpu_flags(), *extra_flags), scratch_bytes=scratch)
 

@@ -74,7 +74,7 @@ class TrainingSession:
         # glibc's malloc for this step's scratch, before make_mesh starts the backend.
         model = build_model(config, self.data.num_classes, self.data.example_shape[-1])
         cpu_malloc.configure(  # traces the model only where auto has that choice to make
-            lambda: cpu_malloc.activation_bytes(model, self.data.example_shape, config.batch_size)
+            lambda: cpu_malloc.scratch_estimate(model, self.data.example_shape, config.batch_size)
         )
         try:
             self.mesh = sharding_lib.make_mesh(config.num_devices)
