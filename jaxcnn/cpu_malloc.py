@@ -6,8 +6,8 @@ and frees it when the step ends. glibc serves a block that large from a fresh ``
 (always above 64 MB in a worker thread's arena, above 32 MB anywhere) and unmaps it on
 ``free``, so every page of it faults on first touch, every step. ResNet-20 at batch 128 in
 bfloat16 asks for a 103 MB block: 25,157 page faults per step, 85 ms per step instead of
-72 (``docs/perf_notes.md``, item 47). The small teaching nets' blocks stay under the limit
-and never fault, and there the settings cost: all threads then share one heap lock, and
+72 (``docs/perf_notes.md``, item 47). The teaching nets' blocks at batch 128 stay under the
+limit and never fault, and there the settings cost: all threads then share one heap lock, and
 the CIFAR net's bfloat16 step measured 1.25x faster without them.
 
 What: :func:`configure` calls glibc's ``mallopt`` so that every thread allocates from the
@@ -23,7 +23,8 @@ glibc.
 
 Where: ``auto`` (the default) applies them only when the caller's estimate of the step's
 scratch (:func:`scratch_estimate`: every layer output of one training forward pass, times
-the batch) is at least ``REUSE_FROM_BYTES``. ``jaxcnn.train.fit``'s session passes its
+the batch, 16-bit ones at float32's width in a model without batch norm) is at least
+``REUSE_FROM_BYTES``. ``jaxcnn.train.fit``'s session passes its
 model's estimate before it creates the device mesh; the benchmark passes one to
 ``jaxcnn.xla_flags.configure_cpu``, which calls :func:`configure`. Switch (read at call
 time): ``JAXCNN_MALLOC`` = ``auto``, ``reuse`` (always) or ``system`` (never).
