@@ -309,6 +309,23 @@ def test_the_xla_scheduler_changes_the_order_not_the_result(
     assert_trees_equal(params["memory"], params["concurrency"])
 
 
+def test_fit_says_when_it_keeps_the_scratch_block_mapped(reference, tmp_path, capsys, monkeypatch):
+    # The settings are made once per process, before its backend starts (jaxcnn.cpu_malloc);
+    # here the process's record of them is swapped, which is all fit reads.
+    from jaxcnn import cpu_malloc
+
+    expected, _ = reference
+    cases = {"reuse: mallopt M_ARENA_MAX=1 (auto; scratch ~51 MB)": True,
+             "system: auto, the step's scratch (~1 MB) under 48 MB": False}  # fmt: skip
+    for state, shown in cases.items():
+        workdir = tmp_path / state.split(":")[0]
+        shutil.copytree(expected.workdir, workdir)
+        monkeypatch.setattr(cpu_malloc, "_state", state)
+        fit(tiny_config(num_epochs=3), workdir)
+        line = f"glibc malloc for the step's scratch: {state}"
+        assert (line in capsys.readouterr().out) is shown
+
+
 def test_resuming_with_a_changed_model_fails_clearly(reference, tmp_path):
     expected, _ = reference
     workdir = tmp_path / "run"

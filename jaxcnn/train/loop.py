@@ -26,8 +26,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxcnn import cpu_malloc, xla_flags, xla_scheduler
 from jaxcnn import data as data_lib
-from jaxcnn import xla_flags, xla_scheduler
 from jaxcnn.files import outermost_missing_folder, write_atomic
 from jaxcnn.train import sharding as sharding_lib
 from jaxcnn.train.checkpoint import CheckpointMismatchError
@@ -243,6 +243,8 @@ def _train(
     step_options = xla_scheduler.train_step_options(config.dtype, platform, batch_norm)
     if step_options:
         _print(f"XLA:CPU scheduler for the step: {xla_scheduler.describe(step_options)}")
+    if cpu_malloc.state().startswith("reuse"):  # set by the session, where it pays (item 93)
+        _print(f"glibc malloc for the step's scratch: {cpu_malloc.state()}")
     step_fn = jax.jit(
         gathering_train_step(train_step, run.steps_per_epoch, sharding_lib.batch_sharded(mesh)),
         out_shardings=(run.replicated, run.replicated),
