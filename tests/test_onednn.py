@@ -206,6 +206,9 @@ def test_algorithm_names_are_validated_with_the_valid_ones():
         onednn.conv2d(x, kernel, (1, 1), ((0, 0), (0, 0)), algorithm="fft")
 
 
+SAME = ((1, 1), (1, 1))
+
+
 @pytest.mark.parametrize(
     "channels, algorithm, expected",
     [
@@ -217,10 +220,31 @@ def test_algorithm_names_are_validated_with_the_valid_ones():
     ],
 )
 def test_which_convolutions_run_winograd(channels, algorithm, expected):
-    x_shape, k_shape = (8, 16, 16, channels[0]), (3, 3, *channels)
-    assert ffi_conv.resolve_algorithm(algorithm, x_shape, k_shape, (1, 1), (1, 1)) == expected
+    x_shape, k_shape = (32, 16, 16, channels[0]), (3, 3, *channels)
+    resolve = ffi_conv.resolve_algorithm
+    assert resolve(algorithm, x_shape, k_shape, (1, 1), SAME, (1, 1)) == expected
     # Stride 2 never does.
-    assert ffi_conv.resolve_algorithm(algorithm, x_shape, k_shape, (2, 2), (1, 1)) == "direct"
+    assert resolve(algorithm, x_shape, k_shape, (2, 2), SAME, (1, 1)) == "direct"
+
+
+@pytest.mark.parametrize(
+    "batch, size, channels, expected",
+    [
+        (32, 8, 64, "direct"),  # ResNet-20's third stage at batch 32: 128 tiles, Winograd x0.7
+        (64, 8, 64, "direct"),  # 256 tiles x 64 channels: x0.92-1.00
+        (128, 8, 64, "winograd"),  # 512 x 64 = 32,768: x1.02-1.05, batch 128 as before
+        (64, 3, 256, "direct"),  # the fast CIFAR net's 3 x 3 map: one tile an image
+        (128, 3, 256, "winograd"),
+        (32, 7, 256, "winograd"),  # 4 tiles an image, 256 channels: x1.18-1.23
+    ],
+)
+def test_auto_takes_winograd_only_on_enough_tiles(batch, size, channels, expected):
+    x_shape, k_shape = (batch, size, size, channels), (3, 3, channels, channels)
+    assert ffi_conv.resolve_algorithm("auto", x_shape, k_shape, (1, 1), SAME, (1, 1)) == expected
+    # An explicit "winograd" still takes every one.
+    assert ffi_conv.resolve_algorithm("winograd", x_shape, k_shape, (1, 1), SAME, (1, 1)) == (
+        "winograd"
+    )
 
 
 @pytest.mark.parametrize(

@@ -95,23 +95,52 @@ def winograd_pays(x_shape, kernel_shape, strides, dilation) -> bool:
 # x0.89) (docs/perf_notes.md, items 34, 37 and 41).
 WINOGRAD_AUTO_MIN_CHANNELS = 64
 
+# ... and only from this many output tiles (4 x 4 each, over the batch) times the smaller
+# channel count: below it the tile transforms cost more than the multiplications saved.
+# Alone on the Intel Xeon, forward and both gradients, Winograd against direct: 8,192
+# x0.57-0.77 (ResNet-20's 64 -> 64 on 8 x 8 at batch 32; the fast CIFAR net's 256 -> 256
+# on 3 x 3 at 32), 16,384 x0.77-1.00, 32,768 x0.98-1.08 (both at batch 128), above that
+# x1.23-1.38 (docs/perf_notes.md, item 94). So the batch-128 choices stay as they were.
+WINOGRAD_AUTO_MIN_TILE_CHANNELS = 1 << 15
 
-def resolve_algorithm(algorithm: str, x_shape, kernel_shape, strides, dilation) -> str:
-    """The algorithm one convolution runs with: ``"direct"`` or ``"winograd"``.
 
-    ``"winograd"`` where :func:`winograd_pays`; ``"auto"`` where it pays and both channel
-    counts are at least ``WINOGRAD_AUTO_MIN_CHANNELS``; else ``"direct"``.
+def winograd_tiles(x_shape, kernel_shape, strides, padding, dilation) -> int:
+    """How many 4 x 4 output tiles Winograd F(4x4, 3x3) computes over the whole batch.
 
     Examples:
-        >>> resolve_algorithm("auto", (8, 16, 16, 64), (3, 3, 64, 256), (1, 1), (1, 1))
+        >>> winograd_tiles((32, 8, 8, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)), (1, 1))
+        128
+        >>> winograd_tiles((32, 3, 3, 256), (3, 3, 256, 256), (1, 1), ((1, 1), (1, 1)), (1, 1))
+        32
+    """
+    _, height, width, _ = output_shape(x_shape, kernel_shape, strides, padding, dilation)
+    return x_shape[0] * -(-height // 4) * -(-width // 4)
+
+
+def resolve_algorithm(algorithm: str, x_shape, kernel_shape, strides, padding, dilation) -> str:
+    """The algorithm one convolution runs with: ``"direct"`` or ``"winograd"``.
+
+    ``"winograd"`` where :func:`winograd_pays`; ``"auto"`` where it pays, both channel
+    counts are at least ``WINOGRAD_AUTO_MIN_CHANNELS``, and the output tiles
+    (:func:`winograd_tiles`) times the smaller channel count reach
+    ``WINOGRAD_AUTO_MIN_TILE_CHANNELS``; else ``"direct"``.
+
+    Examples:
+        >>> same = ((1, 1), (1, 1))
+        >>> resolve_algorithm("auto", (32, 16, 16, 64), (3, 3, 64, 256), (1, 1), same, (1, 1))
         'winograd'
-        >>> resolve_algorithm("auto", (8, 15, 15, 32), (3, 3, 32, 64), (1, 1), (1, 1))
+        >>> resolve_algorithm("auto", (8, 15, 15, 32), (3, 3, 32, 64), (1, 1), same, (1, 1))
+        'direct'
+        >>> resolve_algorithm("auto", (32, 8, 8, 64), (3, 3, 64, 64), (1, 1), same, (1, 1))
         'direct'
     """
     pays = winograd_pays(x_shape, kernel_shape, strides, dilation)
     if algorithm == "auto":
-        wide = min(x_shape[3], kernel_shape[3]) >= WINOGRAD_AUTO_MIN_CHANNELS
-        return "winograd" if pays and wide else "direct"
+        channels = min(x_shape[3], kernel_shape[3])
+        if not pays or channels < WINOGRAD_AUTO_MIN_CHANNELS:
+            return "direct"
+        tiles = winograd_tiles(x_shape, kernel_shape, strides, padding, dilation)
+        return "winograd" if tiles * channels >= WINOGRAD_AUTO_MIN_TILE_CHANNELS else "direct"
     return "winograd" if algorithm == "winograd" and pays else "direct"
 
 
@@ -562,7 +591,7 @@ def conv2d(
         direct otherwise. Fewer multiplications but activation reorders: faster on wide
         layers, and a slightly larger rounding error (``docs/perf_notes.md``, item 34).
         ``"auto"``: Winograd only from ``WINOGRAD_AUTO_MIN_CHANNELS`` channels in and
-        out (:func:`resolve_algorithm`).
+        out, on enough output tiles (:func:`resolve_algorithm`).
 
     Returns:
       (N, OH, OW, F) in ``x``'s dtype, with ``output_shape``'s sizes.
@@ -601,5 +630,5 @@ def conv2d(
             f"the kernel {kernel.shape[:2]} (dilation {dilation}) does not fit the padded "
             f"input {x.shape[1:3]} + {padding}: {err}"
         ) from err
-    algorithm = resolve_algorithm(algorithm, x.shape, kernel.shape, strides, dilation)
+    algorithm = resolve_algorithm(algorithm, x.shape, kernel.shape, strides, padding, dilation)
     return _conv(x, kernel, strides, padding, dilation, algorithm)
