@@ -16,9 +16,10 @@ or more channels in and out as Winograd F(4x4, 3x3), the rest direct: the fast C
 net's step 1.17x and ResNet-20's 1.03x on the Intel Xeon, the teaching nets unchanged
 (their conv2 has 32 channels in, where Winograd lost: x0.84 on the MNIST net's step
 there); since session 49 only on enough output tiles for their channels (small maps at
-small batches run direct: ``jaxcnn.onednn.ffi_conv.resolve_algorithm``, item 94). ``winograd`` takes every such convolution from 16 channels (on AMD Zen 4 1.2-1.5x
-on the fast CIFAR net, 1.15x on the teaching nets, 0.97x on ResNet-20; on the Xeon 0.82x
-on ResNet-20); ``direct`` none. Winograd's rounding errors are near 4e-6 of the largest
+small batches run direct: ``jaxcnn.onednn.ffi_conv.resolve_algorithm``, item 94).
+``winograd`` takes every such convolution from 16 channels (on AMD Zen 4 1.2-1.5x on the
+fast CIFAR net, 1.15x on the teaching nets, 0.97x on ResNet-20; on the Xeon 0.82x on
+ResNet-20); ``direct`` none. Winograd's rounding errors are near 4e-6 of the largest
 value (``docs/perf_notes.md``, items 34, 37 and 41).
 
 * ``"auto"`` (default): oneDNN when its library builds here and the CPU is one where it
