@@ -95,8 +95,7 @@ def conv_backend() -> str:
 def onednn_algorithm() -> str:
     """oneDNN's algorithm, from ``JAXCNN_ONEDNN_ALGORITHM``: ``"auto"`` (default: Winograd
     for float32 3x3 stride-1 convolutions with 64+ channels in and out on enough output
-    tiles), ``"direct"`` or
-    ``"winograd"`` (from 16 channels); see ``jaxcnn.onednn.conv2d``.
+    tiles), ``"direct"`` or ``"winograd"`` (from 16 channels); see ``jaxcnn.onednn.conv2d``.
 
     Examples:
         >>> onednn_algorithm() in ("auto", "direct", "winograd")

@@ -113,8 +113,10 @@ def winograd_tiles(x_shape, kernel_shape, strides, padding, dilation) -> int:
         >>> winograd_tiles((32, 3, 3, 256), (3, 3, 256, 256), (1, 1), ((1, 1), (1, 1)), (1, 1))
         32
     """
+    from jaxcnn.winograd import tile_count  # imports this package: not at module level
+
     _, height, width, _ = output_shape(x_shape, kernel_shape, strides, padding, dilation)
-    return x_shape[0] * -(-height // 4) * -(-width // 4)
+    return tile_count(x_shape[0], height, width)
 
 
 def resolve_algorithm(algorithm: str, x_shape, kernel_shape, strides, padding, dilation) -> str:
